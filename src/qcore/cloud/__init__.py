@@ -1,0 +1,1 @@
+"""The cloud side (PyTorch): model, fake quantization, training, calibration, export."""

@@ -1,0 +1,155 @@
+"""Every setting of a run, in one frozen dataclass: the one home of defaults.
+
+Library code takes a :class:`RunConfig`; only the CLI parses files and ``key=value``
+overrides into one, with errors that name the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from qcore.core.quant import check_bits
+from qcore.errors import QCoreError
+
+METHODS = ("none", "backprop", "qcore")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data and scenario
+    dataset: str = "hapt"
+    data_path: str | None = None
+    source: int = 1
+    target: int = 4
+    n_batches: int = 10
+    test_fraction: float = 0.2
+    # model
+    filters: int = 32
+    depth: int = 6
+    # float training in the cloud
+    epochs: int = 30
+    lr: float = 0.01
+    batch_size: int = 64
+    record_every: int = 5
+    # quantization: bit-widths to deploy; the float model is always reported too
+    bits: tuple[int, ...] = (4,)
+    dynamics_bits: tuple[int, ...] = (2, 3, 4, 5, 8)
+    # the method streamed over the target batches
+    method: str = "backprop"
+    # back-prop calibration (reference): steps per stream batch, and on the source data
+    calib_steps: int = 10
+    calib_lr: float = 1e-3
+    source_calib_epochs: int = 2
+    # QCore
+    core_size: int = 20
+    core_mode: str = "proportional"
+    flip_steps: int = 3
+    flip_guard: bool = True
+    bn_mode: str = "reestimate"
+    # reproducibility and machine
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_batches",
+            "filters",
+            "depth",
+            "epochs",
+            "batch_size",
+            "record_every",
+            "core_size",
+            "threads",
+        ):
+            if getattr(self, name) < 1:
+                raise QCoreError(f"setting {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise QCoreError(f"setting test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.lr <= 0 or self.calib_lr <= 0:
+            raise QCoreError("learning rates must be positive")
+        if not self.bits:
+            raise QCoreError("setting bits needs at least one bit-width")
+        for b in (*self.bits, *self.dynamics_bits):
+            check_bits(b)
+        if self.method not in METHODS:
+            raise QCoreError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.core_mode not in ("proportional", "stratified", "balanced"):
+            raise QCoreError(f"unknown core_mode {self.core_mode!r}")
+        if self.bn_mode not in ("frozen", "reestimate"):
+            raise QCoreError(f"unknown bn_mode {self.bn_mode!r}: choose frozen or reestimate")
+        if self.source == self.target:
+            raise QCoreError("source and target domains must differ")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QCoreError(f"unknown setting(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
+
+    def replace(self, **changes: object) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, value: object, hint: object) -> object:
+    """Turn a TOML value or a ``--set`` string into the field's type, or say why not."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(str(v).strip()) for v in items if str(v).strip())
+        if type(None) in args:  # optional string
+            return None if value in (None, "", "none", "None") else str(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise QCoreError(f"setting {key}: cannot read {value!r} as {hint}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> dict, with a clear error for a malformed pair."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise QCoreError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults, then a TOML file (flat keys), then ``key=value`` overrides."""
+    data: dict[str, object] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise QCoreError(f"config file not found: {p}")
+        try:
+            data.update(tomllib.loads(p.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise QCoreError(f"config file {p} is not valid TOML: {exc}") from None
+    data.update(parse_overrides(list(overrides)))
+    return RunConfig.from_dict(data)

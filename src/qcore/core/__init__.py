@@ -1,0 +1,1 @@
+"""NumPy-only building blocks shared by the cloud and the edge side."""

@@ -1,0 +1,1 @@
+"""NumPy-only data subsets kept on the device: QCore selection and update."""

@@ -1,4 +1,4 @@
-"""A user's own windows from an ``.npz`` file (``X``, ``y``, optional ``domain``/``class_names``)."""
+"""A user's own windows from an ``.npz`` file (X, y, optional domain and class_names)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from qcore.data.dataset import Dataset
 from qcore.errors import QCoreError
 
 
-def _labels(y: np.ndarray, names: np.ndarray | None, path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+def _labels(
+    y: np.ndarray, names: np.ndarray | None, path: Path
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Map raw labels to 0..K-1 and return (codes int64, class names).
 
     Without ``class_names`` the sorted unique values become the classes, named by their
@@ -58,8 +60,9 @@ def load_npz(path: str | Path) -> Dataset:
             raise QCoreError(f"{path}: missing array {key!r} (has {sorted(arrays)})")
     X = arrays["X"]
     if X.ndim != 3:
-        raise QCoreError(f"{path}: X must have shape (n_cases, n_channels, n_timepoints), got "
-                         f"rank {X.ndim}")
+        raise QCoreError(
+            f"{path}: X must have shape (n_cases, n_channels, n_timepoints), got rank {X.ndim}"
+        )
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
         raise QCoreError(f"{path}: X must be numeric, got {X.dtype}")
     if X.shape[0] == 0:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+from scipy.io.matlab import MatReadError
 
 from qcore.data.dataset import Dataset
 from qcore.data.windowing import sliding_windows
@@ -77,7 +78,7 @@ def _readings(path: Path) -> np.ndarray:
     """``sensor_readings`` of one trial as float32 ``(T, 6)``."""
     try:
         mat = scipy.io.loadmat(path, variable_names=["sensor_readings"])
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, NotImplementedError, MatReadError) as exc:
         raise QCoreError(f"cannot read USC-HAD file {path}: {exc}") from exc
     readings = mat.get("sensor_readings")
     if readings is None:

@@ -32,7 +32,9 @@ def sliding_windows(signal: np.ndarray, length: int, step: int) -> np.ndarray:
     """
     signal = np.asarray(signal)
     if signal.ndim != 2:
-        raise QCoreError(f"signal must have shape (n_timepoints, n_channels), got rank {signal.ndim}")
+        raise QCoreError(
+            f"signal must have shape (n_timepoints, n_channels), got rank {signal.ndim}"
+        )
     starts = window_starts(signal.shape[0], length, step)
     if starts.size == 0:
         return np.zeros((0, signal.shape[1], length), dtype=signal.dtype)

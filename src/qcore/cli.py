@@ -1,0 +1,103 @@
+"""The ``qcore`` command. Only this module parses arguments or sets thread counts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qcore.errors import QCoreError
+
+
+def _cmd_data_info(args: argparse.Namespace) -> None:
+    from qcore.data.registry import load_dataset
+
+    ds = load_dataset(args.name, args.path, seed=args.seed)
+    info = ds.info()
+    if args.json:
+        print(json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value}")
+
+
+def _cmd_model_info(args: argparse.Namespace) -> None:
+    from qcore.cloud.model import InceptionTime, count_params
+
+    try:
+        model = InceptionTime(args.channels, args.classes, args.filters, args.depth)
+    except ValueError as exc:
+        raise QCoreError(str(exc)) from None
+    n = count_params(model)
+    info = {"n_params": n, "float_bytes": 4 * n, "channels": args.channels,
+            "classes": args.classes, "filters": args.filters, "depth": args.depth}
+    print(json.dumps(info) if args.json else "\n".join(f"{k:>12}: {v}" for k, v in info.items()))
+
+
+def _print_table(result: dict) -> None:
+    print(f"{'method':<16}{'bits':>6}{'source':>9}{'target':>9}{'bytes':>10}{'seconds':>9}")
+    for r in result["results"]:
+        bits = "float" if r["bits"] is None else str(r["bits"])
+        print(f"{r['method']:<16}{bits:>6}{r['source_acc']:>9.3f}{r['target_acc']:>9.3f}"
+              f"{r['device_bytes']:>10}{r['seconds']:>9.2f}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    import torch
+
+    from qcore.config import load_config
+    from qcore.eval.runner import run
+
+    cfg = load_config(args.config, args.set or [])
+    torch.set_num_threads(cfg.threads)
+    result = run(cfg, args.out, progress=not args.quiet)
+    _print_table(result)
+    print(f"wrote {Path(args.out) / 'results.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcore", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
+    info = data.add_parser("info", help="shape and counts of a dataset")
+    info.add_argument("name")
+    info.add_argument("--path", default=None)
+    info.add_argument("--seed", type=int, default=0)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_data_info)
+
+    model = sub.add_parser("model", help="models").add_subparsers(dest="model_cmd", required=True)
+    minfo = model.add_parser("info", help="parameter count of InceptionTime")
+    minfo.add_argument("--channels", type=int, required=True)
+    minfo.add_argument("--classes", type=int, required=True)
+    minfo.add_argument("--filters", type=int, default=32)
+    minfo.add_argument("--depth", type=int, default=6)
+    minfo.add_argument("--json", action="store_true")
+    minfo.set_defaults(func=_cmd_model_info)
+
+    run = sub.add_parser("run", help="train, quantize, calibrate and stream one scenario")
+    run.add_argument("--config", default=None, help="TOML file of settings")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    run.add_argument("--out", required=True, help="output folder for results.json")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except QCoreError as exc:
+        print(f"qcore: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"qcore: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

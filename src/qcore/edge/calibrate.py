@@ -1,0 +1,82 @@
+"""One on-device calibration step: BatchNorm statistics, then guarded flip passes.
+
+Forward passes only: no gradient, no optimizer. The correctness of every calibration
+sample in every pass is returned, because the QCore update scores samples by the
+misses observed over these passes (METHOD.md section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcore.core.qmodel import QuantizedModel
+from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features
+from qcore.edge.infer import bn_reestimate, forward
+
+
+@dataclass(frozen=True)
+class FlipStepResult:
+    model: QuantizedModel
+    correct: np.ndarray  # bool (n_passes, n_samples)
+    flips_applied: int
+    passes_rejected: int
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def propose_flips(
+    qm: QuantizedModel, net: FlipNet, inputs: dict[str, np.ndarray], e: np.ndarray
+) -> tuple[QuantizedModel, int]:
+    """A copy of ``qm`` with every layer's predicted flips applied, and the flip count."""
+    out = qm.copy()
+    n_flips = 0
+    for name, feedback in net.feedback.items():
+        feats = layer_features(qm, name, inputs[name], e, feedback)
+        flips = net.predict_flips(feats)
+        n_flips += int(np.count_nonzero(flips))
+        out.layers[name].weight = apply_flips(qm.layers[name].weight, flips)
+    return out, n_flips
+
+
+def flip_calibrate(
+    qm: QuantizedModel,
+    X: np.ndarray,
+    y: np.ndarray,
+    net: FlipNet,
+    *,
+    steps: int = 3,
+    guard: bool = True,
+    bn_mode: str = "reestimate",
+) -> FlipStepResult:
+    """Calibrate ``qm`` on ``(X, y)`` (core plus batch) without back-propagation.
+
+    ``bn_mode='reestimate'`` first replaces BatchNorm statistics by those of ``X``;
+    ``'frozen'`` keeps them. Each of ``steps`` passes proposes flips for every layer;
+    with ``guard`` a pass is kept only if the loss on ``(X, y)`` does not rise
+    (one extra forward pass), and the first rejected pass ends the step.
+    """
+    if bn_mode == "reestimate":
+        qm = bn_reestimate(qm, X)
+    trace = forward(qm, X, record=True)
+    loss = cross_entropy(trace.logits, y)
+    correct = [trace.logits.argmax(1) == y]
+    applied, rejected = 0, 0
+    for _ in range(steps):
+        candidate, n_flips = propose_flips(qm, net, trace.inputs, error_signal(trace.logits, y))
+        if n_flips == 0:
+            break
+        cand_trace = forward(candidate, X, record=True)
+        cand_loss = cross_entropy(cand_trace.logits, y)
+        if guard and cand_loss > loss:
+            rejected += 1
+            break
+        qm, trace, loss = candidate, cand_trace, cand_loss
+        applied += n_flips
+        correct.append(trace.logits.argmax(1) == y)
+    return FlipStepResult(qm, np.stack(correct), applied, rejected)

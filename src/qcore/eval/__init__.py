@@ -1,0 +1,1 @@
+"""Metrics, the stream runner, tables and plots."""

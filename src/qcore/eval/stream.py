@@ -1,0 +1,132 @@
+"""Stream calibrators: each sees one labelled batch at a time (STYLE.md habit 7).
+
+``QCoreCalibrator`` runs the device step (NumPy, no autograd): flip calibration on core
+plus batch, then the core update. ``BackpropCalibrator`` is the cost reference: the
+same core and update rule, but back-prop steps instead of flips. ``NoCalibration``
+is the deployed model as is. The runner alone holds the stream and the test sets.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.train import predict_logits
+from qcore.core.qmodel import QuantizedModel
+from qcore.core.types import Batch, StepReport
+from qcore.coreset.core import Core, update_core
+from qcore.coreset.scores import pass_misses
+from qcore.edge.calibrate import flip_calibrate
+from qcore.edge.flip import FlipNet
+from qcore.edge.infer import predict as edge_predict
+from qcore.eval.metrics import accuracy
+
+
+class NoCalibration:
+    """The deployed quantized model, never changed."""
+
+    def __init__(self, qm: QuantizedModel) -> None:
+        self.qm = qm
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return edge_predict(self.qm, X)
+
+    def observe(self, batch: Batch) -> StepReport:
+        t0 = time.perf_counter()
+        acc = accuracy(self.predict(batch.X), batch.y)
+        return StepReport(task_acc=acc, seconds=time.perf_counter() - t0)
+
+    def device_bytes(self) -> int:
+        return self.qm.device_bytes()["total"]
+
+
+class QCoreCalibrator:
+    """Flip-network calibration on core plus batch, then the fixed-size core update."""
+
+    def __init__(
+        self,
+        qm: QuantizedModel,
+        core: Core,
+        net: FlipNet,
+        *,
+        steps: int,
+        guard: bool,
+        bn_mode: str,
+        seed: int,
+        core_mode: str = "proportional",
+    ) -> None:
+        self.qm, self.core, self.net = qm, core, net
+        self.steps, self.guard, self.bn_mode = steps, guard, bn_mode
+        self.core_mode = core_mode
+        self.rng = np.random.default_rng(seed)
+        self.n_seen = 0
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return edge_predict(self.qm, X)
+
+    def observe(self, batch: Batch) -> StepReport:
+        task_acc = accuracy(self.predict(batch.X), batch.y)
+        t0 = time.perf_counter()
+        X = np.concatenate([self.core.X, batch.X])
+        y = np.concatenate([self.core.y, batch.y])
+        res = flip_calibrate(
+            self.qm, X, y, self.net, steps=self.steps, guard=self.guard, bn_mode=self.bn_mode
+        )
+        self.qm = res.model
+        misses = pass_misses(res.correct)
+        n_core = len(self.core)
+        self.n_seen += 1
+        self.core = update_core(
+            self.core, batch.X, batch.y, misses[:n_core], misses[n_core:],
+            step=self.n_seen, seed=self.rng, mode=self.core_mode,
+        )
+        seconds = time.perf_counter() - t0
+        return StepReport(task_acc, seconds, {"flips": float(res.flips_applied),
+                                              "rejected": float(res.passes_rejected)})
+
+    def device_bytes(self) -> int:
+        return self.qm.device_bytes()["total"] + self.core.nbytes + self.net.nbytes()
+
+
+class BackpropCalibrator:
+    """Back-prop (straight-through) on core plus batch, same core update: the reference."""
+
+    def __init__(
+        self, model: torch.nn.Module, core: Core, *, steps: int, lr: float, seed: int,
+        core_mode: str = "proportional",
+    ) -> None:
+        self.model = copy.deepcopy(model)
+        self.core, self.steps, self.lr = core, steps, lr
+        self.core_mode = core_mode
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.n_seen = 0
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return predict_logits(self.model, X).argmax(1)
+
+    def observe(self, batch: Batch) -> StepReport:
+        task_acc = accuracy(self.predict(batch.X), batch.y)
+        t0 = time.perf_counter()
+        X = np.concatenate([self.core.X, batch.X])
+        y = np.concatenate([self.core.y, batch.y])
+        before = self.predict(X) == y
+        backprop_calibrate(self.model, X, y, steps=self.steps, lr=self.lr,
+                           batch_size=len(y), seed=self.seed + self.n_seen)
+        after = self.predict(X) == y
+        misses = pass_misses(np.stack([before, after]))
+        n_core = len(self.core)
+        self.n_seen += 1
+        self.core = update_core(
+            self.core, batch.X, batch.y, misses[:n_core], misses[n_core:],
+            step=self.n_seen, seed=self.rng, mode=self.core_mode,
+        )
+        return StepReport(task_acc, time.perf_counter() - t0)
+
+    def device_bytes(self) -> int:
+        return to_qmodel(self.model).device_bytes()["total"] + self.core.nbytes

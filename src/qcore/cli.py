@@ -30,8 +30,14 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise QCoreError(str(exc)) from None
     n = count_params(model)
-    info = {"n_params": n, "float_bytes": 4 * n, "channels": args.channels,
-            "classes": args.classes, "filters": args.filters, "depth": args.depth}
+    info = {
+        "n_params": n,
+        "float_bytes": 4 * n,
+        "channels": args.channels,
+        "classes": args.classes,
+        "filters": args.filters,
+        "depth": args.depth,
+    }
     print(json.dumps(info) if args.json else "\n".join(f"{k:>12}: {v}" for k, v in info.items()))
 
 
@@ -39,8 +45,10 @@ def _print_table(result: dict) -> None:
     print(f"{'method':<16}{'bits':>6}{'source':>9}{'target':>9}{'bytes':>10}{'seconds':>9}")
     for r in result["results"]:
         bits = "float" if r["bits"] is None else str(r["bits"])
-        print(f"{r['method']:<16}{bits:>6}{r['source_acc']:>9.3f}{r['target_acc']:>9.3f}"
-              f"{r['device_bytes']:>10}{r['seconds']:>9.2f}")
+        print(
+            f"{r['method']:<16}{bits:>6}{r['source_acc']:>9.3f}{r['target_acc']:>9.3f}"
+            f"{r['device_bytes']:>10}{r['seconds']:>9.2f}"
+        )
 
 
 def _cmd_run(args: argparse.Namespace) -> None:

@@ -18,8 +18,11 @@ def test_shapes_and_raw_input_layers():
     out = model(torch.zeros(3, 6, 50))
     assert out.shape == (3, 5)
     names = {n for n, _ in quant_layers(model)}
-    assert raw_input_layers(model) == {"blocks.0.bottleneck", "blocks.0.pool_conv",
-                                       "shortcuts.2.conv"}
+    assert raw_input_layers(model) == {
+        "blocks.0.bottleneck",
+        "blocks.0.pool_conv",
+        "shortcuts.2.conv",
+    }
     assert raw_input_layers(model) <= names
     one = InceptionTime(1, 3, filters=4, depth=3)
     assert "blocks.0.convs.0" in raw_input_layers(one)

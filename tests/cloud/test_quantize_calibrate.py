@@ -72,8 +72,9 @@ def test_training_dynamics_shape_and_seed(tiny_xy):
     for _ in range(2):
         torch.manual_seed(0)
         m = InceptionTime(3, 3, filters=4, depth=3)
-        dyn = train_float(m, X, y, epochs=4, batch_size=16, seed=0, dynamics_bits=(2, 4),
-                          record_every=2)
+        dyn = train_float(
+            m, X, y, epochs=4, batch_size=16, seed=0, dynamics_bits=(2, 4), record_every=2
+        )
         runs.append((dyn, copy.deepcopy(m.state_dict())))
     dyn = runs[0][0]
     assert dyn.correct.shape == (2, 3, len(y)) and dyn.bits == (None, 2, 4)

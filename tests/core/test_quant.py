@@ -21,7 +21,9 @@ finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 
 @settings(max_examples=60, deadline=None)
-@given(bits=st.sampled_from(SUPPORTED_BITS), x=arrays(np.float32, st.integers(1, 64), elements=finite))
+@given(
+    bits=st.sampled_from(SUPPORTED_BITS), x=arrays(np.float32, st.integers(1, 64), elements=finite)
+)
 def test_quantize_dequantize_within_half_step(bits, x):
     scale, zp = choose_qparams(x.min(), x.max(), bits)
     q = quantize(x, scale, zp, bits)
@@ -65,7 +67,9 @@ def test_codes_out_of_range_rejected():
     with pytest.raises(QCoreError, match="outside"):
         pack_bits(np.array([4], dtype=np.uint8), 2)
     with pytest.raises(QCoreError, match="leave"):
-        QuantizedTensor(np.full((2, 2), 9, np.uint8), np.ones(2, np.float32), np.zeros(2, np.int32), 3)
+        QuantizedTensor(
+            np.full((2, 2), 9, np.uint8), np.ones(2, np.float32), np.zeros(2, np.int32), 3
+        )
     with pytest.raises(QCoreError, match="expected"):
         unpack_bits(np.zeros(3, np.uint8), 4, 10)
 

@@ -112,8 +112,9 @@ class _TorchFlipNet(torch.nn.Module):
     def export(self, threshold: float) -> FlipNet:
         lin1, lin2 = self.mlp[0], self.mlp[2]
         return FlipNet(
-            feedback={n: self.feedback[n.replace(".", "/")].detach().numpy().copy()
-                      for n in self.names},
+            feedback={
+                n: self.feedback[n.replace(".", "/")].detach().numpy().copy() for n in self.names
+            },
             w1=lin1.weight.detach().numpy().T.copy(),
             b1=lin1.bias.detach().numpy().copy(),
             w2=lin2.weight.detach().numpy().T.copy(),
@@ -123,8 +124,11 @@ class _TorchFlipNet(torch.nn.Module):
 
 
 def _tensors(rnd: TeacherRound, name: str):
-    return (torch.from_numpy(rnd.S[name]), torch.from_numpy(rnd.e),
-            torch.from_numpy(rnd.static[name]))
+    return (
+        torch.from_numpy(rnd.S[name]),
+        torch.from_numpy(rnd.e),
+        torch.from_numpy(rnd.static[name]),
+    )
 
 
 def fit_flipnet(
@@ -142,13 +146,16 @@ def fit_flipnet(
     teacher's, so the device moves about as many codes as back-prop would.
     """
     names = list(rounds[0].target)
-    shapes = {n: rounds[0].static[n].shape[0] // max(1, rounds[0].S[n].shape[1]
-              * rounds[0].S[n].shape[2]) for n in names}
+    shapes = {
+        n: rounds[0].static[n].shape[0] // max(1, rounds[0].S[n].shape[1] * rounds[0].S[n].shape[2])
+        for n in names
+    }
     net = _TorchFlipNet(shapes, n_classes, hidden, seed)
     all_t = np.concatenate([r.target[n] for r in rounds for n in names]).astype(np.int64) + 1
     freq = np.bincount(all_t, minlength=3) / len(all_t)
-    weight = torch.tensor(np.minimum(1.0 / np.maximum(freq, 1e-12) * freq[1], MAX_CLASS_WEIGHT),
-                          dtype=torch.float32)
+    weight = torch.tensor(
+        np.minimum(1.0 / np.maximum(freq, 1e-12) * freq[1], MAX_CLASS_WEIGHT), dtype=torch.float32
+    )
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for it in range(iters):
         rnd = rounds[it % len(rounds)]

@@ -28,7 +28,9 @@ from qcore.core.qmodel import ActParams, BatchNorm, QuantizedModel
 from qcore.core.types import validate_xy
 from qcore.errors import QCoreError
 
-DEFAULT_CHUNK = 256  # windows per internal pass: bounds the im2col buffer (~160 MB at 32 filters)
+# Windows per internal pass are chosen so the largest im2col buffer stays near this size:
+# cache-resident passes beat one big pass (measured ~1.5-2x on 2 cores at 32 filters).
+_IM2COL_TARGET_BYTES = 8 << 20
 
 NormFn = Callable[[str, np.ndarray], np.ndarray]
 
@@ -60,7 +62,8 @@ def fake_quant_act(x: np.ndarray, act: ActParams) -> np.ndarray:
     """
     scale, zero_point, bits = act
     s, z = np.float32(scale), np.float32(zero_point)
-    q = np.rint(x / s)
+    q = np.divide(x, s, dtype=np.float32)
+    np.rint(q, out=q)
     q += z
     np.clip(q, np.float32(0), np.float32((1 << bits) - 1), out=q)
     q -= z
@@ -207,6 +210,16 @@ def _check_input(qm: QuantizedModel, X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(X, dtype=np.float32).transpose(0, 2, 1))
 
 
+def auto_chunk_size(qm: QuantizedModel, n_timepoints: int) -> int:
+    """Windows per pass that keep the largest im2col buffer near 8 MiB (at least 1)."""
+    widest = max(
+        layer.kernel_size * int(layer.weight.shape[1])
+        for layer in qm.layers.values()
+        if len(layer.weight.shape) == 3
+    )
+    return max(1, _IM2COL_TARGET_BYTES // (4 * widest * n_timepoints))
+
+
 def _prepare(qm: QuantizedModel) -> dict[str, np.ndarray]:
     """Dequantize every weight once per call into its matrix form (float32)."""
     return {name: _weight_matrix(layer.float_weight()) for name, layer in qm.layers.items()}
@@ -246,13 +259,13 @@ def _merge(traces: list[Trace]) -> Trace:
 
 @overload
 def forward(
-    qm: QuantizedModel, X: np.ndarray, record: Literal[False] = ..., *, chunk_size: int = ...
+    qm: QuantizedModel, X: np.ndarray, record: Literal[False] = ..., *, chunk_size: int | None = ...
 ) -> np.ndarray: ...
 
 
 @overload
 def forward(
-    qm: QuantizedModel, X: np.ndarray, record: Literal[True], *, chunk_size: int = ...
+    qm: QuantizedModel, X: np.ndarray, record: Literal[True], *, chunk_size: int | None = ...
 ) -> Trace: ...
 
 
@@ -261,15 +274,18 @@ def forward(
     X: np.ndarray,
     record: bool = False,
     *,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> np.ndarray | Trace:
     """Logits float32 ``(n, n_classes)`` of windows ``X`` float32 ``(n, n_channels, t)``.
 
     With ``record=True`` returns a :class:`Trace` instead (its ``logits`` are the same
-    array). ``X`` is processed ``chunk_size`` windows at a time to bound memory (the
-    im2col buffer); the results do not depend on it.
+    array). ``X`` is processed ``chunk_size`` windows at a time (default: as many as keep
+    the largest im2col buffer near 8 MiB); results agree across chunk sizes up to float32
+    summation order.
     """
     x = _check_input(qm, X)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(qm, x.shape[1])
     if chunk_size < 1:
         raise QCoreError(f"chunk_size must be >= 1, got {chunk_size}")
     mats = _prepare(qm)
@@ -292,10 +308,19 @@ def forward(
     return _to_torch_layout(_merge(traces))
 
 
-def predict(qm: QuantizedModel, X: np.ndarray, batch_size: int = DEFAULT_CHUNK) -> np.ndarray:
-    """Predicted labels int64 ``(n,)``: argmax of the logits, ``batch_size`` windows a pass."""
-    logits = forward(qm, X, chunk_size=batch_size)
-    return np.argmax(logits, axis=1).astype(np.int64)
+def predict(qm: QuantizedModel, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Predicted labels int64 ``(n,)``: argmax of the logits.
+
+    ``batch_size`` windows are run per :func:`forward` call (which may split them further).
+    """
+    if batch_size < 1:
+        raise QCoreError(f"batch_size must be >= 1, got {batch_size}")
+    validate_xy(X, what="edge input")
+    labels = [
+        np.argmax(forward(qm, X[i : i + batch_size]), axis=1)
+        for i in range(0, X.shape[0], batch_size)
+    ]
+    return np.concatenate(labels).astype(np.int64)
 
 
 def bn_reestimate(qm: QuantizedModel, X: np.ndarray) -> QuantizedModel:

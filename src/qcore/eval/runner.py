@@ -67,17 +67,20 @@ def stream(calibrator, sc: Scenario, progress: bool = False) -> list[dict]:
     for i, batch in enumerate(tqdm(sc.stream, desc="stream", disable=not progress)):
         rep = calibrator.observe(batch)
         core = getattr(calibrator, "core", None)
-        steps.append({
-            "step": i + 1,
-            "task_acc": rep.task_acc,
-            "source_acc": acc_of(calibrator.predict(sc.source_test.X), sc.source_test.y),
-            "target_acc": acc_of(calibrator.predict(sc.target_test.X), sc.target_test.y),
-            "core_acc": acc_of(calibrator.predict(core.X), core.y) if core is not None
-            else float("nan"),
-            "seconds": rep.seconds,
-            "device_bytes": calibrator.device_bytes(),
-            **rep.extra,
-        })
+        steps.append(
+            {
+                "step": i + 1,
+                "task_acc": rep.task_acc,
+                "source_acc": acc_of(calibrator.predict(sc.source_test.X), sc.source_test.y),
+                "target_acc": acc_of(calibrator.predict(sc.target_test.X), sc.target_test.y),
+                "core_acc": acc_of(calibrator.predict(core.X), core.y)
+                if core is not None
+                else float("nan"),
+                "seconds": rep.seconds,
+                "device_bytes": calibrator.device_bytes(),
+                **rep.extra,
+            }
+        )
     return steps
 
 
@@ -91,15 +94,27 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     model = InceptionTime(ds.X.shape[1], sc.n_classes, cfg.filters, cfg.depth)
     t0 = time.perf_counter()
     dyn = train_float(
-        model, Xs, ys, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-        dynamics_bits=cfg.dynamics_bits if cfg.method != "none" else (),
-        record_every=cfg.record_every, progress=progress,
+        model,
+        Xs,
+        ys,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        dynamics_bits=cfg.dynamics_bits if set(cfg.methods) != {"none"} else (),
+        record_every=cfg.record_every,
+        progress=progress,
     )
     train_seconds = time.perf_counter() - t0
-    rows: list[dict] = [{
-        "method": "float", "bits": None, **_eval(model, sc),
-        "device_bytes": to_qmodel(model).device_bytes()["total"], "seconds": train_seconds,
-    }]
+    rows: list[dict] = [
+        {
+            "method": "float",
+            "bits": None,
+            **_eval(model, sc),
+            "device_bytes": to_qmodel(model).device_bytes()["total"],
+            "seconds": train_seconds,
+        }
+    ]
     if dyn is not None:
         scores = qcore_scores(dyn.correct, dyn.bits)
     else:
@@ -108,24 +123,45 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     for bits in cfg.bits:
         t0 = time.perf_counter()
         qmodel = quantize_model(model, bits, Xs[:CALIB_WINDOWS], cfg.seed)
-        rows.append({"method": "ptq", "bits": bits, **_eval(qmodel, sc),
-                     "device_bytes": to_qmodel(qmodel).device_bytes()["total"],
-                     "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "method": "ptq",
+                "bits": bits,
+                **_eval(qmodel, sc),
+                "device_bytes": to_qmodel(qmodel).device_bytes()["total"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         t0 = time.perf_counter()
         steps = max(1, cfg.source_calib_epochs * -(-len(ys) // cfg.batch_size))
-        backprop_calibrate(qmodel, Xs, ys, steps=steps, lr=cfg.calib_lr,
-                           batch_size=cfg.batch_size, seed=cfg.seed)
+        backprop_calibrate(
+            qmodel, Xs, ys, steps=steps, lr=cfg.calib_lr, batch_size=cfg.batch_size, seed=cfg.seed
+        )
         deployed = _eval(qmodel, sc)
-        rows.append({"method": "backprop-source", "bits": bits, **deployed,
-                     "device_bytes": to_qmodel(qmodel).device_bytes()["total"],
-                     "seconds": time.perf_counter() - t0})
-        rows.append(_stream_row(cfg, sc, qmodel, core, bits, deployed, progress))
+        rows.append(
+            {
+                "method": "backprop-source",
+                "bits": bits,
+                **deployed,
+                "device_bytes": to_qmodel(qmodel).device_bytes()["total"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        for method in cfg.methods:
+            rows.append(_stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress))
         write_json_atomic(out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
-    result = {"config": cfg.to_dict(), "results": rows,
-              "scenario": {"n_source_train": len(ys), "n_target_train": len(sc.target_train),
-                           "n_source_test": len(sc.source_test),
-                           "n_target_test": len(sc.target_test),
-                           "batch_size": len(sc.stream[0]), "n_batches": len(sc.stream)}}
+    result = {
+        "config": cfg.to_dict(),
+        "results": rows,
+        "scenario": {
+            "n_source_train": len(ys),
+            "n_target_train": len(sc.target_train),
+            "n_source_test": len(sc.source_test),
+            "n_target_test": len(sc.target_test),
+            "batch_size": len(sc.stream[0]),
+            "n_batches": len(sc.stream),
+        },
+    }
     write_json_atomic(out_dir / "results.json", result)
     from qcore.eval.plots import plot_stream
 
@@ -133,31 +169,61 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     return result
 
 
-def _stream_row(cfg, sc, qmodel, core, bits, deployed, progress) -> dict:
+def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress) -> dict:
     qm = to_qmodel(qmodel)
-    row: dict = {"method": cfg.method, "bits": bits,
-                 "source_acc_before": deployed["source_acc"],
-                 "target_acc_before": deployed["target_acc"]}
+    row: dict = {
+        "method": method,
+        "bits": bits,
+        "source_acc_before": deployed["source_acc"],
+        "target_acc_before": deployed["target_acc"],
+    }
     cloud_t0 = time.perf_counter()
-    if cfg.method == "none":
+    if method == "none":
         cal = NoCalibration(qm)
-    elif cfg.method == "backprop":
-        cal = BackpropCalibrator(qmodel, core, steps=cfg.calib_steps, lr=cfg.calib_lr,
-                                 seed=cfg.seed, core_mode=cfg.core_mode)
+    elif method == "backprop":
+        cal = BackpropCalibrator(
+            qmodel,
+            core,
+            steps=cfg.calib_steps,
+            lr=cfg.calib_lr,
+            seed=cfg.seed,
+            core_mode=cfg.core_mode,
+        )
     else:
         rounds = collect_rounds(
-            qmodel, core.X, core.y, sc.source_train.X, sc.source_train.y,
-            rounds=FLIP_ROUNDS, steps=cfg.calib_steps, lr=cfg.calib_lr,
-            batch_len=len(sc.stream[0]), seed=cfg.seed,
+            qmodel,
+            core.X,
+            core.y,
+            sc.source_train.X,
+            sc.source_train.y,
+            rounds=FLIP_ROUNDS,
+            steps=cfg.calib_steps,
+            lr=cfg.calib_lr,
+            batch_len=len(sc.stream[0]),
+            seed=cfg.seed,
         )
         net = fit_flipnet(rounds[:-FLIP_HELD_OUT], sc.n_classes, seed=cfg.seed)
         row["flipnet"] = agreement_report(net, rounds[-FLIP_HELD_OUT:], seed=cfg.seed)
-        cal = QCoreCalibrator(qm, core, net, steps=cfg.flip_steps, guard=cfg.flip_guard,
-                              bn_mode=cfg.bn_mode, seed=cfg.seed, core_mode=cfg.core_mode)
+        cal = QCoreCalibrator(
+            qm,
+            core,
+            net,
+            steps=cfg.flip_steps,
+            guard=cfg.flip_guard,
+            bn_mode=cfg.bn_mode,
+            seed=cfg.seed,
+            core_mode=cfg.core_mode,
+        )
     row["cloud_seconds"] = time.perf_counter() - cloud_t0
     steps = stream(cal, sc, progress)
     last = steps[-1]
-    row.update({"source_acc": last["source_acc"], "target_acc": last["target_acc"],
-                "device_bytes": cal.device_bytes(),
-                "seconds": float(np.mean([s["seconds"] for s in steps])), "steps": steps})
+    row.update(
+        {
+            "source_acc": last["source_acc"],
+            "target_acc": last["target_acc"],
+            "device_bytes": cal.device_bytes(),
+            "seconds": float(np.mean([s["seconds"] for s in steps])),
+            "steps": steps,
+        }
+    )
     return row

@@ -82,12 +82,21 @@ class QCoreCalibrator:
         n_core = len(self.core)
         self.n_seen += 1
         self.core = update_core(
-            self.core, batch.X, batch.y, misses[:n_core], misses[n_core:],
-            step=self.n_seen, seed=self.rng, mode=self.core_mode,
+            self.core,
+            batch.X,
+            batch.y,
+            misses[:n_core],
+            misses[n_core:],
+            step=self.n_seen,
+            seed=self.rng,
+            mode=self.core_mode,
         )
         seconds = time.perf_counter() - t0
-        return StepReport(task_acc, seconds, {"flips": float(res.flips_applied),
-                                              "rejected": float(res.passes_rejected)})
+        return StepReport(
+            task_acc,
+            seconds,
+            {"flips": float(res.flips_applied), "rejected": float(res.passes_rejected)},
+        )
 
     def device_bytes(self) -> int:
         return self.qm.device_bytes()["total"] + self.core.nbytes + self.net.nbytes()
@@ -97,7 +106,13 @@ class BackpropCalibrator:
     """Back-prop (straight-through) on core plus batch, same core update: the reference."""
 
     def __init__(
-        self, model: torch.nn.Module, core: Core, *, steps: int, lr: float, seed: int,
+        self,
+        model: torch.nn.Module,
+        core: Core,
+        *,
+        steps: int,
+        lr: float,
+        seed: int,
         core_mode: str = "proportional",
     ) -> None:
         self.model = copy.deepcopy(model)
@@ -116,15 +131,28 @@ class BackpropCalibrator:
         X = np.concatenate([self.core.X, batch.X])
         y = np.concatenate([self.core.y, batch.y])
         before = self.predict(X) == y
-        backprop_calibrate(self.model, X, y, steps=self.steps, lr=self.lr,
-                           batch_size=len(y), seed=self.seed + self.n_seen)
+        backprop_calibrate(
+            self.model,
+            X,
+            y,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=len(y),
+            seed=self.seed + self.n_seen,
+        )
         after = self.predict(X) == y
         misses = pass_misses(np.stack([before, after]))
         n_core = len(self.core)
         self.n_seen += 1
         self.core = update_core(
-            self.core, batch.X, batch.y, misses[:n_core], misses[n_core:],
-            step=self.n_seen, seed=self.rng, mode=self.core_mode,
+            self.core,
+            batch.X,
+            batch.y,
+            misses[:n_core],
+            misses[n_core:],
+            step=self.n_seen,
+            seed=self.rng,
+            mode=self.core_mode,
         )
         return StepReport(task_acc, time.perf_counter() - t0)
 

@@ -1,0 +1,77 @@
+"""QCore against no calibration and back-prop on core plus batch, over seeds.
+
+For each dataset pair and seed: one ``qcore run`` with ``bits=2,4,8`` and
+``method=none,backprop,qcore`` (all methods share the trained float model and the
+deployed quantized models). Prints a Markdown table of final target and source test
+accuracy (mean +- std over seeds), mean device time per stream step and device bytes.
+Finished runs are reused (delete the folder to recompute).
+
+    .venv/bin/python benchmarks/method.py --seeds 0 1 2 [--pairs hapt:1:4 usc-had:1:11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from qcore.config import RunConfig
+from qcore.eval.metrics import mean_std
+from qcore.eval.runner import run
+
+DEFAULT_PAIRS = ("hapt:1:4", "hapt:1:25", "usc-had:1:11")
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--bits", default="2,4,8")
+    ap.add_argument("--out", default="runs/bench-method")
+    ap.add_argument("--set", action="append", default=[], help="extra key=value settings")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for pair in args.pairs:
+        dataset, src, tgt = pair.split(":")
+        for seed in args.seeds:
+            folder = Path(args.out) / f"{dataset}-{src}-{tgt}-s{seed}"
+            path = folder / "results.json"
+            if path.exists() and "scenario" in json.loads(path.read_text()):
+                res = json.loads(path.read_text())
+            else:
+                extra = dict(kv.split("=", 1) for kv in args.set)
+                cfg = RunConfig.from_dict({"dataset": dataset, "source": src, "target": tgt,
+                                           "bits": args.bits, "seed": seed,
+                                           "method": "none,backprop,qcore", **extra})
+                res = run(cfg, folder)
+            for r in res["results"]:
+                if "steps" not in r:
+                    continue
+                c = cells[(pair, r["bits"], r["method"])]
+                c["target"].append(r["target_acc"])
+                c["source"].append(r["source_acc"])
+                c["target_before"].append(r["target_acc_before"])
+                c["source_before"].append(r["source_acc_before"])
+                c["step_s"].append(r["seconds"])
+                c["bytes"].append(r["device_bytes"])
+            print(f"done {pair} seed {seed}", flush=True)
+    print("\n| pair | bits | method | target before | target after | source before "
+          "| source after | s / step | device bytes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (pair, bits, method), c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        print(f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} | {method} "
+              f"| {fmt(c['target_before'])} | {fmt(c['target'])} | {fmt(c['source_before'])} "
+              f"| {fmt(c['source'])} | {fmt(c['step_s'], 3)} | {int(mean_std(c['bytes'])[0]):,} |")
+
+
+if __name__ == "__main__":
+    main()

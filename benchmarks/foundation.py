@@ -34,13 +34,22 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, src, tgt in PAIRS:
-        cfg = RunConfig(dataset=dataset, source=src, target=tgt, bits=(2, 4, 8), method="none",
-                        seed=args.seed, epochs=args.epochs)
+        cfg = RunConfig(
+            dataset=dataset,
+            source=src,
+            target=tgt,
+            bits=(2, 4, 8),
+            method="none",
+            seed=args.seed,
+            epochs=args.epochs,
+        )
         res = run(cfg, Path(args.out) / f"{dataset}-{src}-{tgt}-s{args.seed}")
         rows = res["results"]
         fl = rows[0]
-        lines.append(f"| {dataset} {src}->{tgt} | float | {fl['source_acc']:.3f} | - "
-                     f"| {fl['target_acc']:.3f} | - | {fl['device_bytes']:,} | 1.0 |")
+        lines.append(
+            f"| {dataset} {src}->{tgt} | float | {fl['source_acc']:.3f} | - "
+            f"| {fl['target_acc']:.3f} | - | {fl['device_bytes']:,} | 1.0 |"
+        )
         for bits in cfg.bits:
             ptq = next(r for r in rows if r["method"] == "ptq" and r["bits"] == bits)
             cal = next(r for r in rows if r["method"] == "backprop-source" and r["bits"] == bits)

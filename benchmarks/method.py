@@ -49,9 +49,17 @@ def main() -> None:
                 res = json.loads(path.read_text())
             else:
                 extra = dict(kv.split("=", 1) for kv in args.set)
-                cfg = RunConfig.from_dict({"dataset": dataset, "source": src, "target": tgt,
-                                           "bits": args.bits, "seed": seed,
-                                           "method": "none,backprop,qcore", **extra})
+                cfg = RunConfig.from_dict(
+                    {
+                        "dataset": dataset,
+                        "source": src,
+                        "target": tgt,
+                        "bits": args.bits,
+                        "seed": seed,
+                        "method": "none,backprop,qcore",
+                        **extra,
+                    }
+                )
                 res = run(cfg, folder)
             for r in res["results"]:
                 if "steps" not in r:
@@ -64,13 +72,17 @@ def main() -> None:
                 c["step_s"].append(r["seconds"])
                 c["bytes"].append(r["device_bytes"])
             print(f"done {pair} seed {seed}", flush=True)
-    print("\n| pair | bits | method | target before | target after | source before "
-          "| source after | s / step | device bytes |")
+    print(
+        "\n| pair | bits | method | target before | target after | source before "
+        "| source after | s / step | device bytes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for (pair, bits, method), c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        print(f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} | {method} "
-              f"| {fmt(c['target_before'])} | {fmt(c['target'])} | {fmt(c['source_before'])} "
-              f"| {fmt(c['source'])} | {fmt(c['step_s'], 3)} | {int(mean_std(c['bytes'])[0]):,} |")
+        print(
+            f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} | {method} "
+            f"| {fmt(c['target_before'])} | {fmt(c['target'])} | {fmt(c['source_before'])} "
+            f"| {fmt(c['source'])} | {fmt(c['step_s'], 3)} | {int(mean_std(c['bytes'])[0]):,} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from qcore.core.quant import (
     check_bits,
     choose_qparams,
     dequantize,
+    qrange,
     quantize,
     quantize_weight,
-    qrange,
 )
 from qcore.errors import QCoreError
 

@@ -70,8 +70,9 @@ def test_update_keeps_size_and_tracks_hard_samples():
     y_new = np.arange(10) % 2
     new = update_core(core, X_new, y_new, np.zeros(6, int), np.ones(10, int), step=1, seed=0)
     assert len(new) == 6 and np.all(new.origin == 1)  # old samples were all right: dropped
-    kept = update_core(core, X_new, y_new, np.zeros(6, int), np.ones(10, int), step=1, seed=0,
-                       old_quota=0.5)
+    kept = update_core(
+        core, X_new, y_new, np.zeros(6, int), np.ones(10, int), step=1, seed=0, old_quota=0.5
+    )
     assert len(kept) == 6 and np.sum(kept.origin == -1) == 3
 
 
@@ -81,5 +82,12 @@ def test_build_core_validates():
     core = build_core(X, y, np.arange(30), 5, "proportional", seed=0)
     assert len(core) == 5 and core.nbytes == 5 * 2 * 4 * 4 + 5 * 8
     with pytest.raises(QCoreError, match="NaN"):
-        update_core(core, np.full((2, 2, 4), np.nan, np.float32), np.zeros(2, int),
-                    np.zeros(5), np.zeros(2), step=1, seed=0)
+        update_core(
+            core,
+            np.full((2, 2, 4), np.nan, np.float32),
+            np.zeros(2, int),
+            np.zeros(5),
+            np.zeros(2),
+            step=1,
+            seed=0,
+        )

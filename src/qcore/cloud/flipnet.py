@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.export import to_qmodel
+from qcore.cloud.model import quant_layers
 from qcore.core.quant import QuantizedTensor
 from qcore.edge.flip import (
     N_FEATURES,
@@ -68,6 +69,8 @@ def collect_rounds(
         pick = rng.choice(len(y_pool), min(batch_len, len(y_pool)), replace=False)
         X = np.concatenate([X_core, X_pool[pick]]).astype(np.float32)
         y = np.concatenate([y_core, y_pool[pick]]).astype(np.int64)
+        for _, layer in quant_layers(work):  # the device holds codes only: no latent
+            layer.set_codes(layer.codes())
         before = to_qmodel(work)
         trace = forward(before, X, record=True)
         backprop_calibrate(work, X, y, steps=steps, lr=lr, batch_size=len(y), seed=seed + r)

@@ -51,15 +51,14 @@ def quantize_model(
     if bits is None:
         return qmodel
     bits = check_bits(bits)
-    rng = np.random.default_rng(seed)
     raw = raw_input_layers(qmodel)
     hooks = []
 
     def make_hook(act_bits: int):
         def hook(module, args):
             v = args[0].detach().numpy().reshape(-1)
-            if v.size > _MAX_OBSERVED:
-                v = rng.choice(v, _MAX_OBSERVED, replace=False)
+            if v.size > _MAX_OBSERVED:  # same seed per call: one tensor, one range
+                v = np.random.default_rng(seed).choice(v, _MAX_OBSERVED, replace=False)
             module.set_act_range(*choose_act_range(v, act_bits), act_bits)
 
         return hook

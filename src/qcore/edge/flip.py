@@ -15,7 +15,8 @@ Features of weight ``(o, i, j)`` of a layer with input ``x`` (n, i, T):
   is then the exact gradient), and ``S[n,i,j] = sum_t x_pad[n,i,t+j]`` are window sums
   of the layer input at tap ``j``; normalised by its RMS over the layer;
 * the code's position in its range, whether it sits at either end, the signed
-  dequantized weight relative to the range, and the bit-width.
+  dequantized weight relative to the range, the bit-width, and the channel's scale
+  (how far one integer step is, relative to the step a gradient method would take).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor, qrange
 from qcore.errors import QCoreError
 
-N_STATIC = 6  # position, at-min, at-max, signed value, bits/8, is-head
+N_STATIC = 7  # position, at-min, at-max, signed value, bits/8, is-head, log10 scale
 N_FEATURES = 2 + N_STATIC
 FLIP_VALUES = np.array([-1, 0, 1], dtype=np.int16)
 
@@ -101,6 +102,7 @@ def static_features(qt: QuantizedTensor, is_head: bool) -> np.ndarray:
         (q - zp) / span,
         np.full_like(q, qt.bits / 8.0),
         np.full_like(q, float(is_head)),
+        np.broadcast_to(np.log10(qt.scale.reshape(-1, 1) + 1e-12), q.shape),
     ]
     return np.stack([c.reshape(-1) for c in cols], axis=1)
 

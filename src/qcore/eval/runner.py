@@ -21,7 +21,6 @@ import torch
 
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.export import to_qmodel
-from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.cloud.train import CALIB_WINDOWS, accuracy, train_float
@@ -30,11 +29,10 @@ from qcore.coreset.core import build_core
 from qcore.coreset.scores import qcore_scores
 from qcore.data.registry import load_dataset
 from qcore.data.scenario import Scenario, make_scenario
+from qcore.errors import QCoreError
+from qcore.eval.methods import Deployment, available
+from qcore.eval.methods import make as make_method
 from qcore.eval.metrics import accuracy as acc_of
-from qcore.eval.stream import BackpropCalibrator, NoCalibration, QCoreCalibrator
-
-FLIP_ROUNDS = 8
-FLIP_HELD_OUT = 2
 
 
 def _eval(model, sc: Scenario) -> dict[str, float]:
@@ -87,6 +85,11 @@ def stream(calibrator, sc: Scenario, progress: bool = False) -> list[dict]:
 def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     """Run one experiment and write ``out_dir/results.json`` (and a plot)."""
     out_dir = Path(out_dir)
+    unknown = [m for m in cfg.methods if m not in available()]
+    if unknown:
+        raise QCoreError(
+            f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(available()))}"
+        )
     ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
     sc = make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
     Xs, ys = sc.source_train.X, sc.source_train.y
@@ -170,51 +173,26 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
 
 
 def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress) -> dict:
-    qm = to_qmodel(qmodel)
+    dep = Deployment(
+        cfg=cfg,
+        bits=bits,
+        qmodel=qmodel,
+        core=core,
+        source_X=sc.source_train.X,
+        source_y=sc.source_train.y,
+        n_classes=sc.n_classes,
+        batch_len=len(sc.stream[0]),
+    )
+    cloud_t0 = time.perf_counter()
+    cal = make_method(method, dep)
     row: dict = {
         "method": method,
         "bits": bits,
         "source_acc_before": deployed["source_acc"],
         "target_acc_before": deployed["target_acc"],
+        "cloud_seconds": time.perf_counter() - cloud_t0,
+        **dep.extras,
     }
-    cloud_t0 = time.perf_counter()
-    if method == "none":
-        cal = NoCalibration(qm)
-    elif method == "backprop":
-        cal = BackpropCalibrator(
-            qmodel,
-            core,
-            steps=cfg.calib_steps,
-            lr=cfg.calib_lr,
-            seed=cfg.seed,
-            core_mode=cfg.core_mode,
-        )
-    else:
-        rounds = collect_rounds(
-            qmodel,
-            core.X,
-            core.y,
-            sc.source_train.X,
-            sc.source_train.y,
-            rounds=FLIP_ROUNDS,
-            steps=cfg.calib_steps,
-            lr=cfg.calib_lr,
-            batch_len=len(sc.stream[0]),
-            seed=cfg.seed,
-        )
-        net = fit_flipnet(rounds[:-FLIP_HELD_OUT], sc.n_classes, seed=cfg.seed)
-        row["flipnet"] = agreement_report(net, rounds[-FLIP_HELD_OUT:], seed=cfg.seed)
-        cal = QCoreCalibrator(
-            qm,
-            core,
-            net,
-            steps=cfg.flip_steps,
-            guard=cfg.flip_guard,
-            bn_mode=cfg.bn_mode,
-            seed=cfg.seed,
-            core_mode=cfg.core_mode,
-        )
-    row["cloud_seconds"] = time.perf_counter() - cloud_t0
     steps = stream(cal, sc, progress)
     last = steps[-1]
     row.update(

@@ -24,6 +24,7 @@ from qcore.coreset.scores import pass_misses
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.flip import FlipNet
 from qcore.edge.infer import predict as edge_predict
+from qcore.eval.methods import Deployment, register
 from qcore.eval.metrics import accuracy
 
 
@@ -158,3 +159,57 @@ class BackpropCalibrator:
 
     def device_bytes(self) -> int:
         return to_qmodel(self.model).device_bytes()["total"] + self.core.nbytes
+
+
+@register("none")
+def _none(dep: Deployment) -> NoCalibration:
+    return NoCalibration(to_qmodel(dep.qmodel))
+
+
+@register("backprop")
+def _backprop(dep: Deployment) -> BackpropCalibrator:
+    c = dep.cfg
+    return BackpropCalibrator(
+        dep.qmodel, dep.core, steps=c.calib_steps, lr=c.calib_lr, seed=c.seed, core_mode=c.core_mode
+    )
+
+
+FLIP_ROUNDS = 8
+FLIP_HELD_OUT = 2
+
+
+def train_flipnet(dep: Deployment) -> FlipNet:
+    """Teacher rounds on the core plus source batches, fit, report held-out agreement."""
+    from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
+
+    c = dep.cfg
+    rounds = collect_rounds(
+        dep.qmodel,
+        dep.core.X,
+        dep.core.y,
+        dep.source_X,
+        dep.source_y,
+        rounds=FLIP_ROUNDS,
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        batch_len=dep.batch_len,
+        seed=c.seed,
+    )
+    net = fit_flipnet(rounds[:-FLIP_HELD_OUT], dep.n_classes, seed=c.seed)
+    dep.extras["flipnet"] = agreement_report(net, rounds[-FLIP_HELD_OUT:], seed=c.seed)
+    return net
+
+
+@register("qcore")
+def _qcore(dep: Deployment) -> QCoreCalibrator:
+    c = dep.cfg
+    return QCoreCalibrator(
+        to_qmodel(dep.qmodel),
+        dep.core,
+        train_flipnet(dep),
+        steps=c.flip_steps,
+        guard=c.flip_guard,
+        bn_mode=c.bn_mode,
+        seed=c.seed,
+        core_mode=c.core_mode,
+    )

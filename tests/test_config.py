@@ -7,8 +7,8 @@ from qcore.errors import QCoreError
 def test_defaults_and_overrides(tmp_path):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('dataset = "synthetic"\nbits = [2, 8]\nepochs = 3\n')
-    cfg = load_config(cfg_file, ["epochs=4", "flip_guard=false", "method=qcore"])
-    assert (cfg.dataset, cfg.bits, cfg.epochs, cfg.flip_guard) == ("synthetic", (2, 8), 4, False)
+    cfg = load_config(cfg_file, ["epochs=4", "flip_guard=off", "method=qcore"])
+    assert (cfg.dataset, cfg.bits, cfg.epochs, cfg.flip_guard) == ("synthetic", (2, 8), 4, "off")
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -47,7 +47,7 @@ class RunConfig:
     core_size: int = 20
     core_mode: str = "proportional"
     flip_steps: int = 3
-    flip_guard: bool = True
+    flip_guard: str = "pass"  # pass | layer | off
     bn_mode: str = "reestimate"
     # reproducibility and machine
     seed: int = 0
@@ -78,6 +78,8 @@ class RunConfig:
             raise QCoreError("setting method needs at least one method name")
         if self.core_mode not in ("proportional", "stratified", "balanced"):
             raise QCoreError(f"unknown core_mode {self.core_mode!r}")
+        if self.flip_guard not in ("pass", "layer", "off"):
+            raise QCoreError(f"unknown flip_guard {self.flip_guard!r}: choose pass, layer or off")
         if self.bn_mode not in ("frozen", "reestimate"):
             raise QCoreError(f"unknown bn_mode {self.bn_mode!r}: choose frozen or reestimate")
         if self.source == self.target:

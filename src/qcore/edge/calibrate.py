@@ -44,6 +44,25 @@ def propose_flips(
     return out, n_flips
 
 
+def _layer_guarded_pass(qm, net, trace, X, y, loss):
+    """Accept each layer's flips only if the calibration loss does not rise (one forward
+    pass per layer with flips; METHOD.md section 4, the allowed improvement)."""
+    e = error_signal(trace.logits, y)
+    applied = 0
+    for name, feedback in net.feedback.items():
+        flips = net.predict_flips(layer_features(qm, name, trace.inputs[name], e, feedback))
+        if not np.any(flips):
+            continue
+        candidate = qm.copy()
+        candidate.layers[name].weight = apply_flips(qm.layers[name].weight, flips)
+        cand_logits = forward(candidate, X)
+        cand_loss = cross_entropy(cand_logits, y)
+        if cand_loss <= loss:
+            qm, loss = candidate, cand_loss
+            applied += int(np.count_nonzero(flips))
+    return qm, applied
+
+
 def flip_calibrate(
     qm: QuantizedModel,
     X: np.ndarray,
@@ -51,15 +70,16 @@ def flip_calibrate(
     net: FlipNet,
     *,
     steps: int = 3,
-    guard: bool = True,
+    guard: bool | str = True,
     bn_mode: str = "reestimate",
 ) -> FlipStepResult:
     """Calibrate ``qm`` on ``(X, y)`` (core plus batch) without back-propagation.
 
     ``bn_mode='reestimate'`` first replaces BatchNorm statistics by those of ``X``;
     ``'frozen'`` keeps them. Each of ``steps`` passes proposes flips for every layer;
-    with ``guard`` a pass is kept only if the loss on ``(X, y)`` does not rise
-    (one extra forward pass), and the first rejected pass ends the step.
+    with ``guard=True`` a pass is kept only if the loss on ``(X, y)`` does not rise
+    (one extra forward pass), and the first rejected pass ends the step; with
+    ``guard="layer"`` each layer's flips are accepted or refused on their own.
     """
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
@@ -68,6 +88,15 @@ def flip_calibrate(
     correct = [trace.logits.argmax(1) == y]
     applied, rejected = 0, 0
     for _ in range(steps):
+        if guard == "layer":
+            qm, n_flips = _layer_guarded_pass(qm, net, trace, X, y, loss)
+            if n_flips == 0:
+                break
+            trace = forward(qm, X, record=True)
+            loss = cross_entropy(trace.logits, y)
+            applied += n_flips
+            correct.append(trace.logits.argmax(1) == y)
+            continue
         candidate, n_flips = propose_flips(qm, net, trace.inputs, error_signal(trace.logits, y))
         if n_flips == 0:
             break

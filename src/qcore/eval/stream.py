@@ -56,7 +56,7 @@ class QCoreCalibrator:
         net: FlipNet,
         *,
         steps: int,
-        guard: bool,
+        guard: bool | str,
         bn_mode: str,
         seed: int,
         core_mode: str = "proportional",
@@ -198,6 +198,9 @@ def train_flipnet(dep: Deployment) -> FlipNet:
     net = fit_flipnet(rounds[:-FLIP_HELD_OUT], dep.n_classes, seed=c.seed)
     dep.extras["flipnet"] = agreement_report(net, rounds[-FLIP_HELD_OUT:], seed=c.seed)
     return net
+
+
+_GUARDS = {"pass": True, "layer": "layer", "off": False}
 
 
 @register("qcore")

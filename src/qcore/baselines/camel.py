@@ -1,0 +1,122 @@
+"""``camel``: coreset training and a coreset buffer by facility location (Li et al., 2022).
+
+Camel trains on a small representative subset of each batch and keeps a representative
+buffer. Both are chosen by greedy maximisation of the submodular facility-location
+objective ``F(S) = sum_i max_{j in S} sim(i, j)`` over penultimate features
+(``model.features``, pooled, current model), with ``sim = d_max - d`` for Euclidean
+distances ``d`` (non-negative, so greedy is within ``1 - 1/e`` of the optimum). Each step:
+pick ``batch_fraction`` of the batch, train on buffer + picked samples, then merge the
+picked samples into the buffer by the same objective over buffer + picked. The first
+buffer is picked from the source training set in the cloud.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qcore.baselines.common import Buffer
+from qcore.baselines.torch_common import TorchBaseline, xy_tensors
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.core.types import Batch
+from qcore.coreset.core import Core
+from qcore.eval.methods import Deployment, register
+
+
+def facility_location_greedy(sim: np.ndarray, k: int) -> np.ndarray:
+    """Greedy ``argmax F`` of size ``k`` for a non-negative ``sim`` ``(n, n)``: int64 indices,
+    in pick order. Ties go to the lowest index."""
+    n = sim.shape[0]
+    cover = np.zeros(n)  # max similarity of each point to the chosen set so far
+    chosen: list[int] = []
+    for _ in range(min(k, n)):
+        gains = np.maximum(sim, cover[:, None]).sum(axis=0) - cover.sum()
+        gains[chosen] = -np.inf
+        j = int(np.argmax(gains))
+        chosen.append(j)
+        cover = np.maximum(cover, sim[:, j])
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def similarity(features: np.ndarray) -> np.ndarray:
+    """``d_max - d`` for pairwise Euclidean distances of ``features`` ``(n, f)``: ``(n, n)``."""
+    f = features.astype(np.float64)
+    sq = (f * f).sum(axis=1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0))
+    return d.max() - d
+
+
+@torch.no_grad()
+def features_of(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
+    """Pooled penultimate features float32 ``(n, 4 * filters)`` in eval mode."""
+    model.eval()
+    return model.features(xy_tensors(X, np.zeros(0))[0]).numpy()
+
+
+class Camel(TorchBaseline):
+    def __init__(
+        self,
+        qmodel: torch.nn.Module,
+        source_X: np.ndarray,
+        source_y: np.ndarray,
+        *,
+        size: int,
+        steps: int,
+        lr: float,
+        seed: int,
+        batch_fraction: float = 0.5,
+    ) -> None:
+        super().__init__(qmodel)
+        self.buffer = Buffer(size, source_X.shape[1:])
+        pick = facility_location_greedy(similarity(features_of(self.model, source_X)), size)
+        for slot, i in enumerate(pick):
+            self.buffer.put(slot, source_X[i], int(source_y[i]), -1)
+        self.buffer.n_seen = len(source_y)
+        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+        self.batch_fraction = batch_fraction
+
+    @property
+    def core(self) -> Core:
+        return self.buffer.as_core()
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        b = self.buffer
+        m = max(1, math.ceil(self.batch_fraction * len(batch)))
+        pick = facility_location_greedy(similarity(features_of(self.model, batch.X)), m)
+        X = np.concatenate([b.X[: b.size], batch.X[pick]])
+        y = np.concatenate([b.y[: b.size], batch.y[pick]])
+        origin = np.concatenate([b.origin[: b.size], np.full(len(pick), self.n_steps + 1)])
+        backprop_calibrate(
+            self.model,
+            X,
+            y,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=len(y),
+            seed=self.seed + self.n_steps,
+        )
+        self.n_steps += 1
+        keep = facility_location_greedy(similarity(features_of(self.model, X)), b.capacity)
+        for slot, i in enumerate(keep):
+            b.put(slot, X[i], int(y[i]), int(origin[i]))
+        b.n_seen += len(batch)
+        return {"trained_on": float(len(y))}
+
+    def device_bytes(self) -> int:
+        return self.model_bytes() + self.buffer.nbytes
+
+
+@register("camel")
+def _camel(dep: Deployment) -> Camel:
+    c = dep.cfg
+    return Camel(
+        dep.qmodel,
+        dep.source_X,
+        dep.source_y,
+        size=min(c.core_size, len(dep.source_y)),
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        seed=c.seed,
+    )

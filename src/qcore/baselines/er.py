@@ -1,0 +1,73 @@
+"""``er``: experience replay with a reservoir buffer (Chaudhry et al., 2019).
+
+The buffer (``core_size`` samples) is filled in the cloud by reservoir sampling over a
+seeded shuffle of the source training set. Each Adam step trains on the whole new batch
+plus a fresh uniform sample of the buffer (as many as the batch); afterwards the batch
+is offered to the reservoir, which keeps a uniform sample of everything seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qcore.baselines.common import source_reservoir
+from qcore.baselines.torch_common import TorchBaseline, adam_steps, xy_tensors
+from qcore.core.types import Batch
+from qcore.coreset.core import Core
+from qcore.eval.methods import Deployment, register
+
+
+class ExperienceReplay(TorchBaseline):
+    def __init__(
+        self,
+        qmodel: torch.nn.Module,
+        source_X: np.ndarray,
+        source_y: np.ndarray,
+        *,
+        size: int,
+        steps: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        super().__init__(qmodel)
+        self.rng = np.random.default_rng(seed)
+        self.buffer = source_reservoir(source_X, source_y, size, self.rng)
+        self.steps, self.lr, self.n_steps = steps, lr, 0
+
+    @property
+    def core(self) -> Core:
+        return self.buffer.as_core()
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        b = self.buffer
+
+        def loss(_: int) -> torch.Tensor:
+            idx = b.sample(len(batch), self.rng)
+            X, y = xy_tensors(
+                np.concatenate([batch.X, b.X[idx]]), np.concatenate([batch.y, b.y[idx]])
+            )
+            return F.cross_entropy(self.model(X), y)
+
+        adam_steps(self.model, self.steps, self.lr, loss)
+        self.n_steps += 1
+        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
+        return {}
+
+    def device_bytes(self) -> int:
+        return self.model_bytes() + self.buffer.nbytes
+
+
+@register("er")
+def _er(dep: Deployment) -> ExperienceReplay:
+    c = dep.cfg
+    return ExperienceReplay(
+        dep.qmodel,
+        dep.source_X,
+        dep.source_y,
+        size=min(c.core_size, len(dep.source_y)),
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        seed=c.seed,
+    )

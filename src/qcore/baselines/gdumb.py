@@ -1,0 +1,101 @@
+"""``gdumb``: greedy class-balanced sampler + retraining on the buffer alone (Prabhu et al., 2020).
+
+The buffer starts empty (the deployed model carries the source) and takes stream samples
+greedily: while it has room every sample enters; once full, a sample enters only if its
+class holds fewer than ``capacity / n_classes_seen`` slots, evicting a random sample of
+the currently largest class. At every step the learner restarts from the deployed model
+and trains on the buffer only ("dumb learner"; from the deployed model rather than from
+scratch, since the device has no source data to retrain on). The device therefore keeps
+the deployed model next to the one it trains: ``device_bytes`` counts the model twice.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from qcore.baselines.common import Buffer
+from qcore.baselines.torch_common import TorchBaseline
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.core.types import Batch
+from qcore.coreset.core import Core
+from qcore.eval.methods import Deployment, register
+
+
+def gdumb_add(buf: Buffer, x: np.ndarray, y: int, origin: int, seen: set[int], rng) -> bool:
+    """Offer one sample to the greedy balanced buffer; ``seen`` (classes so far) is updated.
+
+    Returns whether the sample was stored.
+    """
+    seen.add(int(y))
+    if buf.size < buf.capacity:
+        buf.put(buf.size, x, y, origin)
+        return True
+    counts = np.bincount(buf.y[: buf.size], minlength=max(seen) + 1)
+    if counts[y] >= buf.capacity / len(seen):
+        return False
+    largest = np.flatnonzero(counts == counts.max())
+    victim_class = rng.choice(largest)
+    slot = rng.choice(np.flatnonzero(buf.y[: buf.size] == victim_class))
+    buf.put(int(slot), x, y, origin)
+    return True
+
+
+class GDumb(TorchBaseline):
+    def __init__(
+        self,
+        qmodel: torch.nn.Module,
+        sample_shape: tuple[int, int],
+        *,
+        size: int,
+        steps: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        super().__init__(qmodel)
+        self.deployed = copy.deepcopy(self.model)
+        self.buffer = Buffer(size, sample_shape)
+        self.seen: set[int] = set()
+        self.rng = np.random.default_rng(seed)
+        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+
+    @property
+    def core(self) -> Core:
+        return self.buffer.as_core()
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        self.n_steps += 1
+        b = self.buffer
+        for x, y in zip(batch.X, batch.y, strict=True):
+            gdumb_add(b, x, int(y), self.n_steps, self.seen, self.rng)
+        b.n_seen += len(batch)
+        self.model = copy.deepcopy(self.deployed)
+        if b.size >= 2:  # BatchNorm needs two samples
+            backprop_calibrate(
+                self.model,
+                b.X[: b.size],
+                b.y[: b.size],
+                steps=self.steps,
+                lr=self.lr,
+                batch_size=b.size,
+                seed=self.seed + self.n_steps,
+            )
+        return {}
+
+    def device_bytes(self) -> int:
+        return 2 * self.model_bytes() + self.buffer.nbytes  # restart point + learner
+
+
+@register("gdumb")
+def _gdumb(dep: Deployment) -> GDumb:
+    c = dep.cfg
+    return GDumb(
+        dep.qmodel,
+        dep.source_X.shape[1:],
+        size=min(c.core_size, len(dep.source_y)),
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        seed=c.seed,
+    )

@@ -1,0 +1,54 @@
+"""``joint``: back-prop on all target data seen so far: the upper reference.
+
+After the last batch it has trained on the whole target training set. A device cannot
+afford it: it stores every stream sample, and ``device_bytes`` counts them all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qcore.baselines.torch_common import TorchBaseline
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.core.types import Batch
+from qcore.eval.methods import Deployment, register
+
+
+class Joint(TorchBaseline):
+    """``steps`` full-batch Adam steps per stream step on the union of all batches so far.
+
+    ``X`` float32 ``(n_seen, C, T)`` and ``y`` int64 grow by one batch per step.
+    """
+
+    def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
+        super().__init__(qmodel)
+        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+        self.X: np.ndarray | None = None
+        self.y = np.zeros(0, dtype=np.int64)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        X = batch.X.astype(np.float32)
+        self.X = X if self.X is None else np.concatenate([self.X, X])
+        self.y = np.concatenate([self.y, batch.y.astype(np.int64)])
+        backprop_calibrate(
+            self.model,
+            self.X,
+            self.y,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=len(self.y),
+            seed=self.seed + self.n_steps,
+        )
+        self.n_steps += 1
+        return {"stored": float(len(self.y))}
+
+    def device_bytes(self) -> int:
+        stored = 0 if self.X is None else self.X.nbytes + self.y.nbytes
+        return self.model_bytes() + int(stored)
+
+
+@register("joint")
+def _joint(dep: Deployment) -> Joint:
+    c = dep.cfg
+    return Joint(dep.qmodel, steps=c.calib_steps, lr=c.calib_lr, seed=c.seed)

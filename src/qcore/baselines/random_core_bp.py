@@ -1,0 +1,76 @@
+"""``random-core-bp``: a uniform random core instead of the QCore, back-prop on core + batch.
+
+Isolates what QCore's selection buys: the core is a seeded uniform sample of the source
+training set of the same size, kept uniform over everything seen by reservoir sampling
+(instead of QCore's miss-driven update); the calibration is the back-prop reference's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qcore.baselines.common import source_reservoir
+from qcore.baselines.torch_common import TorchBaseline
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.core.types import Batch
+from qcore.coreset.core import Core
+from qcore.eval.methods import Deployment, register
+
+
+class RandomCoreBP(TorchBaseline):
+    """``steps`` full-batch Adam steps on core + batch, then reservoir-insert the batch."""
+
+    def __init__(
+        self,
+        qmodel: torch.nn.Module,
+        source_X: np.ndarray,
+        source_y: np.ndarray,
+        *,
+        size: int,
+        steps: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        super().__init__(qmodel)
+        self.rng = np.random.default_rng(seed)
+        self.buffer = source_reservoir(source_X, source_y, size, self.rng)
+        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+
+    @property
+    def core(self) -> Core:
+        return self.buffer.as_core()
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        b = self.buffer
+        X = np.concatenate([b.X[: b.size], batch.X])
+        y = np.concatenate([b.y[: b.size], batch.y])
+        backprop_calibrate(
+            self.model,
+            X,
+            y,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=len(y),
+            seed=self.seed + self.n_steps,
+        )
+        self.n_steps += 1
+        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
+        return {}
+
+    def device_bytes(self) -> int:
+        return self.model_bytes() + self.buffer.nbytes
+
+
+@register("random-core-bp")
+def _random_core_bp(dep: Deployment) -> RandomCoreBP:
+    c = dep.cfg
+    return RandomCoreBP(
+        dep.qmodel,
+        dep.source_X,
+        dep.source_y,
+        size=min(c.core_size, len(dep.source_y)),
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        seed=c.seed,
+    )

@@ -1,0 +1,55 @@
+"""What the back-prop baselines share: a private copy of the deployed model and Adam steps.
+
+Training is straight-through on the latent weights with the quantization parameters
+fixed (as :func:`qcore.cloud.calibrate.backprop_calibrate`), so after every step the
+deployed model is the new integer codes; BatchNorm runs in training mode while training
+so its statistics follow the calibration data. A fresh Adam per stream step, as the
+back-prop reference does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from qcore.baselines.common import Baseline
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.train import predict_logits, to_tensor
+
+
+class TorchBaseline(Baseline):
+    """A baseline that calibrates a deep copy of the deployed torch model."""
+
+    def __init__(self, qmodel: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(qmodel).eval()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return predict_logits(self.model, X).argmax(1)
+
+    def model_bytes(self) -> int:
+        """Bytes of the deployed (quantized) model the device runs."""
+        return to_qmodel(self.model).device_bytes()["total"]
+
+    def device_bytes(self) -> int:
+        return self.model_bytes()
+
+
+def adam_steps(
+    model: torch.nn.Module, steps: int, lr: float, loss_of: Callable[[int], torch.Tensor]
+) -> None:
+    """``steps`` Adam steps on the scalar ``loss_of(step)`` (train mode), then eval mode."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for s in range(steps):
+        model.train()
+        opt.zero_grad()
+        loss_of(s).backward()
+        opt.step()
+    model.eval()
+
+
+def xy_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``(n, C, T)`` and int64 ``(n,)`` tensors (no copy where possible)."""
+    return to_tensor(X), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))

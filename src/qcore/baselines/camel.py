@@ -7,7 +7,8 @@ objective ``F(S) = sum_i max_{j in S} sim(i, j)`` over penultimate features
 distances ``d`` (non-negative, so greedy is within ``1 - 1/e`` of the optimum). Each step:
 pick ``batch_fraction`` of the batch, train on buffer + picked samples, then merge the
 picked samples into the buffer by the same objective over buffer + picked. The first
-buffer is picked from the source training set in the cloud.
+buffer is picked from the source training set in the cloud (from at most
+``MAX_POOL`` seeded random source samples, which bounds the ``(n, n)`` similarity).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
-from qcore.baselines.torch_common import TorchBaseline, xy_tensors
+from qcore.baselines.torch_common import TorchBaseline
 from qcore.cloud.calibrate import backprop_calibrate
+from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
+
+MAX_POOL = 2000
 
 
 def facility_location_greedy(sim: np.ndarray, k: int) -> np.ndarray:
@@ -52,7 +56,9 @@ def similarity(features: np.ndarray) -> np.ndarray:
 def features_of(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     """Pooled penultimate features float32 ``(n, 4 * filters)`` in eval mode."""
     model.eval()
-    return model.features(xy_tensors(X, np.zeros(0))[0]).numpy()
+    return torch.cat(
+        [model.features(to_tensor(X[i : i + 256])) for i in range(0, len(X), 256)]
+    ).numpy()
 
 
 class Camel(TorchBaseline):
@@ -70,7 +76,9 @@ class Camel(TorchBaseline):
     ) -> None:
         super().__init__(qmodel)
         self.buffer = Buffer(size, source_X.shape[1:])
-        pick = facility_location_greedy(similarity(features_of(self.model, source_X)), size)
+        pool = np.random.default_rng(seed).permutation(len(source_y))[:MAX_POOL]
+        feats = features_of(self.model, source_X[pool])
+        pick = pool[facility_location_greedy(similarity(feats), size)]
         for slot, i in enumerate(pick):
             self.buffer.put(slot, source_X[i], int(source_y[i]), -1)
         self.buffer.n_seen = len(source_y)

@@ -1,0 +1,60 @@
+"""The device's running state on disk: the artifact it runs, rewritten after every step.
+
+The state file uses the artifact format (:mod:`qcore.edge.artifact`), so a state can be
+inspected, exported or shipped like any artifact. Persistence is crash-safe: every save
+goes through :func:`qcore.edge.artifact.write_atomic` (temporary file in the same
+folder, fsync, atomic rename, fsync of the folder), so ``path`` always holds either the
+previous or the new complete state, never a mixture. The only trace a crash can leave
+is a temporary ``.NAME.*.tmp`` file beside the state, which :func:`remove_stale_temps`
+clears before a device resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from qcore.edge.artifact import Artifact, encode_artifact, load_artifact, write_atomic
+from qcore.errors import QCoreError
+
+
+def save_state(path: str | Path, art: Artifact) -> None:
+    """Atomically replace the state at ``path`` by ``art`` (mode 0o600)."""
+    data = encode_artifact(art)  # encode first: a bad artifact never touches the file
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise QCoreError(f"cannot save state {path}: {exc.strerror or exc}") from None
+
+
+def load_state(path: str | Path) -> Artifact:
+    """The state saved at ``path``, fully verified (see :func:`load_artifact`)."""
+    return load_artifact(path)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Delete temporary files a crashed save of ``path`` left behind; return how many.
+
+    Only names of the exact form ``.NAME.*.tmp`` that :func:`write_atomic` creates for
+    this ``path`` are touched. Call it when no other process writes the same state.
+    """
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def resume_or_start(state_path: str | Path, artifact_path: str | Path) -> tuple[Artifact, bool]:
+    """The saved state if ``state_path`` exists, else the shipped artifact; and which one.
+
+    Returns ``(artifact, resumed)``. A corrupt state is an error, not a silent restart:
+    falling back to the shipped artifact would discard calibration without saying so.
+    """
+    state_path = Path(state_path)
+    remove_stale_temps(state_path)
+    if state_path.exists():
+        return load_state(state_path), True
+    return load_artifact(artifact_path), False

@@ -1,0 +1,90 @@
+"""Flip features, flip application and the back-prop-free device step."""
+
+import numpy as np
+import pytest
+import torch
+
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
+from qcore.cloud.quantize import quantize_model
+from qcore.core.quant import SUPPORTED_BITS, qrange, quantize_weight
+from qcore.edge.calibrate import flip_calibrate
+from qcore.edge.flip import apply_flips, error_signal, gradient_proxy, window_sums
+from qcore.errors import QCoreError
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_flips_never_leave_the_range(bits):
+    rng = np.random.default_rng(bits)
+    qt = quantize_weight(rng.normal(size=(5, 4, 3)).astype(np.float32), bits)
+    flips = rng.integers(-1, 2, qt.q.size).astype(np.int16)
+    out = apply_flips(qt, flips)
+    qmin, qmax = qrange(bits)
+    assert out.q.min() >= qmin and out.q.max() <= qmax
+    expected = np.clip(qt.q.astype(int) + flips.reshape(qt.q.shape), qmin, qmax)
+    np.testing.assert_array_equal(out.q, expected)
+    np.testing.assert_array_equal(out.scale, qt.scale)  # only the integers change
+    with pytest.raises(QCoreError):
+        apply_flips(qt, flips[:-1])
+
+
+def test_window_sums_match_direct_sum():
+    x = np.random.default_rng(0).normal(size=(2, 3, 10)).astype(np.float32)
+    k = 5
+    S = window_sums(x, k)
+    xp = np.pad(x, ((0, 0), (0, 0), (2, 2)))
+    direct = np.stack([xp[:, :, j : j + 10].sum(axis=2) for j in range(k)], axis=2)
+    np.testing.assert_allclose(S, direct, atol=1e-5)
+
+
+def test_head_proxy_is_the_exact_gradient():
+    """With identity feedback, the head's proxy equals the true weight gradient."""
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(8, 6)).astype(np.float32)
+    W = torch.tensor(rng.normal(size=(3, 6)).astype(np.float32), requires_grad=True)
+    y = rng.integers(0, 3, 8)
+    logits = torch.from_numpy(h) @ W.T
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
+    e = error_signal(logits.detach().numpy(), y)
+    G = gradient_proxy(window_sums(h, 1), e, np.eye(3, dtype=np.float32))
+    np.testing.assert_allclose(G, W.grad.numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_flip(tiny_model, tiny_xy):
+    X, y = tiny_xy
+    qmodel = quantize_model(tiny_model, 4, X)
+    rounds = collect_rounds(
+        qmodel, X[:10], y[:10], X, y, rounds=4, steps=5, lr=5e-3, batch_len=10, seed=0
+    )
+    net = fit_flipnet(rounds[:3], 3, iters=40, seed=0)
+    return qmodel, rounds, net
+
+
+def test_flipnet_is_trained_and_reported(trained_flip):
+    _, rounds, net = trained_flip
+    rep = agreement_report(net, rounds[3:], seed=0)
+    assert rep["teacher_flip_rate"] > 0  # the teacher really moved codes
+    assert set(rep) >= {"flipnet", "all_zero", "random"}
+    assert rep["all_zero"]["flip_recall"] == 0.0
+    assert 0.0 <= rep["flipnet"]["agreement"] <= 1.0
+    assert net.nbytes() > 0 and 0 <= net.threshold <= 1
+
+
+def test_device_step_runs_without_autograd(trained_flip, tiny_xy, monkeypatch):
+    qmodel, _, net = trained_flip
+    X, y = tiny_xy
+    qm = to_qmodel(qmodel)
+
+    def forbidden(*a, **k):
+        raise AssertionError("back-propagation or an optimizer ran on the device")
+
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    monkeypatch.setattr(torch.optim.Optimizer, "step", forbidden)
+    for guard in (True, "layer", False):
+        res = flip_calibrate(qm, X[:20], y[:20], net, steps=2, guard=guard)
+        assert res.correct.shape[1] == 20 and res.correct.shape[0] >= 1
+        for name, layer in res.model.layers.items():
+            qmin, qmax = qrange(layer.weight.bits)
+            assert layer.weight.q.min() >= qmin and layer.weight.q.max() <= qmax, name

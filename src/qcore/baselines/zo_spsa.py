@@ -64,7 +64,7 @@ def spsa_calibrate(
     iters: int,
     rng: np.random.Generator,
     n_perturb: int = 8,
-    density: float = 0.05,
+    density: float = 0.01,
     z: float = 2.0,
     guard: bool = True,
 ) -> SPSAResult:

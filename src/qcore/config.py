@@ -46,6 +46,7 @@ class RunConfig:
     # QCore
     core_size: int = 20
     core_mode: str = "proportional"
+    old_quota: float | None = None  # share of the core kept for old samples (None: by score)
     flip_steps: int = 3
     flip_guard: str = "pass"  # pass | layer | off
     bn_mode: str = "reestimate"
@@ -78,6 +79,8 @@ class RunConfig:
             raise QCoreError("setting method needs at least one method name")
         if self.core_mode not in ("proportional", "stratified", "balanced"):
             raise QCoreError(f"unknown core_mode {self.core_mode!r}")
+        if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
+            raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
         if self.flip_guard not in ("pass", "layer", "off"):
             raise QCoreError(f"unknown flip_guard {self.flip_guard!r}: choose pass, layer or off")
         if self.bn_mode not in ("frozen", "reestimate"):
@@ -122,8 +125,10 @@ def _coerce(key: str, value: object, hint: object) -> object:
         if origin is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(int(str(v).strip()) for v in items if str(v).strip())
-        if type(None) in args:  # optional string
-            return None if value in (None, "", "none", "None") else str(value)
+        if type(None) in args:  # optional value
+            if value in (None, "", "none", "None"):
+                return None
+            return float(value) if float in args else str(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

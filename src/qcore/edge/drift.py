@@ -31,13 +31,14 @@ from qcore.errors import QCoreError
 class PageHinkley:
     """One-sided Page-Hinkley detector for a drop in the mean of a scalar stream.
 
-    Defaults suit batch-mean confidences in ``[0, 1]``: a sustained drop of about 0.1
-    fires within 2 batches, a drop of 0.03 within about 10, and a stationary stream with a
-    batch-to-batch standard deviation of 0.02 essentially never fires.
+    Defaults suit batch-mean confidences in ``[0, 1]``: a sustained drop of 0.1 fires
+    within about 3 batches, one of 0.2 or more at once (after ``min_samples``), and a
+    stationary stream with a batch-to-batch standard deviation of 0.02 (``delta`` is about
+    one such deviation) essentially never fires.
     """
 
-    delta: float = 0.01
-    threshold: float = 0.1
+    delta: float = 0.02
+    threshold: float = 0.15
     alpha: float = 1.0
     min_samples: int = 5
     # running state (persisted with the device state, so a resumed device continues exactly)

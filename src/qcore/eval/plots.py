@@ -17,8 +17,9 @@ def plot_stream(rows: list[dict], path: Path) -> None:
     bits = sorted({r["bits"] for r in streamed})
     methods = sorted({r["method"] for r in streamed})
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(4 * max(1, len(bits)), 3.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(bits)), figsize=(4 * max(1, len(bits)), 3.6), sharey=True, squeeze=False
+    )
     for ax, b in zip(axes[0], bits, strict=False):
         for row in (r for r in streamed if r["bits"] == b):
             x = [0] + [s["step"] for s in row["steps"]]

@@ -60,8 +60,10 @@ class QCoreCalibrator:
         bn_mode: str,
         seed: int,
         core_mode: str = "proportional",
+        old_quota: float | None = None,
     ) -> None:
         self.qm, self.core, self.net = qm, core, net
+        self.old_quota = old_quota
         self.steps, self.guard, self.bn_mode = steps, guard, bn_mode
         self.core_mode = core_mode
         self.rng = np.random.default_rng(seed)
@@ -91,6 +93,7 @@ class QCoreCalibrator:
             step=self.n_seen,
             seed=self.rng,
             mode=self.core_mode,
+            old_quota=self.old_quota,
         )
         seconds = time.perf_counter() - t0
         return StepReport(
@@ -115,8 +118,10 @@ class BackpropCalibrator:
         lr: float,
         seed: int,
         core_mode: str = "proportional",
+        old_quota: float | None = None,
     ) -> None:
         self.model = copy.deepcopy(model)
+        self.old_quota = old_quota
         self.core, self.steps, self.lr = core, steps, lr
         self.core_mode = core_mode
         self.seed = seed
@@ -154,6 +159,7 @@ class BackpropCalibrator:
             step=self.n_seen,
             seed=self.rng,
             mode=self.core_mode,
+            old_quota=self.old_quota,
         )
         return StepReport(task_acc, time.perf_counter() - t0)
 
@@ -170,7 +176,13 @@ def _none(dep: Deployment) -> NoCalibration:
 def _backprop(dep: Deployment) -> BackpropCalibrator:
     c = dep.cfg
     return BackpropCalibrator(
-        dep.qmodel, dep.core, steps=c.calib_steps, lr=c.calib_lr, seed=c.seed, core_mode=c.core_mode
+        dep.qmodel,
+        dep.core,
+        steps=c.calib_steps,
+        lr=c.calib_lr,
+        seed=c.seed,
+        core_mode=c.core_mode,
+        old_quota=c.old_quota,
     )
 
 
@@ -215,4 +227,5 @@ def _qcore(dep: Deployment) -> QCoreCalibrator:
         bn_mode=c.bn_mode,
         seed=c.seed,
         core_mode=c.core_mode,
+        old_quota=c.old_quota,
     )

@@ -22,6 +22,9 @@ def test_defaults_and_overrides(tmp_path):
         (["source=3", "target=3"], "differ"),
         (["epochs"], "key=value"),
         (["test_fraction=1.5"], "test_fraction"),
+        (["core_size=2.5"], "core_size"),
+        (["old_quota=2"], "old_quota"),
+        (["flip_guard=maybe"], "flip_guard"),
     ],
 )
 def test_bad_settings_are_named(pairs, msg):

@@ -44,7 +44,7 @@ class RunConfig:
     calib_lr: float = 1e-3
     source_calib_epochs: int = 2
     # QCore
-    core_size: int = 20
+    core_size: float = 20  # samples (>= 1) or a fraction of the source training set (< 1)
     core_mode: str = "proportional"
     old_quota: float | None = None  # share of the core kept for old samples (None: by score)
     flip_steps: int = 3
@@ -62,11 +62,18 @@ class RunConfig:
             "epochs",
             "batch_size",
             "record_every",
-            "core_size",
             "threads",
         ):
             if getattr(self, name) < 1:
                 raise QCoreError(f"setting {name} must be >= 1, got {getattr(self, name)}")
+        if not (
+            0 < self.core_size < 1
+            or (self.core_size >= 1 and self.core_size == int(self.core_size))
+        ):
+            raise QCoreError(
+                f"setting core_size must be a count >= 1 or a fraction in (0, 1), "
+                f"got {self.core_size}"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise QCoreError(f"setting test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.lr <= 0 or self.calib_lr <= 0:

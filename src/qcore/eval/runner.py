@@ -27,6 +27,7 @@ from qcore.cloud.train import CALIB_WINDOWS, accuracy, train_float
 from qcore.config import RunConfig
 from qcore.coreset.core import build_core
 from qcore.coreset.scores import qcore_scores
+from qcore.coreset.select import core_size_from
 from qcore.data.registry import load_dataset
 from qcore.data.scenario import Scenario, make_scenario
 from qcore.errors import QCoreError
@@ -122,7 +123,23 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
         scores = qcore_scores(dyn.correct, dyn.bits)
     else:
         scores = np.ones(len(ys), dtype=np.int64)  # no dynamics: a uniform core
-    core = build_core(Xs, ys, scores, min(cfg.core_size, len(ys)), cfg.core_mode, cfg.seed)
+    core = build_core(
+        Xs,
+        ys,
+        scores,
+        min(core_size_from(cfg.core_size, len(ys)), len(ys)),
+        cfg.core_mode,
+        cfg.seed,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out_dir / "core.npz",
+        X=core.X,
+        y=core.y,
+        score=core.score,
+        origin=core.origin,
+        train_scores=scores,
+    )
     for bits in cfg.bits:
         t0 = time.perf_counter()
         qmodel = quantize_model(model, bits, Xs[:CALIB_WINDOWS], cfg.seed)

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder for results.json")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    from qcore.edge.cli import add_commands as add_edge_commands
+
+    add_edge_commands(sub)  # export, device
     return p
 
 

@@ -51,4 +51,3 @@ def target_batches(tiny_xy):
         return out
 
     return make
-

@@ -138,3 +138,52 @@ def test_cli_info_json():
     info = json.loads(out.stdout)
     assert {"n_cases", "n_channels", "n_timepoints", "n_classes", "n_domains"} <= set(info)
     assert np.isfinite(info["n_cases"])
+
+
+def test_export_then_device_end_to_end(result, tmp_path):
+    from qcore.data.registry import load_dataset
+
+    out, _ = result
+    art = tmp_path / "model.qcore"
+    cli = [sys.executable, "-m", "qcore.cli"]
+    exp = subprocess.run(
+        [*cli, "export", str(out), "--bits", "4", "--out", str(art)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert exp.returncode == 0, exp.stderr
+    assert json.loads(exp.stdout)["total"] == art.stat().st_size
+    missing = subprocess.run(
+        [*cli, "export", str(out), "--bits", "8", "--out", str(art)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and "8" in missing.stderr
+    ds = load_dataset("synthetic")
+    raw = ds.X[ds.domain == 1]
+    labels = ds.y[ds.domain == 1]
+    stream = tmp_path / "stream"
+    stream.mkdir()
+    for i in range(3):
+        np.savez(stream / f"b{i}.npz", X=raw[i * 8 : (i + 1) * 8], y=labels[i * 8 : (i + 1) * 8])
+    dev = subprocess.run(
+        [
+            *cli,
+            "device",
+            str(art),
+            "--stream",
+            str(stream),
+            "--state",
+            str(tmp_path / "state.qcore"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dev.returncode == 0, dev.stderr
+    lines = [json.loads(line) for line in dev.stdout.strip().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert {"step", "accuracy", "latency_ms", "rss_bytes"} <= set(line)

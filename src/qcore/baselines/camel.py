@@ -123,7 +123,7 @@ def _camel(dep: Deployment) -> Camel:
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=min(c.core_size, len(dep.source_y)),
+        size=len(dep.core),
         steps=c.calib_steps,
         lr=c.calib_lr,
         seed=c.seed,

@@ -78,7 +78,7 @@ def _derpp(dep: Deployment) -> DERPP:
         dep.source_X,
         dep.source_y,
         dep.n_classes,
-        size=min(c.core_size, len(dep.source_y)),
+        size=len(dep.core),
         steps=c.calib_steps,
         lr=c.calib_lr,
         seed=c.seed,

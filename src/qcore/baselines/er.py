@@ -66,7 +66,7 @@ def _er(dep: Deployment) -> ExperienceReplay:
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=min(c.core_size, len(dep.source_y)),
+        size=len(dep.core),
         steps=c.calib_steps,
         lr=c.calib_lr,
         seed=c.seed,

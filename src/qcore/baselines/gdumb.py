@@ -94,7 +94,7 @@ def _gdumb(dep: Deployment) -> GDumb:
     return GDumb(
         dep.qmodel,
         dep.source_X.shape[1:],
-        size=min(c.core_size, len(dep.source_y)),
+        size=len(dep.core),
         steps=c.calib_steps,
         lr=c.calib_lr,
         seed=c.seed,

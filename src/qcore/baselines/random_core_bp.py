@@ -69,7 +69,7 @@ def _random_core_bp(dep: Deployment) -> RandomCoreBP:
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=min(c.core_size, len(dep.source_y)),
+        size=len(dep.core),
         steps=c.calib_steps,
         lr=c.calib_lr,
         seed=c.seed,

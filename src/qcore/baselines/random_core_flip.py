@@ -33,7 +33,7 @@ class RandomCoreFlip(Baseline):
         rng: np.random.Generator,
         *,
         steps: int,
-        guard: bool,
+        guard: bool | str,
         bn_mode: str,
     ) -> None:
         self.qm, self.buffer, self.net, self.rng = qm, buffer, net, rng
@@ -69,7 +69,7 @@ def _random_core_flip(dep: Deployment) -> RandomCoreFlip:
 
     c = dep.cfg
     rng = np.random.default_rng(c.seed)
-    buffer = source_reservoir(dep.source_X, dep.source_y, min(c.core_size, len(dep.source_y)), rng)
+    buffer = source_reservoir(dep.source_X, dep.source_y, len(dep.core), rng)  # QCore's size
     net = train_flipnet(dataclasses.replace(dep, core=buffer.as_core()))  # extras shared
     return RandomCoreFlip(
         to_qmodel(dep.qmodel),
@@ -77,6 +77,6 @@ def _random_core_flip(dep: Deployment) -> RandomCoreFlip:
         net,
         rng,
         steps=c.flip_steps,
-        guard=c.flip_guard,
+        guard={"off": False, "layer": "layer"}.get(c.flip_guard, True),
         bn_mode=c.bn_mode,
     )

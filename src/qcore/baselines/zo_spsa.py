@@ -128,8 +128,9 @@ class ZOSPSA:
         bn_mode: str,
         seed: int,
         core_mode: str = "proportional",
+        old_quota: float | None = None,
     ) -> None:
-        self.qm, self.core = qm, core
+        self.qm, self.core, self.old_quota = qm, core, old_quota
         self.iters, self.guard, self.bn_mode, self.core_mode = iters, guard, bn_mode, core_mode
         self.rng = np.random.default_rng(seed)
         self.n_steps = 0
@@ -157,6 +158,7 @@ class ZOSPSA:
             step=self.n_steps,
             seed=self.rng,
             mode=self.core_mode,
+            old_quota=self.old_quota,
         )
         extra = {"flips": float(res.flips_applied), "rejected": float(res.moves_rejected)}
         return StepReport(task_acc, time.perf_counter() - t0, extra)
@@ -174,8 +176,9 @@ def _zo_spsa(dep: Deployment) -> ZOSPSA:
         to_qmodel(dep.qmodel),
         dep.core,
         iters=c.calib_steps,
-        guard=c.flip_guard,
+        guard=c.flip_guard != "off",  # a per-layer guard means no more here than per move
         bn_mode=c.bn_mode,
         seed=c.seed,
         core_mode=c.core_mode,
+        old_quota=c.old_quota,
     )

@@ -60,6 +60,7 @@ def collect_rounds(
     lr: float,
     batch_len: int,
     seed: int,
+    step_relative_lr: float | None = None,
 ) -> list[TeacherRound]:
     """Run the teacher for ``rounds`` rounds along one calibration trajectory."""
     rng = np.random.default_rng(seed)
@@ -73,7 +74,16 @@ def collect_rounds(
             layer.set_codes(layer.codes())
         before = to_qmodel(work)
         trace = forward(before, X, record=True)
-        backprop_calibrate(work, X, y, steps=steps, lr=lr, batch_size=len(y), seed=seed + r)
+        backprop_calibrate(
+            work,
+            X,
+            y,
+            steps=steps,
+            lr=lr,
+            batch_size=len(y),
+            seed=seed + r,
+            step_relative_lr=step_relative_lr,
+        )
         after = to_qmodel(work)
         S, static, target = {}, {}, {}
         for name, layer in before.layers.items():

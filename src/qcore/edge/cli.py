@@ -173,16 +173,17 @@ def _setting(config: dict, key: str, kind: type, default: Any) -> Any:
 
 
 def _cmd_device(args: argparse.Namespace) -> None:
+    if not Path(args.state).resolve().parent.is_dir():  # fail before the first step, not after
+        raise QCoreError(f"folder of state file {args.state} does not exist")
     art, resumed = resume_or_start(args.state, args.artifact)
     cfg = art.config
-    guard_setting = cfg.get("flip_guard", True)
     device = Device(
         art,
         policy=args.policy,
         guard_margin=args.guard_margin,
         # unset options follow the run's settings recorded in the artifact
         steps=args.steps if args.steps is not None else _setting(cfg, "flip_steps", int, 3),
-        guard=guard_setting not in (False, "off"),
+        guard=cfg.get("flip_guard", True),
         bn_mode=args.bn_mode or _setting(cfg, "bn_mode", str, "reestimate"),
         seed=args.seed if args.seed is not None else _setting(cfg, "seed", int, 0),
     )

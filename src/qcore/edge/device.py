@@ -38,6 +38,7 @@ from qcore.edge.infer import forward, predict
 from qcore.errors import QCoreError
 
 BN_MODES = ("reestimate", "frozen")
+_GUARDS = {"pass": True, "off": False}  # the run config's flip_guard names
 STATE_KEY = "device"  # artifact.config[STATE_KEY] holds the detector state between runs
 
 
@@ -105,8 +106,10 @@ class Device:
 
     ``art``: the artifact to start from (a quantized model with a flip network); the
     device never mutates it and keeps its current state in :attr:`art`. ``steps``,
-    ``guard`` and ``bn_mode`` are passed to :func:`flip_calibrate`; ``guard_margin`` is the
-    accuracy drop (0..1) on core or batch beyond which a calibration is rolled back.
+    ``guard`` and ``bn_mode`` are passed to :func:`flip_calibrate` (``guard``: a bool, or the
+    run setting's names "pass" = True, "off" = False, "layer" = per-layer guard);
+    ``guard_margin`` is the accuracy drop (0..1) on core or batch beyond which a
+    calibration is rolled back.
     ``seed`` with the step number seeds each core update, so a resumed device draws the
     same cores as an uninterrupted one. ``drift``: detector for the ``drift`` policy
     (default: the one saved in the artifact, else :class:`PageHinkley` defaults).
@@ -118,12 +121,15 @@ class Device:
         policy: str = "every",
         guard_margin: float = 0.05,
         steps: int = 3,
-        guard: bool = True,
+        guard: bool | str = True,
         bn_mode: str = "reestimate",
         seed: int = 0,
         drift: PageHinkley | None = None,
     ) -> None:
         self.policy = parse_policy(policy)
+        guard = _GUARDS.get(guard, guard) if isinstance(guard, str) else guard
+        if guard not in (True, False, "layer"):
+            raise QCoreError(f"unknown flip guard {guard!r}: choose pass, layer or off")
         if not 0.0 <= guard_margin <= 1.0:
             raise QCoreError(f"guard_margin must lie in [0, 1], got {guard_margin}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -30,6 +30,7 @@ from qcore.coreset.scores import qcore_scores
 from qcore.coreset.select import core_size_from
 from qcore.data.registry import load_dataset
 from qcore.data.scenario import Scenario, make_scenario
+from qcore.edge.artifact import build_artifact, save_artifact
 from qcore.errors import QCoreError
 from qcore.eval.methods import Deployment, available
 from qcore.eval.methods import make as make_method
@@ -158,6 +159,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
             qmodel, Xs, ys, steps=steps, lr=cfg.calib_lr, batch_size=cfg.batch_size, seed=cfg.seed
         )
         deployed = _eval(qmodel, sc)
+        _save_artifact(out_dir, bits, to_qmodel(qmodel), core, None, sc, cfg)
         rows.append(
             {
                 "method": "backprop-source",
@@ -168,7 +170,9 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
             }
         )
         for method in cfg.methods:
-            rows.append(_stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress))
+            rows.append(
+                _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir)
+            )
         write_json_atomic(out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
     result = {
         "config": cfg.to_dict(),
@@ -189,7 +193,13 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     return result
 
 
-def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress) -> dict:
+def _save_artifact(out_dir: Path, bits: int, qm, core, net, sc: Scenario, cfg: RunConfig) -> None:
+    """``out_dir/deployed-{bits}bit.qcore``: what ``qcore export`` hands to a device."""
+    art = build_artifact(qm, core, net, sc.normalizer, sc.class_names, cfg.to_dict())
+    save_artifact(out_dir / f"deployed-{bits}bit.qcore", art)
+
+
+def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir) -> dict:
     dep = Deployment(
         cfg=cfg,
         bits=bits,
@@ -202,6 +212,8 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress) -> dict
     )
     cloud_t0 = time.perf_counter()
     cal = make_method(method, dep)
+    if method == "qcore":  # the deployable file: model, core and the trained flip network
+        _save_artifact(out_dir, bits, cal.qm, cal.core, cal.net, sc, cfg)
     row: dict = {
         "method": method,
         "bits": bits,

@@ -206,6 +206,7 @@ def train_flipnet(dep: Deployment) -> FlipNet:
         lr=c.calib_lr,
         batch_len=dep.batch_len,
         seed=c.seed,
+        step_relative_lr=c.flip_teacher_lr,
     )
     net = fit_flipnet(rounds[:-FLIP_HELD_OUT], dep.n_classes, seed=c.seed)
     dep.extras["flipnet"] = agreement_report(net, rounds[-FLIP_HELD_OUT:], seed=c.seed)

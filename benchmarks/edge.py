@@ -1,0 +1,304 @@
+"""The edge runtime (NumPy) against the PyTorch simulation, measured side by side in one run.
+
+HAPT, source subject 1 -> target subject 4; InceptionTime with 16 filters and depth 3 on
+6 x 128 windows, trained a few epochs, quantized at 2, 4 and 8 bits, a QCore of 20
+windows and a flip network per bit-width (the cloud side). Then, per bit-width:
+
+* inference latency per window: edge ``forward`` vs the torch simulation, for single
+  windows (median of repeats) and for the whole target test split;
+* calibration step time: the edge flip step (3 guarded flip passes on core + batch),
+  the full device step (inference, flip step, guard, core update), and the torch
+  back-prop reference (10 Adam steps on core + batch);
+* peak resident memory of a device process (``qcore device`` on 3 batches, its own
+  ``peak_rss_bytes``) vs a process doing the torch back-prop step (its own ``VmHWM``),
+  and a bare ``python -c "import numpy"`` for scale;
+* artifact bytes per part, and the code a device needs (qcore/edge + qcore/core sources;
+  also every qcore module the device process really loads) vs the PyTorch install.
+
+Everything runs single-threaded (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``),
+like a small device and fair to both sides. Prints Markdown tables.
+
+    .venv/bin/python benchmarks/edge.py [--epochs 8] [--out runs/bench-edge]
+"""
+
+from __future__ import annotations
+
+import os
+
+# Thread counts must be fixed before NumPy/PyTorch load their BLAS (a script may do this).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import qcore  # noqa: E402
+from qcore.cloud.calibrate import backprop_calibrate  # noqa: E402
+from qcore.cloud.export import to_qmodel  # noqa: E402
+from qcore.cloud.flipnet import collect_rounds, fit_flipnet  # noqa: E402
+from qcore.cloud.model import InceptionTime, count_params  # noqa: E402
+from qcore.cloud.quantize import quantize_model  # noqa: E402
+from qcore.cloud.train import predict_logits, train_float  # noqa: E402
+from qcore.config import RunConfig  # noqa: E402
+from qcore.coreset.core import build_core  # noqa: E402
+from qcore.coreset.scores import qcore_scores  # noqa: E402
+from qcore.data.registry import load_dataset  # noqa: E402
+from qcore.data.scenario import make_scenario  # noqa: E402
+from qcore.edge.artifact import artifact_sizes, build_artifact, save_artifact  # noqa: E402
+from qcore.edge.calibrate import flip_calibrate  # noqa: E402
+from qcore.edge.device import Device  # noqa: E402
+from qcore.edge.infer import forward  # noqa: E402
+
+BITS = (2, 4, 8)
+FILTERS, DEPTH, CORE = 16, 3, 20
+SEED = 0
+SRC = Path(qcore.__file__).resolve().parent
+
+# The torch reference process: load the same artifact into the simulation, run one
+# back-prop step (10 Adam steps) on core + first batch, report its own peak RSS.
+TORCH_STEP = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from qcore.cloud.calibrate import backprop_calibrate
+from qcore.cloud.export import load_qmodel
+from qcore.cloud.model import InceptionTime
+from qcore.edge.artifact import load_artifact
+art = load_artifact(sys.argv[1])
+qm = art.model
+model = InceptionTime(qm.n_channels, qm.n_classes, qm.filters, qm.depth)
+load_qmodel(model, qm)
+with np.load(sys.argv[2]) as f:
+    X, y = f["X"], f["y"]
+Xn = (X - art.normalizer_mean[None, :, None]) / art.normalizer_std[None, :, None]
+Xc = np.concatenate([art.core.X, Xn.astype(np.float32)])
+yc = np.concatenate([art.core.y, y])
+backprop_calibrate(model, Xc, yc, steps=10, lr=1e-3, batch_size=len(yc), seed=0)
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) * 1024)
+"""
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds (one untimed warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_command() -> list[str]:
+    """The lead's ``qcore`` entry if it has the edge commands, else the edge module itself."""
+    from qcore.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    module = "qcore.cli" if "device" in sub.choices else "qcore.edge.cli"
+    return [sys.executable, "-m", module, "device"]
+
+
+def tree_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+def py_files(*packages: str) -> list[Path]:
+    return [p for pkg in packages for p in sorted((SRC / pkg).glob("*.py"))]
+
+
+def loaded_qcore_files() -> list[Path]:
+    """Source files of every qcore module a device process imports."""
+    code = (
+        "import sys, qcore.edge.cli\n"
+        "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items())\n"
+        "                 if n.startswith('qcore') and getattr(m, '__file__', None)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [Path(line) for line in out.stdout.split()]
+
+
+def package_bytes(module: str) -> int:
+    root = Path(__import__(module).__file__).resolve().parent
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def peak_of_command(cmd: list[str]) -> int:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--out", default=None, help="folder for artifacts (default: a temp dir)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    cfg = RunConfig()
+    out = Path(args.out or tempfile.mkdtemp(prefix="qcore-bench-edge-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- cloud side: train, score, core ---------------------------------------------
+    ds = load_dataset("hapt")
+    sc = make_scenario(ds, 1, 4, seed=SEED)
+    Xs, ys = sc.source_train.X, sc.source_train.y
+    torch.manual_seed(SEED)
+    model = InceptionTime(ds.X.shape[1], sc.n_classes, FILTERS, DEPTH)
+    dyn = train_float(
+        model, Xs, ys, epochs=args.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=SEED,
+        dynamics_bits=BITS, record_every=2,
+    )  # fmt: skip
+    core = build_core(Xs, ys, qcore_scores(dyn.correct, dyn.bits), CORE, "proportional", SEED)
+    batch = sc.stream[0]
+    X_cal = np.concatenate([core.X, batch.X])
+    y_cal = np.concatenate([core.y, batch.y])
+    X_test = sc.target_test.X
+    stream_dir = out / "stream"
+    stream_dir.mkdir(exist_ok=True)
+    mean, std = sc.normalizer.mean[None, :, None], sc.normalizer.std[None, :, None]
+    for i, b in enumerate(sc.stream[:3]):  # the device gets raw, un-normalised windows
+        np.savez(stream_dir / f"b{i}.npz", X=(b.X * std + mean).astype(np.float32), y=b.y)
+    print(
+        f"HAPT 1->4: {len(ys)} source windows {Xs.shape[1:]}, stream batches of {len(batch)}, "
+        f"{len(X_test)} target test windows; {count_params(model)} parameters; "
+        f"trained in {time.perf_counter() - t_start:.0f} s",
+        flush=True,
+    )
+
+    rows = []
+    for bits in BITS:
+        qmodel = quantize_model(model, bits, Xs[:256], SEED)
+        rounds = collect_rounds(
+            qmodel, core.X, core.y, Xs, ys, rounds=6, steps=cfg.calib_steps, lr=cfg.calib_lr,
+            batch_len=len(batch), seed=SEED,
+        )  # fmt: skip
+        net = fit_flipnet(rounds, sc.n_classes, iters=100, seed=SEED)
+        qm = to_qmodel(qmodel)
+        config = {"dataset": "hapt", "source": 1, "target": 4, "bits": bits, "flip_steps": 3}
+        art = build_artifact(qm, core, net, sc.normalizer, sc.class_names, config)
+        path = out / f"deployed-{bits}bit.qcore"
+        save_artifact(path, art)
+
+        one = X_test[:1]
+        edge_1 = median_ms(lambda: forward(qm, one), 30)  # noqa: B023
+        torch_1 = median_ms(lambda: predict_logits(qmodel, one), 30)  # noqa: B023
+        edge_n = median_ms(lambda: forward(qm, X_test), 3) / len(X_test)  # noqa: B023
+        torch_n = median_ms(lambda: predict_logits(qmodel, X_test), 3) / len(X_test)  # noqa: B023
+        flip_ms = median_ms(lambda: flip_calibrate(qm, X_cal, y_cal, net, steps=3), 3)  # noqa: B023
+        raw = (batch.X * std + mean).astype(np.float32)
+        device_ms = median_ms(lambda: Device(art, guard_margin=1.0).step(raw, batch.y), 3)  # noqa: B023
+
+        def bp_step(m=qmodel) -> None:
+            work = copy.deepcopy(m)  # each repeat starts from the deployed model
+            backprop_calibrate(
+                work, X_cal, y_cal, steps=10, lr=cfg.calib_lr, batch_size=len(y_cal), seed=SEED
+            )
+
+        bp_ms = median_ms(bp_step, 3)
+        state = out / f"state-{bits}.qcore"
+        state.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [*device_command(), str(path), "--stream", str(stream_dir), "--state", str(state)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        edge_peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+        torch_peak = peak_of_command(
+            [sys.executable, "-c", TORCH_STEP, str(path), str(stream_dir / "b0.npz")]
+        )
+        acc = float(np.mean(forward(qm, X_test).argmax(1) == sc.target_test.y))
+        rows.append(
+            {
+                "bits": bits,
+                "acc": acc,
+                "edge_1": edge_1,
+                "torch_1": torch_1,
+                "edge_n": edge_n,
+                "torch_n": torch_n,
+                "flip_ms": flip_ms,
+                "device_ms": device_ms,
+                "bp_ms": bp_ms,
+                "edge_peak": edge_peak,
+                "torch_peak": torch_peak,
+                "sizes": artifact_sizes(art),
+            }
+        )
+        print(f"done {bits} bits ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    numpy_peak = peak_of_command(
+        [
+            sys.executable,
+            "-c",
+            "import numpy\nfor l in open('/proc/self/status'):\n"
+            "    if l.startswith('VmHWM:'): print(int(l.split()[1]) * 1024)",
+        ]
+    )
+    edge_core_code = tree_bytes(py_files("edge", "core"))
+    loaded_code = tree_bytes(loaded_qcore_files())
+    torch_install = package_bytes("torch")
+    mib = 1 << 20
+
+    print(f"\nTarget test accuracy before calibration: {[round(r['acc'], 3) for r in rows]}")
+    print("\n### Inference latency per window (ms, single thread)\n")
+    print("| bits | edge, 1 window | torch, 1 window | ratio | edge, batched | torch, batched "
+          "| ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['bits']} | {r['edge_1']:.3f} | {r['torch_1']:.3f} | "
+            f"{r['torch_1'] / r['edge_1']:.2f}x | {r['edge_n']:.3f} | {r['torch_n']:.3f} | "
+            f"{r['torch_n'] / r['edge_n']:.2f}x |"
+        )
+    n_cal = len(y_cal)
+    print(f"\n### Calibration step on core + batch ({n_cal} windows), ms\n")
+    print("| bits | edge flip step (3 passes) | edge full device step | torch back-prop "
+          "(10 Adam steps) | back-prop / flip |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['bits']} | {r['flip_ms']:.1f} | {r['device_ms']:.1f} | {r['bp_ms']:.1f} | "
+            f"{r['bp_ms'] / r['flip_ms']:.2f}x |"
+        )
+    print("\n### Peak resident memory of a process (MiB)\n")
+    print("| bits | edge device (`qcore device`, 3 batches) | torch back-prop step | ratio |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['bits']} | {r['edge_peak'] / mib:.1f} | {r['torch_peak'] / mib:.1f} | "
+            f"{r['torch_peak'] / r['edge_peak']:.2f}x |"
+        )
+    print(f"\n(`python -c 'import numpy'` alone: {numpy_peak / mib:.1f} MiB)")
+    float_bytes = 4 * count_params(model)
+    print("\n### Bytes per part\n")
+    print("| bits | weights | norms | act | flip network | core | meta | artifact total "
+          "| float32 weights |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["sizes"]
+        print(
+            f"| {r['bits']} | {s['weights']} | {s['norms']} | {s['act']} | {s['flipnet']} | "
+            f"{s['core']} | {s['meta']} | {s['total']} | {float_bytes} |"
+        )
+    print(
+        f"\nCode: qcore/edge + qcore/core sources {edge_core_code} bytes; every qcore module "
+        f"a device process loads {loaded_code} bytes; the PyTorch install "
+        f"{torch_install / mib:.0f} MiB."
+    )
+    print(f"\nTotal benchmark time {time.perf_counter() - t_start:.0f} s; artifacts in {out}")
+
+
+if __name__ == "__main__":
+    main()

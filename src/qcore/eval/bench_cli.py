@@ -1,0 +1,63 @@
+"""The ``qcore bench`` subcommand (wired into :mod:`qcore.cli` by ``add_command``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from qcore.errors import QCoreError
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from qcore.eval.bench import make_grid, run_bench
+
+    if args.workers is not None and args.workers < 1:
+        raise QCoreError(f"--workers must be >= 1, got {args.workers}")
+    grid = make_grid(args.preset, args.set or [])
+    out = Path(args.out or f"runs/bench-{args.preset}")
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    n = len(grid.pairs) * len(grid.seeds)
+    print(
+        f"bench {args.preset}: {n} cells ({len(grid.pairs)} pairs x {len(grid.seeds)} seeds), "
+        f"bits {','.join(map(str, grid.base.bits))}, {len(grid.base.methods)} methods, "
+        f"{workers} worker(s) -> {out}"
+    )
+    res = run_bench(grid, out, workers=workers, progress=not args.quiet)
+    print(
+        f"{res.n_computed} cell(s) computed, {res.n_cells - res.n_computed} reused, "
+        f"{res.seconds:.0f} s"
+    )
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots")
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the ``qcore`` subcommands."""
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark grid (datasets x scenarios x bits x methods x seeds)",
+        description="Run every (dataset, source->target, seed) cell with all bit-widths and "
+        "methods in parallel worker processes; finished cells are reused. Writes "
+        "results.csv, results.md, stream.png, bits.png and cost.png.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: synthetic, minutes; full: HAPT (+USC-HAD), hours on 2 cores",
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/bench-PRESET)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel worker processes (default: number of CPUs)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a RunConfig setting for every cell, or pairs=ds:src:tgt,... / seeds=0,1",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)

@@ -1,0 +1,370 @@
+"""The device loop (validation, policies, guard and rollback) and the edge CLI end to end."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.quantize import quantize_model
+from qcore.coreset.core import Core
+from qcore.edge.artifact import (
+    Artifact,
+    build_artifact,
+    encode_artifact,
+    load_artifact,
+    save_artifact,
+)
+from qcore.edge.cli import add_commands, load_batch, main, read_frames
+from qcore.edge.device import Device, parse_policy
+from qcore.edge.drift import PageHinkley
+from qcore.edge.flip import N_FEATURES, FlipNet
+from qcore.edge.infer import forward
+from qcore.edge.state import load_state, save_state
+from qcore.errors import QCoreError
+
+torch.set_num_threads(1)
+
+MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+STD = np.array([2.0, 0.5, 1.5], dtype=np.float32)
+BATCH = 12
+
+
+class Norm:
+    mean, std = MEAN, STD
+
+
+def flipnet(qm, seed: int = 0, hidden: int = 8, threshold: float = 0.9, harmful: bool = False):
+    rng = np.random.default_rng(seed)
+    feedback = {
+        name: rng.standard_normal((qm.n_classes, layer.weight.shape[0])).astype(np.float32)
+        for name, layer in qm.layers.items()
+    }
+    if harmful:  # every code moves +1 on every pass, whatever the data says
+        w1 = np.zeros((N_FEATURES, hidden), np.float32)
+        w2 = np.zeros((hidden, 3), np.float32)
+        b2 = np.array([0.0, 0.0, 50.0], np.float32)
+        return FlipNet(feedback, w1, np.zeros(hidden, np.float32), w2, b2, 0.0)
+    return FlipNet(
+        feedback,
+        rng.standard_normal((N_FEATURES, hidden)).astype(np.float32),
+        rng.standard_normal(hidden).astype(np.float32),
+        rng.standard_normal((hidden, 3)).astype(np.float32),
+        rng.standard_normal(3).astype(np.float32),
+        threshold,
+    )
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model, tiny_xy):
+    X, y = tiny_xy
+    qm = to_qmodel(quantize_model(tiny_model, 4, X, 0))
+    return qm, X, y
+
+
+def make_art(parts, harmful: bool = False) -> Artifact:
+    qm, X, y = parts
+    core = Core(X[:12], y[:12], np.ones(12, np.int64), np.full(12, -1, np.int64))
+    net = flipnet(qm, harmful=harmful)
+    return build_artifact(qm, core, net, Norm(), ("a", "b", "c"), {"flip_steps": 2, "seed": 0})
+
+
+def raw(X: np.ndarray) -> np.ndarray:
+    """Un-normalised sensor windows: what the device receives."""
+    return (X * STD[None, :, None] + MEAN[None, :, None]).astype(np.float32)
+
+
+def batches(parts, n: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    _, X, y = parts
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        idx = rng.choice(np.arange(12, len(y)), BATCH, replace=False)
+        out.append((raw(X[idx]), y[idx]))
+    return out
+
+
+# --------------------------------------------------------------------------------- step
+
+
+def test_step_predicts_on_normalised_input_and_changes_state(parts) -> None:
+    art = make_art(parts)
+    dev = Device(art, guard_margin=1.0, steps=2)
+    Xr, y = batches(parts, 1)[0]
+    Xn = (Xr - MEAN[None, :, None]) / STD[None, :, None]
+    expected = float((forward(art.model, Xn.astype(np.float32)).argmax(1) == y).mean())
+    before = encode_artifact(dev.art)
+    report = dev.step(Xr, y)
+    assert report["accuracy"] == pytest.approx(expected)
+    assert report["step"] == 1 and dev.art.step == 1 and art.step == 0  # input not mutated
+    assert report["calibrated"] and not report["rolled_back"]
+    for key in ("latency_ms", "calib_ms", "confidence"):
+        assert report[key] > 0
+    assert report["rss_bytes"] > 0 and report["peak_rss_bytes"] >= report["rss_bytes"]
+    assert encode_artifact(dev.art) != before
+    assert len(dev.art.core) == len(art.core)
+    json.dumps(report, allow_nan=False)  # one JSON line per step
+
+
+BAD = {
+    "nan": lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y),
+    "inf": lambda X, y: (X * np.inf, y),
+    "channels": lambda X, y: (X[:, :2], y),
+    "length": lambda X, y: (X[:, :, :-1], y),
+    "label_high": lambda X, y: (X, np.where(np.arange(len(y)) == 0, 3, y)),
+    "label_negative": lambda X, y: (X, -np.ones_like(y)),
+    "empty": lambda X, y: (X[:0], y[:0]),
+    "int_X": lambda X, y: (X.astype(np.int32), y),
+    "float_y": lambda X, y: (X, y.astype(np.float32)),
+    "rank": lambda X, y: (X[0], y),
+    "count": lambda X, y: (X, y[:-1]),
+    "list": lambda X, y: (X.tolist(), y),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_rejected_batch_leaves_state_byte_identical(parts, kind: str) -> None:
+    dev = Device(make_art(parts), policy="drift")
+    Xr, y = batches(parts, 1)[0]
+    dev.step(Xr, y)
+    before, detector = encode_artifact(dev.art), dev.detector.to_dict()
+    with pytest.raises(QCoreError):
+        dev.step(*BAD[kind](Xr, y))
+    assert encode_artifact(dev.art) == before and dev.detector.to_dict() == detector
+
+
+def test_harmful_flipnet_is_rolled_back(parts) -> None:
+    art = make_art(parts, harmful=True)
+    Xr, y = batches(parts, 1)[0]
+    dev = Device(art, guard=False, bn_mode="frozen", steps=3, guard_margin=0.05)
+    report = dev.step(Xr, y)
+    assert report["calibrated"] and report["rolled_back"] and report["flips"] > 0
+    assert report["core_acc_after"] < report["core_acc_before"] - 0.05
+    assert dev.art.model is art.model and dev.art.core is art.core
+    assert dev.art.step == 1
+    # same batch without a guard margin: the damage is kept (the guard made the difference)
+    reckless = Device(art, guard=False, bn_mode="frozen", steps=3, guard_margin=1.0)
+    assert not reckless.step(Xr, y)["rolled_back"]
+    q_old = art.model.layers["head"].weight.q
+    assert not np.array_equal(reckless.art.model.layers["head"].weight.q, q_old)
+
+
+@pytest.mark.parametrize("guard", ["pass", "layer", "off"])
+def test_run_config_guard_names_accepted(parts, guard: str) -> None:
+    dev = Device(make_art(parts), guard=guard, guard_margin=1.0)
+    X, y = batches(parts, 1)[0]
+    assert dev.step(X, y)["calibrated"]
+
+
+def test_policy_every_2_calibrates_every_second_batch(parts) -> None:
+    dev = Device(make_art(parts), policy="every:2", guard_margin=1.0)
+    flags = [dev.step(X, y)["calibrated"] for X, y in batches(parts, 4)]
+    assert flags == [False, True, False, True]
+    assert dev.art.step == 4
+
+
+class Scripted(PageHinkley):
+    """A detector that fires on chosen update numbers (wiring test)."""
+
+    def __init__(self, fire_on: set[int]) -> None:
+        super().__init__()
+        self.fire_on, self.calls = fire_on, 0
+
+    def update(self, x: float) -> bool:
+        self.calls += 1
+        return self.calls in self.fire_on
+
+
+def test_drift_policy_calibrates_only_when_detector_fires(parts) -> None:
+    dev = Device(make_art(parts), policy="drift", guard_margin=1.0, drift=Scripted({2, 3}))
+    reports = [dev.step(X, y) for X, y in batches(parts, 4)]
+    assert [r["calibrated"] for r in reports] == [False, True, True, False]
+    assert [r["drift"] for r in reports] == [False, True, True, False]
+
+
+def test_drift_state_is_persisted_and_resumed(parts, tmp_path: Path) -> None:
+    dev = Device(make_art(parts), policy="drift")
+    data = batches(parts, 3)
+    for X, y in data[:2]:
+        dev.step(X, y)
+    saved = dev.art.config["device"]["drift"]
+    assert saved["n"] == 2  # two confidences seen, no firing with the defaults
+    save_state(tmp_path / "s.qcore", dev.art)
+    resumed = Device(load_state(tmp_path / "s.qcore"), policy="drift")
+    assert resumed.detector.to_dict() == dev.detector.to_dict()
+
+
+def test_resumed_device_continues_exactly_like_an_uninterrupted_one(parts, tmp_path) -> None:
+    data = batches(parts, 4)
+    straight = Device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
+    for X, y in data:
+        straight.step(X, y)
+    first = Device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
+    for X, y in data[:2]:
+        first.step(X, y)
+    save_state(tmp_path / "s.qcore", first.art)
+    second = Device(load_state(tmp_path / "s.qcore"), guard_margin=1.0, steps=2, seed=3)
+    for X, y in data[2:]:
+        second.step(X, y)
+    assert encode_artifact(second.art) == encode_artifact(straight.art)
+
+
+def test_bad_settings_rejected(parts) -> None:
+    art = make_art(parts)
+    for kwargs in ({"policy": "sometimes"}, {"policy": "every:0"}, {"guard_margin": -0.1}):
+        with pytest.raises(QCoreError):
+            Device(art, **kwargs)
+    with pytest.raises(QCoreError, match="bn_mode"):
+        Device(art, bn_mode="train")
+    with pytest.raises(QCoreError, match="steps"):
+        Device(art, steps=0)
+    with pytest.raises(QCoreError, match="flip guard"):
+        Device(art, guard="sometimes")
+    no_net = Artifact(art.model, art.core, None, MEAN, STD, art.class_names, art.config)
+    with pytest.raises(QCoreError, match="no flip network"):
+        Device(no_net)
+    assert str(parse_policy("every:3")) == "every:3"
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def npz_bytes(X, y) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, X=X, y=y)
+    return buf.getvalue()
+
+
+def write_stream(parts, folder: Path, n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    folder.mkdir()
+    data = batches(parts, n)
+    for i, (X, y) in enumerate(data):
+        (folder / f"b{i:02d}.npz").write_bytes(npz_bytes(X, y))
+    return data
+
+
+def qcore_cli() -> list[str]:
+    """``python -m qcore.cli`` once the lead wires the edge commands in, else this module."""
+    from qcore.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    module = "qcore.cli" if "device" in sub.choices else "qcore.edge.cli"
+    return [sys.executable, "-m", module]
+
+
+def test_device_command_end_to_end(parts, tmp_path: Path) -> None:
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    save_artifact(art_path, make_art(parts))
+    write_stream(parts, tmp_path / "stream")
+    cmd = [*qcore_cli(), "device", str(art_path), "--stream", str(tmp_path / "stream")]
+    cmd += ["--state", str(state), "--policy", "every:2", "--guard-margin", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 3
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert [r["calibrated"] for r in lines] == [False, True, False]
+    for r in lines:
+        assert {"accuracy", "latency_ms", "rolled_back", "calib_ms", "peak_rss_bytes"} <= set(r)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert load_state(state).step == 3
+    assert json.loads(proc.stderr.strip().splitlines()[-1])["processed"] == 3
+
+
+def test_device_command_skips_bad_batches_and_resumes(parts, tmp_path, capsys) -> None:
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    save_artifact(art_path, make_art(parts))
+    data = write_stream(parts, tmp_path / "s", 2)
+    X, y = data[0]
+    (tmp_path / "s" / "b00a.npz").write_bytes(npz_bytes(X[:, :2], y))  # wrong channels
+    (tmp_path / "s" / "b00b.npz").write_bytes(b"not a zip")
+    args = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
+    assert main(args) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [("error" in r) for r in out] == [False, True, True, False]
+    assert "2 channels" in out[1]["error"] and out[1]["batch"] == "b00a.npz"
+    assert load_state(state).step == 2
+    assert main(args) == 0  # resumes from the state: steps 3 and 4
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("step") for r in out] == [3, None, None, 4]
+
+
+def test_stdin_framing(parts, tmp_path: Path) -> None:
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    save_artifact(art_path, make_art(parts))
+    frames = b""
+    for X, y in batches(parts, 2):
+        payload = npz_bytes(X, y)
+        frames += struct.pack("<Q", len(payload)) + payload
+    cmd = [*qcore_cli(), "device", str(art_path), "--stream", "-", "--state", str(state)]
+    proc = subprocess.run(cmd, input=frames, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["batch"] for line in proc.stdout.splitlines()] == [
+        "stdin:1",
+        "stdin:2",
+    ]
+
+
+def test_read_frames_errors() -> None:
+    payload = npz_bytes(np.zeros((1, 3, 32), np.float32), np.zeros(1, np.int64))
+    ok = struct.pack("<Q", len(payload)) + payload
+    got = list(read_frames(io.BytesIO(ok + ok[:20])))
+    assert got[0] == ("stdin:1", payload)
+    assert isinstance(got[1][1], QCoreError) and "inside a frame" in str(got[1][1])
+    got = list(read_frames(io.BytesIO(struct.pack("<Q", 1 << 62))))  # absurd length, no data
+    assert len(got) == 1 and isinstance(got[0][1], QCoreError)
+    assert list(read_frames(io.BytesIO(b""))) == []
+
+
+def test_load_batch_rejects_pickles_and_missing_keys() -> None:
+    buf = io.BytesIO()
+    np.savez(buf, X=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    with pytest.raises(QCoreError, match="Python objects"):
+        load_batch(buf.getvalue(), "obj")
+    only_x = io.BytesIO()
+    np.savez(only_x, X=np.zeros((1, 3, 4), np.float32))
+    with pytest.raises(QCoreError, match="no array 'y'"):
+        load_batch(only_x.getvalue(), "x")
+    with pytest.raises(QCoreError, match="single .npy"):
+        npy = io.BytesIO()
+        np.save(npy, np.zeros(3))
+        load_batch(npy.getvalue(), "npy")
+
+
+def test_export_command(parts, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    art = make_art(parts)
+    save_artifact(run / "deployed-4bit.qcore", art)
+    save_artifact(run / "deployed-8bit.qcore", art)
+    out = tmp_path / "ship.qcore"
+    assert main(["export", str(run), "--bits", "4", "--out", str(out)]) == 0
+    sizes = json.loads(capsys.readouterr().out)
+    assert sizes["total"] == out.stat().st_size
+    assert encode_artifact(load_artifact(out)) == encode_artifact(art)
+    assert main(["export", str(run), "--bits", "2", "--out", str(out)]) == 2
+    assert "bit-widths found: 4, 8" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--bits", "4", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    args = ["device", str(out), "--stream", str(tmp_path), "--state", str(tmp_path / "x" / "s")]
+    assert main(args) == 2
+    assert "folder of state file" in capsys.readouterr().err
+
+
+def test_add_commands_on_a_parser() -> None:
+    parser = argparse.ArgumentParser(prog="qcore")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["device", "m.qcore", "--stream", "d", "--state", "s"])
+    assert args.policy == "every" and args.guard_margin == 0.05 and callable(args.func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["device", "m", "--stream", "d", "--state", "s", "--policy", "bad"])

@@ -1,0 +1,114 @@
+"""Device state persistence: always the previous or the new complete state."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.quantize import quantize_model
+from qcore.coreset.core import Core
+from qcore.edge.artifact import Artifact, build_artifact, encode_artifact, save_artifact
+from qcore.edge.state import load_state, remove_stale_temps, resume_or_start, save_state
+from qcore.errors import QCoreError
+
+torch.set_num_threads(1)
+
+
+class Norm:
+    mean = np.zeros(3, dtype=np.float32)
+    std = np.ones(3, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def art(tiny_model, tiny_xy) -> Artifact:
+    X, y = tiny_xy
+    qm = to_qmodel(quantize_model(tiny_model, 3, X, 0))
+    core = Core(X[:8], y[:8], np.ones(8, np.int64), np.full(8, -1, np.int64))
+    return build_artifact(qm, core, None, Norm(), ("a", "b", "c"), {"seed": 0})
+
+
+def at_step(art: Artifact, step: int) -> Artifact:
+    return Artifact(
+        art.model,
+        art.core,
+        art.flipnet,
+        art.normalizer_mean,
+        art.normalizer_std,
+        art.class_names,
+        art.config,
+        step,
+    )
+
+
+def test_save_load_round_trip_mode_0600(art: Artifact, tmp_path: Path) -> None:
+    path = tmp_path / "state.qcore"
+    save_state(path, at_step(art, 3))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    back = load_state(path)
+    assert back.step == 3 and encode_artifact(back) == path.read_bytes()
+
+
+def test_replacement_is_old_or_new_never_partial(
+    art: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.qcore"
+    save_state(path, at_step(art, 1))
+    old = path.read_bytes()
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def crash_on_data_fsync(fd: int) -> None:  # dies after writing, before the rename
+        calls["n"] += 1
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", crash_on_data_fsync)
+    with pytest.raises(QCoreError, match="cannot save state"):
+        save_state(path, at_step(art, 2))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert calls["n"] == 1
+    assert path.read_bytes() == old and load_state(path).step == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["state.qcore"]
+    save_state(path, at_step(art, 2))
+    assert load_state(path).step == 2
+
+
+def test_stale_temps_removed_and_resume_prefers_state(art: Artifact, tmp_path: Path) -> None:
+    shipped = tmp_path / "model.qcore"
+    state = tmp_path / "state.qcore"
+    save_artifact(shipped, art)
+    resumed_art, resumed = resume_or_start(state, shipped)
+    assert not resumed and resumed_art.step == 0
+    save_state(state, at_step(art, 5))
+    crash_leftover = tmp_path / ".state.qcore.abc123.tmp"
+    crash_leftover.write_bytes(b"partial")
+    unrelated = tmp_path / ".other.qcore.abc.tmp"
+    unrelated.write_bytes(b"keep")
+    resumed_art, resumed = resume_or_start(state, shipped)
+    assert resumed and resumed_art.step == 5
+    assert not crash_leftover.exists() and unrelated.exists()
+    assert remove_stale_temps(state) == 0
+
+
+def test_corrupt_state_is_an_error_not_a_silent_restart(art: Artifact, tmp_path: Path) -> None:
+    shipped = tmp_path / "model.qcore"
+    state = tmp_path / "state.qcore"
+    save_artifact(shipped, art)
+    save_state(state, at_step(art, 4))
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF
+    state.write_bytes(bytes(data))
+    with pytest.raises(QCoreError, match="corrupt"):
+        resume_or_start(state, shipped)
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(QCoreError, match="does not exist"):
+        load_state(tmp_path / "none.qcore")
+    with pytest.raises(QCoreError, match="does not exist"):
+        resume_or_start(tmp_path / "none.qcore", tmp_path / "nothing.qcore")

@@ -48,7 +48,7 @@ class RunConfig:
     core_mode: str = "proportional"
     old_quota: float | None = None  # share of the core kept for old samples (None: by score)
     flip_steps: int = 3
-    flip_teacher_lr: float = 0.1  # teacher Adam lr in units of each layer's quantization step
+    flip_teacher_lr: float = 0.05  # teacher Adam lr in units of each layer's quantization step
     flip_guard: str = "pass"  # pass | layer | off
     bn_mode: str = "reestimate"
     # reproducibility and machine

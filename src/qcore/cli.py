@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from qcore.edge.cli import add_commands as add_edge_commands
 
     add_edge_commands(sub)  # export, device
+    from qcore.eval.bench_cli import add_command as add_bench_command
+
+    add_bench_command(sub)  # bench
     return p
 
 

@@ -12,8 +12,8 @@ and their labels:
 4. calibrate as :class:`qcore.eval.stream.QCoreCalibrator` does: flip calibration on
    core plus batch, then the core update from the misses over the flip passes;
 5. guard: compare the new state with the previous one on the previous core and on the
-   batch; if either accuracy dropped by more than ``guard_margin``, roll back model and
-   core to the previous state.
+   batch; if either accuracy dropped by more than ``guard_margin``, or the new model holds
+   a non-finite value, roll back model and core to the previous state.
 
 The step works on copies and commits them in one assignment at the end, so an
 exception anywhere leaves the device exactly as it was. NumPy only.
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from qcore.core.qmodel import QuantizedModel
+from qcore.core.quant import QuantizedTensor
 from qcore.coreset.core import update_core
 from qcore.coreset.scores import pass_misses
 from qcore.edge.artifact import Artifact, compress_windows, decompress_windows
@@ -95,6 +97,19 @@ def _confidence(logits: np.ndarray) -> float:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
     return float((p.max(axis=1) / p.sum(axis=1)).mean())
+
+
+def _finite(model: QuantizedModel) -> bool:
+    """Whether every float array of ``model`` (scales, biases, BatchNorm) is finite."""
+    arrays: list[np.ndarray] = []
+    for layer in model.layers.values():
+        w = layer.weight
+        arrays.append(w.scale if isinstance(w, QuantizedTensor) else w)
+        if layer.bias is not None:
+            arrays.append(layer.bias)
+    for bn in model.norms.values():
+        arrays += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return all(np.isfinite(a).all() for a in arrays)
 
 
 def _fraction(mask: np.ndarray) -> float | None:
@@ -276,7 +291,10 @@ class Device:
         drops = [float(batch_before.mean()) - batch_acc_after]
         if core_acc_before is not None and core_acc_after is not None:
             drops.append(core_acc_before - core_acc_after)
-        rolled_back = max(drops) > self.guard_margin
+        # A finite but absurd window (e.g. 1e30 from a sensor glitch) can overflow the
+        # float32 BatchNorm re-estimate to inf: such a candidate is never committed, or the
+        # damaged model and the window (kept in the core) would persist in every state.
+        rolled_back = max(drops) > self.guard_margin or not _finite(res.model)
         info = {
             "rolled_back": rolled_back,
             "flips": int(res.flips_applied),

@@ -1,0 +1,94 @@
+"""Shared helper for the reliability tests: a small, real artifact from the tiny model.
+
+Not a test module (no ``test_`` prefix). Test files import it by file path because pytest
+runs with ``--import-mode=importlib`` (sibling modules are not on ``sys.path``).
+The artifact is built the way the cloud side builds one: quantize the trained model,
+select a core with :func:`build_core`, train a flip network with a few teacher rounds
+(:func:`collect_rounds` + :func:`fit_flipnet`), then :func:`build_artifact`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.flipnet import collect_rounds, fit_flipnet
+from qcore.cloud.quantize import quantize_model
+from qcore.coreset.core import build_core
+from qcore.edge.artifact import Artifact, build_artifact
+
+CLASSES = ("low", "mid", "high")
+MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+STD = np.array([2.0, 0.5, 1.5], dtype=np.float32)
+CORE_SIZE = 12
+BATCH = 6
+
+
+class Norm:
+    """Stand-in for :class:`qcore.data.scenario.Normalizer` (anything with mean and std)."""
+
+    mean = MEAN
+    std = STD
+
+
+def small_artifact(
+    model: torch.nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    bits: int = 4,
+    core_size: int = CORE_SIZE,
+    seed: int = 0,
+) -> Artifact:
+    """A complete artifact (quantized model, core, trained flip net) at step 0.
+
+    ``X``/``y``: normalised windows and labels of the source data the model was trained on.
+    Cheap on purpose: 3 teacher rounds of 2 steps and 30 fitting iterations.
+    """
+    torch.set_num_threads(1)
+    qmodel = quantize_model(model, bits, X, seed)
+    scores = (np.arange(len(y)) % 4).astype(np.int64)
+    core = build_core(X, y, scores, core_size, "proportional", seed)
+    rounds = collect_rounds(
+        qmodel,
+        core.X,
+        core.y,
+        X,
+        y,
+        rounds=3,
+        steps=2,
+        lr=1e-3,
+        batch_len=BATCH,
+        seed=seed,
+        step_relative_lr=0.5,
+    )
+    net = fit_flipnet(rounds, len(CLASSES), hidden=8, iters=30, seed=seed)
+    config = {"flip_steps": 2, "seed": seed, "bits": bits, "core_size": core_size}
+    return build_artifact(to_qmodel(qmodel), core, net, Norm(), CLASSES, config)
+
+
+def raw(X: np.ndarray) -> np.ndarray:
+    """Un-normalised sensor windows (what a device receives) from normalised ones."""
+    return (X * STD[None, :, None] + MEAN[None, :, None]).astype(np.float32)
+
+
+def stream_batches(
+    X: np.ndarray, y: np.ndarray, n: int, batch: int = BATCH, seed: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` labelled batches of raw windows drawn (seeded) from ``X``/``y``, noise added."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        idx = rng.choice(len(y), batch, replace=False)
+        noisy = X[idx] + rng.normal(0.0, 0.2, X[idx].shape).astype(np.float32)
+        out.append((raw(noisy), y[idx].astype(np.int64)))
+    return out
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """The bytes ``np.savez`` writes for ``arrays``."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

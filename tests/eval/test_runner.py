@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qcore.config import RunConfig
+from qcore.edge.artifact import load_artifact
 from qcore.eval.runner import run
 
 TINY = dict(
@@ -55,7 +56,9 @@ def test_results_contract(result):
 
 
 def test_same_seed_same_numbers(result, tmp_path):
-    _, res = result
+    """Same seed and inputs: the same numbers, and bit-identical weights and core after the
+    simulated stream (``calibrated-*.qcore`` holds the final model, core and step)."""
+    out, res = result
     again = run(RunConfig(**TINY, method="none,backprop,qcore"), tmp_path)
 
     def strip(rows):
@@ -70,6 +73,16 @@ def test_same_seed_same_numbers(result, tmp_path):
         ]
 
     assert json.dumps(strip(res["results"])) == json.dumps(strip(again["results"]))
+    files = sorted(p.name for p in out.glob("*.qcore"))
+    assert files == [f"{k}-{b}bit.qcore" for k in ("calibrated", "deployed") for b in (2, 4)]
+    for name in files:
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    final, start = load_artifact(out / files[0]), load_artifact(out / files[2])
+    assert final.step == 4 and start.step == 0
+    assert len(final.core) == len(start.core)
+    with np.load(out / "core.npz") as a, np.load(tmp_path / "core.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

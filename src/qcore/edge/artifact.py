@@ -579,7 +579,8 @@ class _Reader:
         name = e["name"]
         if name in self.entries:
             raise _bad(src, f"array {name} appears twice")
-        if e.get("dtype") not in DTYPES:
+        dtype = e.get("dtype")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise _FileError(
                 f"artifact {src}: array {name} has unknown dtype {e.get('dtype')!r} "
                 f"(allowed: {', '.join(DTYPES)})"

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -193,10 +194,14 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     return result
 
 
-def _save_artifact(out_dir: Path, bits: int, qm, core, net, sc: Scenario, cfg: RunConfig) -> None:
-    """``out_dir/deployed-{bits}bit.qcore``: what ``qcore export`` hands to a device."""
+def _save_artifact(
+    out_dir: Path, bits: int, qm, core, net, sc: Scenario, cfg: RunConfig, step: int = 0
+) -> None:
+    """``out_dir/deployed-{bits}bit.qcore`` (step 0): what ``qcore export`` hands to a device;
+    ``calibrated-{bits}bit.qcore`` (step > 0): the simulated device's state after the stream."""
     art = build_artifact(qm, core, net, sc.normalizer, sc.class_names, cfg.to_dict())
-    save_artifact(out_dir / f"deployed-{bits}bit.qcore", art)
+    name = "deployed" if step == 0 else "calibrated"
+    save_artifact(out_dir / f"{name}-{bits}bit.qcore", replace(art, step=step))
 
 
 def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir) -> dict:
@@ -223,6 +228,8 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
         **dep.extras,
     }
     steps = stream(cal, sc, progress)
+    if method == "qcore":
+        _save_artifact(out_dir, bits, cal.qm, cal.core, cal.net, sc, cfg, step=len(steps))
     last = steps[-1]
     row.update(
         {

@@ -8,7 +8,6 @@ equal, byte for byte, the state after running only the good batches.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -16,8 +15,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
+import edge_kit as B  # tests/edge/edge_kit.py (tests/edge is on sys.path: see pyproject)
 import numpy as np
 import pytest
 import torch
@@ -29,18 +28,6 @@ from qcore.edge.state import load_state, save_state
 torch.set_num_threads(1)
 
 
-def _build_module() -> ModuleType:
-    """tests/edge/_build.py, imported once by path (pytest uses --import-mode=importlib)."""
-    name = "qcore_tests_edge_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_build.py"))
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-B = _build_module()
 CLI = [sys.executable, "-m", "qcore.cli", "device"]
 N_GOOD = 4
 

@@ -7,14 +7,12 @@ step. A different ``--seed`` draws a different core (the core update samples at 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
+import edge_kit as B  # tests/edge/edge_kit.py (tests/edge is on sys.path: see pyproject)
 import numpy as np
 import pytest
 import torch
@@ -27,18 +25,6 @@ from qcore.edge.state import load_state
 torch.set_num_threads(1)
 
 
-def _build_module() -> ModuleType:
-    """tests/edge/_build.py, imported once by path (pytest uses --import-mode=importlib)."""
-    name = "qcore_tests_edge_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_build.py"))
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-B = _build_module()
 CLI = [sys.executable, "-m", "qcore.edge.cli", "device"]
 N_BATCHES = 6
 

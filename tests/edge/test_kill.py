@@ -9,7 +9,6 @@ temporary files must be cleared on resume and never be taken for the state.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,8 +18,8 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 
+import edge_kit as B  # tests/edge/edge_kit.py (tests/edge is on sys.path: see pyproject)
 import numpy as np
 import pytest
 import torch
@@ -32,18 +31,6 @@ from qcore.edge.state import load_state
 torch.set_num_threads(1)
 
 
-def _build_module() -> ModuleType:
-    """tests/edge/_build.py, imported once by path (pytest uses --import-mode=importlib)."""
-    name = "qcore_tests_edge_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_build.py"))
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-B = _build_module()
 # The stand-alone edge entry point: NumPy only, no torch on this path.
 CLI = [sys.executable, "-m", "qcore.edge.cli", "device"]
 N_BATCHES = 24  # long enough that a good share of random kills lands while it persists

@@ -1,7 +1,7 @@
 """Shared helper for the reliability tests: a small, real artifact from the tiny model.
 
-Not a test module (no ``test_`` prefix). Test files import it by file path because pytest
-runs with ``--import-mode=importlib`` (sibling modules are not on ``sys.path``).
+Not a test module (no ``test_`` prefix): pyproject puts ``tests/edge`` on ``sys.path`` so
+test files can ``import edge_kit``.
 The artifact is built the way the cloud side builds one: quantize the trained model,
 select a core with :func:`build_core`, train a flip network with a few teacher rounds
 (:func:`collect_rounds` + :func:`fit_flipnet`), then :func:`build_artifact`.

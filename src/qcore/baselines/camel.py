@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
-from qcore.baselines.torch_common import TorchBaseline
+from qcore.baselines.torch_common import TorchBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
@@ -118,13 +118,9 @@ class Camel(TorchBaseline):
 
 @register("camel")
 def _camel(dep: Deployment) -> Camel:
-    c = dep.cfg
     return Camel(
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=len(dep.core),
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
+        **budget(dep),
     )

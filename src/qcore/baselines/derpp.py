@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline, adam_steps, xy_tensors
+from qcore.baselines.torch_common import TorchBaseline, adam_steps, budget, xy_tensors
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
@@ -72,14 +72,10 @@ class DERPP(TorchBaseline):
 
 @register("derpp")
 def _derpp(dep: Deployment) -> DERPP:
-    c = dep.cfg
     return DERPP(
         dep.qmodel,
         dep.source_X,
         dep.source_y,
         dep.n_classes,
-        size=len(dep.core),
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
+        **budget(dep),
     )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline, adam_steps, xy_tensors
+from qcore.baselines.torch_common import TorchBaseline, adam_steps, budget, xy_tensors
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
@@ -61,13 +61,9 @@ class ExperienceReplay(TorchBaseline):
 
 @register("er")
 def _er(dep: Deployment) -> ExperienceReplay:
-    c = dep.cfg
     return ExperienceReplay(
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=len(dep.core),
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
+        **budget(dep),
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
-from qcore.baselines.torch_common import TorchBaseline
+from qcore.baselines.torch_common import TorchBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
@@ -90,12 +90,8 @@ class GDumb(TorchBaseline):
 
 @register("gdumb")
 def _gdumb(dep: Deployment) -> GDumb:
-    c = dep.cfg
     return GDumb(
         dep.qmodel,
         dep.source_X.shape[1:],
-        size=len(dep.core),
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
+        **budget(dep),
     )

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline
+from qcore.baselines.torch_common import TorchBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
@@ -64,13 +64,9 @@ class RandomCoreBP(TorchBaseline):
 
 @register("random-core-bp")
 def _random_core_bp(dep: Deployment) -> RandomCoreBP:
-    c = dep.cfg
     return RandomCoreBP(
         dep.qmodel,
         dep.source_X,
         dep.source_y,
-        size=len(dep.core),
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
+        **budget(dep),
     )

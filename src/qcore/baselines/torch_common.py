@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,3 +54,11 @@ def adam_steps(
 def xy_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``(n, C, T)`` and int64 ``(n,)`` tensors (no copy where possible)."""
     return to_tensor(X), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
+def budget(dep: Any) -> dict[str, Any]:
+    """What every buffer baseline gets from a :class:`qcore.eval.methods.Deployment`: a
+    buffer of as many samples as the core (same bytes), the run's calibration steps,
+    learning rate and seed."""
+    c = dep.cfg
+    return {"size": len(dep.core), "steps": c.calib_steps, "lr": c.calib_lr, "seed": c.seed}

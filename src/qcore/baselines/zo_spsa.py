@@ -24,8 +24,7 @@ import numpy as np
 from qcore.core.qmodel import QLayer, QuantizedModel
 from qcore.core.quant import qrange
 from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core, update_core
-from qcore.coreset.scores import pass_misses
+from qcore.coreset.core import Core, update_core_after_passes
 from qcore.edge.calibrate import cross_entropy
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.edge.infer import predict as edge_predict
@@ -146,15 +145,12 @@ class ZOSPSA:
         qm = bn_reestimate(self.qm, X) if self.bn_mode == "reestimate" else self.qm
         res = spsa_calibrate(qm, X, y, iters=self.iters, rng=self.rng, guard=self.guard)
         self.qm = res.model
-        misses = pass_misses(res.correct)
-        n = len(self.core)
         self.n_steps += 1
-        self.core = update_core(
+        self.core = update_core_after_passes(
             self.core,
             batch.X,
             batch.y,
-            misses[:n],
-            misses[n:],
+            res.correct,
             step=self.n_steps,
             seed=self.rng,
             mode=self.core_mode,

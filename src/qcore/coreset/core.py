@@ -8,6 +8,7 @@ import numpy as np
 
 from qcore.core.rng import SeedLike, as_generator
 from qcore.core.types import validate_xy
+from qcore.coreset.scores import pass_misses
 from qcore.coreset.select import select_core
 from qcore.errors import QCoreError
 
@@ -86,3 +87,23 @@ def update_core(
         new = size + select_core(score[size:], y[size:], n_new, mode, rng) if n_new else []
         idx = np.sort(np.concatenate([np.asarray(old, int), np.asarray(new, int)]))
     return Core(X[idx], y[idx], score[idx], origin[idx])
+
+
+def update_core_after_passes(
+    core: Core,
+    X_new: np.ndarray,
+    y_new: np.ndarray,
+    correct: np.ndarray,
+    step: int,
+    seed: SeedLike,
+    mode: str = "proportional",
+    old_quota: float | None = None,
+) -> Core:
+    """:func:`update_core` scored by the misses over a calibration's passes.
+
+    ``correct``: bool ``(passes, len(core) + len(y_new))``, old core first, then the batch
+    (see :func:`qcore.coreset.scores.pass_misses`).
+    """
+    misses = pass_misses(correct)
+    n = len(core)
+    return update_core(core, X_new, y_new, misses[:n], misses[n:], step, seed, mode, old_quota)

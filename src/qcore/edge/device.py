@@ -31,8 +31,7 @@ import numpy as np
 
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor
-from qcore.coreset.core import update_core
-from qcore.coreset.scores import pass_misses
+from qcore.coreset.core import update_core_after_passes
 from qcore.edge.artifact import Artifact, compress_windows, decompress_windows
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.drift import PageHinkley
@@ -307,13 +306,11 @@ class Device:
             return art.model, art.core, info
         new_core = core
         if core is not None:
-            misses = pass_misses(res.correct)
-            new_core = update_core(
+            new_core = update_core_after_passes(
                 core,
                 Xn,
                 y,
-                misses[:n_core],
-                misses[n_core:],
+                res.correct,
                 step=new_step,
                 # seeded by (seed, step): a resumed device draws what an uninterrupted one would
                 seed=np.random.default_rng([self.seed, new_step]),

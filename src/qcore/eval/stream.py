@@ -19,8 +19,7 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core, update_core
-from qcore.coreset.scores import pass_misses
+from qcore.coreset.core import Core, update_core_after_passes
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.flip import FlipNet
 from qcore.edge.infer import predict as edge_predict
@@ -81,15 +80,12 @@ class QCoreCalibrator:
             self.qm, X, y, self.net, steps=self.steps, guard=self.guard, bn_mode=self.bn_mode
         )
         self.qm = res.model
-        misses = pass_misses(res.correct)
-        n_core = len(self.core)
         self.n_seen += 1
-        self.core = update_core(
+        self.core = update_core_after_passes(
             self.core,
             batch.X,
             batch.y,
-            misses[:n_core],
-            misses[n_core:],
+            res.correct,
             step=self.n_seen,
             seed=self.rng,
             mode=self.core_mode,
@@ -147,15 +143,12 @@ class BackpropCalibrator:
             seed=self.seed + self.n_seen,
         )
         after = self.predict(X) == y
-        misses = pass_misses(np.stack([before, after]))
-        n_core = len(self.core)
         self.n_seen += 1
-        self.core = update_core(
+        self.core = update_core_after_passes(
             self.core,
             batch.X,
             batch.y,
-            misses[:n_core],
-            misses[n_core:],
+            np.stack([before, after]),
             step=self.n_seen,
             seed=self.rng,
             mode=self.core_mode,

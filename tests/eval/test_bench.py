@@ -43,7 +43,8 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
 
 def test_presets_and_bad_settings():
     quick = make_grid("quick")
-    assert len(quick.cells()) == 4 and quick.base.bits == (2, 4, 8)
+    assert len(quick.cells()) == 12 and quick.base.bits == (2, 4, 8)  # pairs x seeds x bits
+    assert {c.bits for c in quick.cells()} == {(2,), (4,), (8,)}
     assert {"qcore", "zo-spsa", "er", "joint"} <= set(quick.base.methods)
     full = make_grid("full")
     assert full.base.bits == (2, 3, 4, 5, 8) and full.seeds == (0, 1, 2)

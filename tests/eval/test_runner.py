@@ -200,3 +200,18 @@ def test_export_then_device_end_to_end(result, tmp_path):
     assert len(lines) == 3
     for line in lines:
         assert {"step", "accuracy", "latency_ms", "rss_bytes"} <= set(line)
+
+
+def test_a_bit_width_does_not_depend_on_the_others(result, tmp_path):
+    """The bench runs one bit-width per cell: its rows must equal those of a joint run."""
+    _, res = result
+    alone = run(RunConfig(**{**TINY, "bits": (4,)}, method="none,backprop,qcore"), tmp_path)
+
+    def rows(r):
+        return {
+            (x["method"], x["bits"]): (x["target_acc"], x["source_acc"], x["device_bytes"])
+            for x in r["results"]
+            if x["bits"] == 4
+        }
+
+    assert rows(alone) == rows(res) and len(rows(res)) == 5

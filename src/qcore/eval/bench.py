@@ -1,10 +1,13 @@
 """The benchmark grid behind ``qcore bench``: datasets x scenarios x bits x methods x seeds.
 
-One *cell* is one ``(dataset, source -> target, seed)``: a single :func:`run` with every
-bit-width and method (they share the float training and the deployed models). Cells run
-in parallel worker processes (``spawn``: a script calling :func:`run_bench` needs the
-``if __name__ == "__main__":`` guard; each worker sets ``torch.set_num_threads(1)``) and
-write ``DIR/cells/<dataset>-<source>-<target>-s<seed>/results.json``; a cell whose
+One *cell* is one ``(dataset, source -> target, seed, bit-width)``: a single :func:`run`
+with every method (they share the deployed model). The float training is deterministic, so
+it is repeated per bit-width rather than shared: a few minutes more per grid, and cells
+small enough (tens of minutes on HAPT, longer on USC-HAD) that a grid of many hours
+resumes across interrupted sessions. Cells run in parallel worker processes (``spawn``: a
+script calling :func:`run_bench` needs the ``if __name__ == "__main__":`` guard; each
+worker sets ``torch.set_num_threads(1)``) and write
+``DIR/cells/<dataset>-<source>-<target>-s<seed>-b<bits>/results.json``; a cell whose
 results are complete and were made with the same settings is never recomputed, so an
 interrupted grid resumes where it stopped. From the cells the grid writes:
 
@@ -18,7 +21,7 @@ interrupted grid resumes where it stopped. From the cells the grid writes:
 Presets: ``quick`` is synthetic data, two domain pairs, seeds 0 and 1, bits 2/4/8, a
 tiny model and every method (a few minutes on 2 cores). ``full`` is HAPT 1->4 and 1->25
 plus USC-HAD 1->11 when its files are found, bits 2/3/4/5/8, seeds 0/1/2, the default
-model and every method: about 15 cells of many minutes each, i.e. hours on 2 cores.
+model and every method: 45 cells of tens of minutes each, i.e. many hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -82,16 +85,18 @@ class Grid:
     seeds: tuple[int, ...]
 
     def cells(self) -> list[RunConfig]:
-        """One validated config per (pair, seed), in pair-then-seed order."""
+        """One validated config per (pair, seed, bit-width), in that nesting order."""
         return [
-            self.base.replace(dataset=d, source=s, target=t, seed=seed)
+            self.base.replace(dataset=d, source=s, target=t, seed=seed, bits=(b,))
             for d, s, t in self.pairs
             for seed in self.seeds
+            for b in self.base.bits
         ]
 
 
 def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
-    return out_dir / "cells" / f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}"
+    bits = "-".join(str(b) for b in cfg.bits)
+    return out_dir / "cells" / f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
 
 
 def all_methods() -> str:

@@ -17,10 +17,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     grid = make_grid(args.preset, args.set or [])
     out = Path(args.out or f"runs/bench-{args.preset}")
     workers = args.workers or max(1, os.cpu_count() or 1)
-    n = len(grid.pairs) * len(grid.seeds)
+    n = len(grid.cells())
     print(
-        f"bench {args.preset}: {n} cells ({len(grid.pairs)} pairs x {len(grid.seeds)} seeds), "
-        f"bits {','.join(map(str, grid.base.bits))}, {len(grid.base.methods)} methods, "
+        f"bench {args.preset}: {n} cells ({len(grid.pairs)} pairs x {len(grid.seeds)} seeds x "
+        f"bits {','.join(map(str, grid.base.bits))}), {len(grid.base.methods)} methods, "
         f"{workers} worker(s) -> {out}"
     )
     res = run_bench(grid, out, workers=workers, progress=not args.quiet)
@@ -36,7 +36,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run the benchmark grid (datasets x scenarios x bits x methods x seeds)",
-        description="Run every (dataset, source->target, seed) cell with all bit-widths and "
+        description="Run every (dataset, source->target, seed, bit-width) cell with all "
         "methods in parallel worker processes; finished cells are reused. Writes "
         "results.csv, results.md, stream.png, bits.png and cost.png.",
     )

@@ -10,6 +10,7 @@ select a core with :func:`build_core`, train a flip network with a few teacher r
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.flipnet import collect_rounds, fit_flipnet
 from qcore.cloud.quantize import quantize_model
 from qcore.coreset.core import build_core
-from qcore.edge.artifact import Artifact, build_artifact
+from qcore.edge.artifact import Artifact, build_artifact, load_artifact, save_artifact
+from qcore.edge.device import Device
 
 CLASSES = ("low", "mid", "high")
 MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
@@ -92,3 +94,24 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def cli_device(art: Artifact | Path, seed: int = 0) -> Device:
+    """The device `qcore device` runs on a :func:`small_artifact` (or its file) with its
+    defaults (the artifact records flip_steps=2 and seed 0)."""
+    return Device(load_artifact(art) if isinstance(art, Path) else art, steps=2, seed=seed)
+
+
+def artifact_and_stream(
+    model: torch.nn.Module, X: np.ndarray, y: np.ndarray, folder: Path, n: int, seed: int
+) -> tuple[Path, Path, list[tuple[np.ndarray, np.ndarray]]]:
+    """``folder/model.qcore`` and ``folder/stream/NNN.npz`` with ``n`` seeded batches;
+    returns (artifact path, stream folder, the batches in processing order)."""
+    art_path = folder / "model.qcore"
+    save_artifact(art_path, small_artifact(model, X, y))
+    stream = folder / "stream"
+    stream.mkdir()
+    batches = stream_batches(X, y, n, seed=seed)
+    for k, (Xb, yb) in enumerate(batches):
+        (stream / f"{k:03d}.npz").write_bytes(npz_bytes(X=Xb, y=yb))
+    return art_path, stream, batches

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from qcore.edge.artifact import encode_artifact, load_artifact, save_artifact
-from qcore.edge.device import Device
+from qcore.edge.artifact import encode_artifact, save_artifact
 from qcore.edge.state import load_state, save_state
 
 torch.set_num_threads(1)
@@ -41,7 +40,7 @@ def setup(tiny_model, tiny_xy, tmp_path_factory):
     save_artifact(art_path, B.small_artifact(tiny_model, X, y))
     good = B.stream_batches(X, y, N_GOOD, seed=5)
     # Same settings as `qcore device` with its defaults on this artifact.
-    dev = Device(load_artifact(art_path), steps=2, seed=0)
+    dev = B.cli_device(art_path)
     refs = [encode_artifact(dev.art)]
     for Xb, yb in good:
         dev.step(Xb, yb)
@@ -200,7 +199,7 @@ def test_finite_glitch_cannot_poison_model_or_core(setup, tmp_path):
     committed, and the window stayed in the core, re-poisoning every later calibration.
     """
     art_path, good, _ = setup
-    dev = Device(load_artifact(art_path), steps=2, seed=0)
+    dev = B.cli_device(art_path)
     X, y = good[0]
     glitch = X.copy()
     glitch[0, 0, :] = 1e30

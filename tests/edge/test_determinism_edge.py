@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from qcore.core.quant import QuantizedTensor
-from qcore.edge.artifact import Artifact, encode_artifact, load_artifact, save_artifact
-from qcore.edge.device import Device
+from qcore.edge.artifact import Artifact, encode_artifact, load_artifact
 from qcore.edge.state import load_state
 
 torch.set_num_threads(1)
@@ -34,14 +33,7 @@ def setup(tiny_model, tiny_xy, tmp_path_factory):
     """(artifact path, stream folder, its batches in processing order)."""
     X, y = tiny_xy
     folder = tmp_path_factory.mktemp("determinism")
-    art_path = folder / "model.qcore"
-    save_artifact(art_path, B.small_artifact(tiny_model, X, y))
-    stream = folder / "stream"
-    stream.mkdir()
-    batches = B.stream_batches(X, y, N_BATCHES, seed=21)
-    for k, (Xb, yb) in enumerate(batches):
-        (stream / f"{k:02d}.npz").write_bytes(B.npz_bytes(X=Xb, y=yb))
-    return art_path, stream, batches
+    return B.artifact_and_stream(tiny_model, X, y, folder, N_BATCHES, seed=21)
 
 
 def _arrays(art: Artifact) -> dict[str, np.ndarray]:
@@ -82,8 +74,8 @@ def _run(args: list[str], hashseed: str) -> list[dict]:
 
 def test_two_devices_agree_bit_for_bit_after_every_step(setup):
     art_path, _, batches = setup
-    a = Device(load_artifact(art_path), steps=2, seed=0)
-    b = Device(load_artifact(art_path), steps=2, seed=0)
+    a = B.cli_device(art_path)
+    b = B.cli_device(art_path)
     weights_changed = core_changed = 0
     for Xb, yb in batches:
         before = _arrays(a.art)
@@ -112,7 +104,7 @@ def test_separate_runs_write_identical_state_files(setup, tmp_path):
     keys = ("batch", "step", "accuracy", "calibrated", "rolled_back", "flips")
     assert [[r[k] for k in keys] for r in outputs[0]] == [[r[k] for k in keys] for r in outputs[1]]
     # and both equal the in-process device with the command's defaults
-    dev = Device(load_artifact(art_path), steps=2, seed=0)
+    dev = B.cli_device(art_path)
     for Xb, yb in batches:
         dev.step(Xb, yb)
     assert first == encode_artifact(dev.art)
@@ -139,7 +131,7 @@ def test_different_seed_draws_a_different_core(setup, tmp_path):
     assert default.read_bytes() == s0.read_bytes()
     # each seed's file is what an in-process device with that seed computes
     for path, seed in ((s0, 0), (s1, 1)):
-        dev = Device(load_artifact(art_path), steps=2, seed=seed)
+        dev = B.cli_device(art_path, seed)
         for Xb, yb in batches:
             dev.step(Xb, yb)
         assert path.read_bytes() == encode_artifact(dev.art)

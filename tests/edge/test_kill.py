@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from qcore.edge.artifact import Artifact, encode_artifact, load_artifact, save_artifact
-from qcore.edge.device import Device
+from qcore.edge.artifact import encode_artifact
 from qcore.edge.state import load_state
 
 torch.set_num_threads(1)
@@ -38,11 +37,6 @@ MIN_TRIALS = 24
 MAX_TRIALS = 60
 MIN_MID = 10  # kills that must land mid-stream
 MIN_EARLY = 2  # kills that must land before the first save
-
-
-def _device(art: Artifact) -> Device:
-    """A device with the settings `qcore device` uses by default for this artifact."""
-    return Device(art, steps=2, seed=0)
 
 
 def _temps(state: Path) -> set[str]:
@@ -61,14 +55,7 @@ def setup(tiny_model, tiny_xy, tmp_path_factory):
     """(artifact path, stream folder, its batches in processing order)."""
     X, y = tiny_xy
     folder = tmp_path_factory.mktemp("kill")
-    art_path = folder / "model.qcore"
-    save_artifact(art_path, B.small_artifact(tiny_model, X, y))
-    stream = folder / "stream"
-    stream.mkdir()
-    batches = B.stream_batches(X, y, N_BATCHES, seed=11)
-    for k, (Xb, yb) in enumerate(batches):
-        (stream / f"{k:03d}.npz").write_bytes(B.npz_bytes(X=Xb, y=yb))
-    return art_path, stream, batches
+    return B.artifact_and_stream(tiny_model, X, y, folder, N_BATCHES, seed=11)
 
 
 def _timed_run(cmd: list[str]) -> tuple[float, float, list[dict]]:
@@ -95,7 +82,7 @@ def test_sigkill_at_random_moments_leaves_previous_or_new_step(setup, tmp_path):
         [*CLI, str(art_path), "--stream", str(stream), "--state", str(timing_state)]
     )
     assert [r["step"] for r in lines] == list(range(1, N_BATCHES + 1))
-    dev = _device(load_artifact(art_path))
+    dev = B.cli_device(art_path)
     for Xb, yb in batches:
         dev.step(Xb, yb)
     assert timing_state.read_bytes() == encode_artifact(dev.art)
@@ -104,7 +91,7 @@ def test_sigkill_at_random_moments_leaves_previous_or_new_step(setup, tmp_path):
     cmd = [*CLI, str(art_path), "--stream", str(stream), "--state", str(state)]
     # One device that never stops and is never saved: it steps through exactly the
     # batches the killed runs committed, in order (each run starts the folder afresh).
-    ref = _device(load_artifact(art_path))
+    ref = B.cli_device(art_path)
     start: bytes | None = None  # state bytes before the trial (None: no state file yet)
     rng = np.random.default_rng(20240611)
     counts: Counter[str] = Counter()
@@ -144,7 +131,7 @@ def test_sigkill_at_random_moments_leaves_previous_or_new_step(setup, tmp_path):
             ref.step(Xb, yb)
             chain.append(encode_artifact(ref.art))
         if printed < N_BATCHES:
-            ahead = _device(ref.art)
+            ahead = B.cli_device(ref.art)
             ahead.step(*batches[printed])
             chain.append(encode_artifact(ahead.art))
 

@@ -61,6 +61,24 @@ def trained_flip(tiny_model, tiny_xy):
     return qmodel, rounds, net
 
 
+def test_flipnet_depends_on_its_seed_alone(trained_flip):
+    """Whatever ran before in the process (torch's global generator) must not matter."""
+    _, rounds, _ = trained_flip
+
+    def fit(global_seed: int, seed: int):
+        torch.manual_seed(global_seed)
+        torch.rand(global_seed + 1)  # advance the global state differently each time
+        return fit_flipnet(rounds[:3], 3, iters=5, seed=seed)
+
+    a, b, c = fit(1, seed=0), fit(2, seed=0), fit(1, seed=1)
+    for field in ("w1", "b1", "w2", "b2"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    for name in a.feedback:
+        np.testing.assert_array_equal(a.feedback[name], b.feedback[name])
+    assert a.threshold == b.threshold
+    assert not np.array_equal(a.w1, c.w1)  # the seed itself still matters
+
+
 def test_flipnet_is_trained_and_reported(trained_flip):
     _, rounds, net = trained_flip
     rep = agreement_report(net, rounds[3:], seed=0)

@@ -114,6 +114,14 @@ class _TorchFlipNet(torch.nn.Module):
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(N_FEATURES, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)
         )
+        # torch.nn.Linear draws its initial weights from torch's *global* generator; redraw
+        # them (same uniform range as torch's default) from the seeded one, so the network
+        # depends on ``seed`` alone and not on whatever ran earlier in the process.
+        with torch.no_grad():
+            for lin in (self.mlp[0], self.mlp[2]):
+                bound = 1.0 / lin.in_features**0.5
+                lin.weight.uniform_(-bound, bound, generator=g)
+                lin.bias.uniform_(-bound, bound, generator=g)
 
     def layer_logits(self, name: str, S, e, static) -> torch.Tensor:
         B = self.feedback[name.replace(".", "/")]

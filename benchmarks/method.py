@@ -16,6 +16,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qcore.config import RunConfig
@@ -40,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    flips: dict[tuple, list[dict]] = defaultdict(list)
     for pair in args.pairs:
         dataset, src, tgt = pair.split(":")
         for seed in args.seeds:
@@ -71,6 +73,8 @@ def main() -> None:
                 c["source_before"].append(r["source_acc_before"])
                 c["step_s"].append(r["seconds"])
                 c["bytes"].append(r["device_bytes"])
+                if "flipnet" in r:
+                    flips[(pair, r["bits"])].append(r["flipnet"])
             print(f"done {pair} seed {seed}", flush=True)
     print(
         "\n| pair | bits | method | target before | target after | source before "
@@ -82,6 +86,29 @@ def main() -> None:
             f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} | {method} "
             f"| {fmt(c['target_before'])} | {fmt(c['target'])} | {fmt(c['source_before'])} "
             f"| {fmt(c['source'])} | {fmt(c['step_s'], 3)} | {int(mean_std(c['bytes'])[0]):,} |"
+        )
+    print_flip_table(flips)
+
+
+def print_flip_table(flips: dict[tuple, list[dict]]) -> None:
+    """Held-out agreement of the flip network with its teacher, mean over seeds."""
+    print(
+        "\n| pair | bits | teacher moves | flip net: agreement / recall / precision "
+        "| all-zero: agreement | random, same sparsity: agreement / recall / precision |"
+    )
+    print("|---|---|---|---|---|---|")
+
+    def avg(reps: list[dict], who: str, key: str) -> str:
+        return f"{np.mean([r[who][key] for r in reps]):.3f}"
+
+    for (pair, bits), reps in sorted(flips.items()):
+        moved = np.mean([r["teacher_flip_rate"] for r in reps])
+        arp = ("agreement", "flip_recall", "flip_precision")
+        print(
+            f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} | {100 * moved:.1f}% "
+            f"| {' / '.join(avg(reps, 'flipnet', k) for k in arp)} "
+            f"| {avg(reps, 'all_zero', 'agreement')} "
+            f"| {' / '.join(avg(reps, 'random', k) for k in arp)} |"
         )
 
 

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
-from qcore.baselines.torch_common import TorchBaseline, budget
+from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
-from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
 
 MAX_POOL = 2000
@@ -61,7 +60,7 @@ def features_of(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     ).numpy()
 
 
-class Camel(TorchBaseline):
+class Camel(BufferBaseline):
     def __init__(
         self,
         qmodel: torch.nn.Module,
@@ -85,10 +84,6 @@ class Camel(TorchBaseline):
         self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
         self.batch_fraction = batch_fraction
 
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
-
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
         m = max(1, math.ceil(self.batch_fraction * len(batch)))
@@ -111,9 +106,6 @@ class Camel(TorchBaseline):
             b.put(slot, X[i], int(y[i]), int(origin[i]))
         b.n_seen += len(batch)
         return {"trained_on": float(len(y))}
-
-    def device_bytes(self) -> int:
-        return self.model_bytes() + self.buffer.nbytes
 
 
 @register("camel")

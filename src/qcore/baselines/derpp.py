@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline, adam_steps, budget, xy_tensors
+from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
-from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
 
 
-class DERPP(TorchBaseline):
+class DERPP(BufferBaseline):
     def __init__(
         self,
         qmodel: torch.nn.Module,
@@ -44,10 +43,6 @@ class DERPP(TorchBaseline):
         b.logits[: b.size] = predict_logits(self.model, b.X[: b.size])
         self.steps, self.lr, self.alpha, self.beta, self.n_steps = steps, lr, alpha, beta, 0
 
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
-
     def step(self, batch: Batch) -> dict[str, float]:
         b, k = self.buffer, len(batch)
 
@@ -65,9 +60,6 @@ class DERPP(TorchBaseline):
         logits = predict_logits(self.model, batch.X)
         b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng, logits=logits)
         return {}
-
-    def device_bytes(self) -> int:
-        return self.model_bytes() + self.buffer.nbytes
 
 
 @register("derpp")

@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline, adam_steps, budget, xy_tensors
+from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
 from qcore.core.types import Batch
-from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
 
 
-class ExperienceReplay(TorchBaseline):
+class ExperienceReplay(BufferBaseline):
     def __init__(
         self,
         qmodel: torch.nn.Module,
@@ -36,10 +35,6 @@ class ExperienceReplay(TorchBaseline):
         self.buffer = source_reservoir(source_X, source_y, size, self.rng)
         self.steps, self.lr, self.n_steps = steps, lr, 0
 
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
-
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
 
@@ -54,9 +49,6 @@ class ExperienceReplay(TorchBaseline):
         self.n_steps += 1
         b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
         return {}
-
-    def device_bytes(self) -> int:
-        return self.model_bytes() + self.buffer.nbytes
 
 
 @register("er")

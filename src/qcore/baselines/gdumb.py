@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
-from qcore.baselines.torch_common import TorchBaseline, budget
+from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
-from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
 
 
@@ -43,7 +42,7 @@ def gdumb_add(buf: Buffer, x: np.ndarray, y: int, origin: int, seen: set[int], r
     return True
 
 
-class GDumb(TorchBaseline):
+class GDumb(BufferBaseline):
     def __init__(
         self,
         qmodel: torch.nn.Module,
@@ -60,10 +59,6 @@ class GDumb(TorchBaseline):
         self.seen: set[int] = set()
         self.rng = np.random.default_rng(seed)
         self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
-
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
 
     def step(self, batch: Batch) -> dict[str, float]:
         self.n_steps += 1

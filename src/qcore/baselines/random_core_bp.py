@@ -11,14 +11,13 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import source_reservoir
-from qcore.baselines.torch_common import TorchBaseline, budget
+from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
-from qcore.coreset.core import Core
 from qcore.eval.methods import Deployment, register
 
 
-class RandomCoreBP(TorchBaseline):
+class RandomCoreBP(BufferBaseline):
     """``steps`` full-batch Adam steps on core + batch, then reservoir-insert the batch."""
 
     def __init__(
@@ -37,10 +36,6 @@ class RandomCoreBP(TorchBaseline):
         self.buffer = source_reservoir(source_X, source_y, size, self.rng)
         self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
 
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
-
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
         X = np.concatenate([b.X[: b.size], batch.X])
@@ -57,9 +52,6 @@ class RandomCoreBP(TorchBaseline):
         self.n_steps += 1
         b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
         return {}
-
-    def device_bytes(self) -> int:
-        return self.model_bytes() + self.buffer.nbytes
 
 
 @register("random-core-bp")

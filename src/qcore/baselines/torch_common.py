@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from qcore.baselines.common import Baseline
+from qcore.baselines.common import Baseline, Buffer
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits, to_tensor
+from qcore.coreset.core import Core
 
 
 class TorchBaseline(Baseline):
@@ -36,6 +37,19 @@ class TorchBaseline(Baseline):
 
     def device_bytes(self) -> int:
         return self.model_bytes()
+
+
+class BufferBaseline(TorchBaseline):
+    """A :class:`TorchBaseline` whose device also holds a sample buffer (its "core")."""
+
+    buffer: Buffer
+
+    @property
+    def core(self) -> Core:
+        return self.buffer.as_core()
+
+    def device_bytes(self) -> int:
+        return self.model_bytes() + self.buffer.nbytes
 
 
 def adam_steps(

@@ -16,20 +16,18 @@ factory is imported inside it).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from qcore.core.qmodel import QLayer, QuantizedModel
 from qcore.core.quant import qrange
-from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core, update_core_after_passes
+from qcore.coreset.continual import CoreCalibrator
+from qcore.coreset.core import Core
 from qcore.edge.calibrate import cross_entropy
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.edge.infer import predict as edge_predict
 from qcore.eval.methods import Deployment, register
-from qcore.eval.metrics import accuracy
 
 
 def shift_codes(qm: QuantizedModel, moves: dict[str, np.ndarray], sign: int) -> QuantizedModel:
@@ -114,7 +112,7 @@ def spsa_calibrate(
     return SPSAResult(qm, np.stack(correct), applied, rejected)
 
 
-class ZOSPSA:
+class ZOSPSA(CoreCalibrator):
     """SPSA code updates on core + batch, then QCore's core update (NumPy only)."""
 
     def __init__(
@@ -129,35 +127,21 @@ class ZOSPSA:
         core_mode: str = "proportional",
         old_quota: float | None = None,
     ) -> None:
-        self.qm, self.core, self.old_quota = qm, core, old_quota
-        self.iters, self.guard, self.bn_mode, self.core_mode = iters, guard, bn_mode, core_mode
-        self.rng = np.random.default_rng(seed)
-        self.n_steps = 0
+        super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
+        self.qm = qm
+        self.iters, self.guard, self.bn_mode = iters, guard, bn_mode
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return edge_predict(self.qm, X)
 
-    def observe(self, batch: Batch) -> StepReport:
-        task_acc = accuracy(self.predict(batch.X), batch.y)
-        t0 = time.perf_counter()
-        X = np.concatenate([self.core.X, batch.X])
-        y = np.concatenate([self.core.y, batch.y])
+    def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         qm = bn_reestimate(self.qm, X) if self.bn_mode == "reestimate" else self.qm
         res = spsa_calibrate(qm, X, y, iters=self.iters, rng=self.rng, guard=self.guard)
         self.qm = res.model
-        self.n_steps += 1
-        self.core = update_core_after_passes(
-            self.core,
-            batch.X,
-            batch.y,
-            res.correct,
-            step=self.n_steps,
-            seed=self.rng,
-            mode=self.core_mode,
-            old_quota=self.old_quota,
-        )
-        extra = {"flips": float(res.flips_applied), "rejected": float(res.moves_rejected)}
-        return StepReport(task_acc, time.perf_counter() - t0, extra)
+        return res.correct, {
+            "flips": float(res.flips_applied),
+            "rejected": float(res.moves_rejected),
+        }
 
     def device_bytes(self) -> int:
         return self.qm.device_bytes()["total"] + self.core.nbytes

@@ -19,7 +19,8 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core, update_core_after_passes
+from qcore.coreset.continual import CoreCalibrator
+from qcore.coreset.core import Core
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.flip import FlipNet
 from qcore.edge.infer import predict as edge_predict
@@ -45,7 +46,7 @@ class NoCalibration:
         return self.qm.device_bytes()["total"]
 
 
-class QCoreCalibrator:
+class QCoreCalibrator(CoreCalibrator):
     """Flip-network calibration on core plus batch, then the fixed-size core update."""
 
     def __init__(
@@ -61,48 +62,28 @@ class QCoreCalibrator:
         core_mode: str = "proportional",
         old_quota: float | None = None,
     ) -> None:
-        self.qm, self.core, self.net = qm, core, net
-        self.old_quota = old_quota
+        super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
+        self.qm, self.net = qm, net
         self.steps, self.guard, self.bn_mode = steps, guard, bn_mode
-        self.core_mode = core_mode
-        self.rng = np.random.default_rng(seed)
-        self.n_seen = 0
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return edge_predict(self.qm, X)
 
-    def observe(self, batch: Batch) -> StepReport:
-        task_acc = accuracy(self.predict(batch.X), batch.y)
-        t0 = time.perf_counter()
-        X = np.concatenate([self.core.X, batch.X])
-        y = np.concatenate([self.core.y, batch.y])
+    def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         res = flip_calibrate(
             self.qm, X, y, self.net, steps=self.steps, guard=self.guard, bn_mode=self.bn_mode
         )
         self.qm = res.model
-        self.n_seen += 1
-        self.core = update_core_after_passes(
-            self.core,
-            batch.X,
-            batch.y,
-            res.correct,
-            step=self.n_seen,
-            seed=self.rng,
-            mode=self.core_mode,
-            old_quota=self.old_quota,
-        )
-        seconds = time.perf_counter() - t0
-        return StepReport(
-            task_acc,
-            seconds,
-            {"flips": float(res.flips_applied), "rejected": float(res.passes_rejected)},
-        )
+        return res.correct, {
+            "flips": float(res.flips_applied),
+            "rejected": float(res.passes_rejected),
+        }
 
     def device_bytes(self) -> int:
         return self.qm.device_bytes()["total"] + self.core.nbytes + self.net.nbytes()
 
 
-class BackpropCalibrator:
+class BackpropCalibrator(CoreCalibrator):
     """Back-prop (straight-through) on core plus batch, same core update: the reference."""
 
     def __init__(
@@ -116,22 +97,14 @@ class BackpropCalibrator:
         core_mode: str = "proportional",
         old_quota: float | None = None,
     ) -> None:
+        super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
         self.model = copy.deepcopy(model)
-        self.old_quota = old_quota
-        self.core, self.steps, self.lr = core, steps, lr
-        self.core_mode = core_mode
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.n_seen = 0
+        self.steps, self.lr, self.seed = steps, lr, seed
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return predict_logits(self.model, X).argmax(1)
 
-    def observe(self, batch: Batch) -> StepReport:
-        task_acc = accuracy(self.predict(batch.X), batch.y)
-        t0 = time.perf_counter()
-        X = np.concatenate([self.core.X, batch.X])
-        y = np.concatenate([self.core.y, batch.y])
+    def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         before = self.predict(X) == y
         backprop_calibrate(
             self.model,
@@ -140,21 +113,9 @@ class BackpropCalibrator:
             steps=self.steps,
             lr=self.lr,
             batch_size=len(y),
-            seed=self.seed + self.n_seen,
+            seed=self.seed + self.n_steps,
         )
-        after = self.predict(X) == y
-        self.n_seen += 1
-        self.core = update_core_after_passes(
-            self.core,
-            batch.X,
-            batch.y,
-            np.stack([before, after]),
-            step=self.n_seen,
-            seed=self.rng,
-            mode=self.core_mode,
-            old_quota=self.old_quota,
-        )
-        return StepReport(task_acc, time.perf_counter() - t0)
+        return np.stack([before, self.predict(X) == y]), {}
 
     def device_bytes(self) -> int:
         return to_qmodel(self.model).device_bytes()["total"] + self.core.nbytes

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from edge_kit import random_bn_model
 
 from qcore.cloud.export import load_qmodel, to_qmodel
 from qcore.cloud.model import InceptionTime, count_params
@@ -15,22 +16,6 @@ from qcore.core.quant import QuantizedTensor
 from qcore.errors import QCoreError
 
 torch.set_num_threads(2)
-
-
-def random_bn_model(n_channels: int, n_classes: int, filters: int, depth: int, seed: int):
-    """An untrained InceptionTime whose BatchNorms have seeded, non-trivial parameters."""
-    torch.manual_seed(seed)
-    model = InceptionTime(n_channels, n_classes, filters, depth)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    return model.eval()
 
 
 def quantized(bits: int | None, seed: int = 0) -> tuple[InceptionTime, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Shared helper for the reliability tests: a small, real artifact from the tiny model.
+"""Shared helpers for the edge tests: a small, real artifact from the tiny model, and an
+untrained model with non-trivial BatchNorms (:func:`random_bn_model`).
 
 Not a test module (no ``test_`` prefix): pyproject puts ``tests/edge`` on ``sys.path`` so
 test files can ``import edge_kit``.
@@ -17,6 +18,7 @@ import torch
 
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.flipnet import collect_rounds, fit_flipnet
+from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.coreset.core import build_core
 from qcore.edge.artifact import Artifact, build_artifact, load_artifact, save_artifact
@@ -27,6 +29,22 @@ MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
 STD = np.array([2.0, 0.5, 1.5], dtype=np.float32)
 CORE_SIZE = 12
 BATCH = 6
+
+
+def random_bn_model(n_channels: int, n_classes: int, filters: int, depth: int, seed: int):
+    """An untrained InceptionTime whose BatchNorms have seeded, non-trivial parameters."""
+    torch.manual_seed(seed)
+    model = InceptionTime(n_channels, n_classes, filters, depth)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+    return model.eval()
 
 
 class Norm:

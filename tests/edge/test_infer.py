@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from edge_kit import random_bn_model
 
 from qcore.cloud.export import load_qmodel, to_qmodel
 from qcore.cloud.fakequant import QConv1d, QLinear
-from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.edge.infer import bn_reestimate, forward, predict
 from qcore.errors import QCoreError
@@ -25,22 +25,6 @@ CONFIGS = {  # (n_channels, n_classes, filters, depth)
     "c1-f8-d3": (1, 4, 8, 3),  # no bottleneck in block 0
 }
 BITS = [None, 2, 3, 4, 5, 6, 7, 8]
-
-
-def random_bn_model(n_channels: int, n_classes: int, filters: int, depth: int, seed: int):
-    """An untrained InceptionTime whose BatchNorms have seeded, non-trivial parameters."""
-    torch.manual_seed(seed)
-    model = InceptionTime(n_channels, n_classes, filters, depth)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    return model.eval()
 
 
 def setup(config: str, bits: int | None, seed: int = 0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qcore.errors import QCoreError
-from qcore.eval.bench import CSV_COLUMNS, make_grid, run_bench
+from qcore.eval.bench import CSV_COLUMNS, make_grid, run_bench, summary_table
 from qcore.eval.bench_cli import add_command
 
 torch.set_num_threads(1)
@@ -34,6 +34,7 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
     table = (tmp_path / "results.md").read_text()
     assert "| synthetic | 0->1 | 4 | finetune | 1 |" in table
+    assert "| finetune | " in (tmp_path / "summary.md").read_text()
     cell = next((tmp_path / "cells").iterdir()) / "results.json"
     stamp = cell.stat().st_mtime_ns
     again = run_bench(grid, tmp_path, workers=1, progress=False)
@@ -62,3 +63,29 @@ def test_cli_command_parses():
     args = parser.parse_args(["bench", "--workers", "2", "--set", "seeds=0", "--out", "x"])
     assert (args.preset, args.workers, args.set, args.out) == ("quick", 2, ["seeds=0"], "x")
     assert callable(args.func)
+
+
+def test_summary_table_is_one_row_per_method_and_a_column_per_bit_width():
+    rows = [
+        {
+            "dataset": "d",
+            "scenario": "1->2",
+            "bits": b,
+            "method": m,
+            "seed": seed,
+            "target_acc": t,
+            "source_acc": 1.0,
+            "step_seconds": 0.5 * b,
+            "device_bytes": 100 * b,
+        }
+        for m, t0 in (("none", 0.2), ("qcore", 0.6))
+        for b in (2, 4)
+        for seed, t in ((0, t0), (1, t0 + 0.2))
+    ]
+    lines = summary_table(rows).splitlines()
+    assert lines[0].startswith("**d 1->2** (seeds 0, 1;")
+    assert lines[2] == "| method | 2 bits | 4 bits | s / step | device bytes |"
+    assert lines[4] == (
+        "| none | 0.30 ± 0.10 / 1.00 ± 0.00 | 0.30 ± 0.10 / 1.00 ± 0.00 | 1.500 | 200-400 |"
+    )
+    assert lines[5].startswith("| qcore | 0.70 ± 0.10 / 1.00 ± 0.00 |")

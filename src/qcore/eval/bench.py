@@ -358,8 +358,43 @@ def markdown_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _short(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One Markdown table per (dataset, scenario): a row per method, a column per
+    bit-width holding final target / source accuracy (mean ± std over seeds), then the
+    device seconds per step (mean over bit-widths) and the device bytes (range over them)."""
+    out = []
+    for (d, sc), rs in sorted(_groups(rows, ("dataset", "scenario")).items()):
+        bits = sorted({r["bits"] for r in rs})
+        seeds = sorted({r["seed"] for r in rs})
+        out.append(
+            f"**{d} {sc}** (seeds {', '.join(map(str, seeds))}; each cell: target / source "
+            "accuracy after the stream)\n\n"
+            f"| method | {' | '.join(f'{b} bits' for b in bits)} | s / step | device bytes |\n"
+            f"|---|{'---|' * len(bits)}---|---|"
+        )
+        by = _groups(rs, ("method", "bits"))
+        for m in sorted({r["method"] for r in rs}):
+            cells = []
+            for b in bits:
+                g = by.get((m, b), [])
+                tgt, src = [r["target_acc"] for r in g], [r["source_acc"] for r in g]
+                cells.append(f"{_short(tgt)} / {_short(src)}" if g else "-")
+            g_all = [r for b in bits for r in by.get((m, b), [])]
+            nbytes = [r["device_bytes"] for r in g_all]
+            span = f"{min(nbytes):,}" + (f"-{max(nbytes):,}" if max(nbytes) != min(nbytes) else "")
+            secs = np.mean([r["step_seconds"] for r in g_all])
+            out.append(f"| {m} | {' | '.join(cells)} | {secs:.3f} | {span} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write_outputs(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
-    """``results.csv``, ``stream.csv``, ``results.md`` and the three PNGs."""
+    """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and the three PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
     _write_csv(out_dir / "stream.csv", steps, STREAM_COLUMNS)
@@ -369,6 +404,7 @@ def write_outputs(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
         "s / step: device seconds per calibration step; device bytes: model + buffers.\n\n"
         + markdown_table(rows)
     )
+    (out_dir / "summary.md").write_text(summary_table(rows))
     plot_stream(rows, steps, out_dir / "stream.png")
     plot_bits(rows, out_dir / "bits.png")
     plot_cost(rows, out_dir / "cost.png")

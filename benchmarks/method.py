@@ -22,6 +22,7 @@ import torch
 from qcore.config import RunConfig
 from qcore.eval.metrics import mean_std
 from qcore.eval.runner import run
+from qcore.eval.stream import FLIP_HELD_OUT
 
 DEFAULT_PAIRS = ("hapt:1:4", "hapt:1:25", "usc-had:1:11")
 
@@ -42,6 +43,7 @@ def main() -> None:
     torch.set_num_threads(2)
     cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     flips: dict[tuple, list[dict]] = defaultdict(list)
+    activity: dict[tuple, list[tuple[int, list[float]]]] = defaultdict(list)
     for pair in args.pairs:
         dataset, src, tgt = pair.split(":")
         for seed in args.seeds:
@@ -75,6 +77,12 @@ def main() -> None:
                 c["bytes"].append(r["device_bytes"])
                 if "flipnet" in r:
                     flips[(pair, r["bits"])].append(r["flipnet"])
+                    activity[(pair, r["bits"])].append(
+                        (
+                            r["flipnet"]["n_weights"] // FLIP_HELD_OUT,
+                            [s["flips"] for s in r["steps"]],
+                        )
+                    )
             print(f"done {pair} seed {seed}", flush=True)
     print(
         "\n| pair | bits | method | target before | target after | source before "
@@ -88,6 +96,7 @@ def main() -> None:
             f"| {fmt(c['source'])} | {fmt(c['step_s'], 3)} | {int(mean_std(c['bytes'])[0]):,} |"
         )
     print_flip_table(flips)
+    print_activity_table(activity)
 
 
 def print_flip_table(flips: dict[tuple, list[dict]]) -> None:
@@ -109,6 +118,25 @@ def print_flip_table(flips: dict[tuple, list[dict]]) -> None:
             f"| {' / '.join(avg(reps, 'flipnet', k) for k in arp)} "
             f"| {avg(reps, 'all_zero', 'agreement')} "
             f"| {' / '.join(avg(reps, 'random', k) for k in arp)} |"
+        )
+
+
+def print_activity_table(activity: dict[tuple, list[tuple[int, list[float]]]]) -> None:
+    """How the device's guarded flip passes behaved over the stream, all seeds pooled."""
+    print(
+        "\n| pair | bits | steps with accepted flips | code moves per such step, summed "
+        "over its passes, as % of the model's codes: mean (range) |"
+    )
+    print("|---|---|---|---|")
+    for (pair, bits), runs in sorted(activity.items()):
+        moved = [100 * f / n for n, steps in runs for f in steps if f > 0]
+        n_steps = sum(len(steps) for _, steps in runs)
+        share = (
+            f"{np.mean(moved):.1f}% (range {min(moved):.1f}-{max(moved):.1f}%)" if moved else "-"
+        )
+        print(
+            f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} "
+            f"| {len(moved)} / {n_steps} | {share} |"
         )
 
 

@@ -131,9 +131,7 @@ def print_activity_table(activity: dict[tuple, list[tuple[int, list[float]]]]) -
     for (pair, bits), runs in sorted(activity.items()):
         moved = [100 * f / n for n, steps in runs for f in steps if f > 0]
         n_steps = sum(len(steps) for _, steps in runs)
-        share = (
-            f"{np.mean(moved):.1f}% (range {min(moved):.1f}-{max(moved):.1f}%)" if moved else "-"
-        )
+        share = f"{np.mean(moved):.0f}% ({min(moved):.0f}-{max(moved):.0f}%)" if moved else "-"
         print(
             f"| {pair.replace(':', ' ', 1).replace(':', '->')} | {bits} "
             f"| {len(moved)} / {n_steps} | {share} |"

@@ -15,6 +15,8 @@ from pathlib import Path
 from qcore.core.quant import check_bits
 from qcore.errors import QCoreError
 
+FLIP_GUARDS = ("pass", "backtrack", "layer", "off")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -49,7 +51,7 @@ class RunConfig:
     old_quota: float | None = None  # share of the core kept for old samples (None: by score)
     flip_steps: int = 3
     flip_teacher_lr: float = 0.05  # teacher Adam lr in units of each layer's quantization step
-    flip_guard: str = "pass"  # pass | layer | off
+    flip_guard: str = "pass"  # pass | backtrack | layer | off
     bn_mode: str = "reestimate"
     # reproducibility and machine
     seed: int = 0
@@ -89,8 +91,10 @@ class RunConfig:
             raise QCoreError(f"unknown core_mode {self.core_mode!r}")
         if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
             raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
-        if self.flip_guard not in ("pass", "layer", "off"):
-            raise QCoreError(f"unknown flip_guard {self.flip_guard!r}: choose pass, layer or off")
+        if self.flip_guard not in FLIP_GUARDS:
+            raise QCoreError(
+                f"unknown flip_guard {self.flip_guard!r}: choose {', '.join(FLIP_GUARDS)}"
+            )
         if self.bn_mode not in ("frozen", "reestimate"):
             raise QCoreError(f"unknown bn_mode {self.bn_mode!r}: choose frozen or reestimate")
         if self.source == self.target:

@@ -1,5 +1,7 @@
 """Flip features, flip application and the back-prop-free device step."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,9 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
 from qcore.cloud.quantize import quantize_model
 from qcore.core.quant import SUPPORTED_BITS, qrange, quantize_weight
-from qcore.edge.calibrate import flip_calibrate
+from qcore.edge.calibrate import cross_entropy, flip_calibrate
 from qcore.edge.flip import apply_flips, error_signal, gradient_proxy, window_sums
+from qcore.edge.infer import bn_reestimate, forward
 from qcore.errors import QCoreError
 
 
@@ -100,9 +103,39 @@ def test_device_step_runs_without_autograd(trained_flip, tiny_xy, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "backward", forbidden)
     monkeypatch.setattr(torch.autograd, "backward", forbidden)
     monkeypatch.setattr(torch.optim.Optimizer, "step", forbidden)
-    for guard in (True, "layer", False):
+    for guard in (True, "layer", "backtrack", False):
         res = flip_calibrate(qm, X[:20], y[:20], net, steps=2, guard=guard)
         assert res.correct.shape[1] == 20 and res.correct.shape[0] >= 1
         for name, layer in res.model.layers.items():
             qmin, qmax = qrange(layer.weight.bits)
             assert layer.weight.q.min() >= qmin and layer.weight.q.max() <= qmax, name
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_backtracking_keeps_the_most_confident_flips_that_do_not_raise_the_loss(
+    trained_flip, tiny_xy, threshold
+):
+    """A pass that raises the loss is halved by confidence; the loss never rises."""
+    qmodel, _, net = trained_flip
+    X, y = tiny_xy
+    net = dataclasses.replace(net, threshold=threshold)  # 0: propose a flip for every code
+    qm = bn_reestimate(to_qmodel(qmodel), X[:20])
+    start = cross_entropy(forward(qm, X[:20]), y[:20])
+    full = flip_calibrate(qm, X[:20], y[:20], net, steps=1, guard=False, bn_mode="frozen")
+    res = flip_calibrate(qm, X[:20], y[:20], net, steps=1, guard="backtrack", bn_mode="frozen")
+    end = cross_entropy(forward(res.model, X[:20]), y[:20])
+    assert end <= start
+    assert res.flips_applied <= full.flips_applied
+    moved = sum(
+        int(np.count_nonzero(res.model.layers[n].weight.q != qm.layers[n].weight.q))
+        for n in qm.layers
+        if qm.layers[n].quantized
+    )
+    assert moved <= res.flips_applied  # a flip at a range end moves nothing
+    if res.flips_applied:
+        assert res.passes_rejected == 0 and res.correct.shape[0] == 2
+    else:  # every share raised the loss: the model is untouched
+        assert res.passes_rejected == 1 and moved == 0
+    if threshold == 0.0:  # proposing every code cannot be kept whole
+        full_loss = cross_entropy(forward(full.model, X[:20]), y[:20])
+        assert full_loss > start and res.flips_applied < full.flips_applied

@@ -77,6 +77,6 @@ def _random_core_flip(dep: Deployment) -> RandomCoreFlip:
         net,
         rng,
         steps=c.flip_steps,
-        guard={"off": False, "layer": "layer"}.get(c.flip_guard, True),
+        guard={"off": False, "pass": True}.get(c.flip_guard, c.flip_guard),
         bn_mode=c.bn_mode,
     )

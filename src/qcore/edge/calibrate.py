@@ -34,14 +34,47 @@ def propose_flips(
     qm: QuantizedModel, net: FlipNet, inputs: dict[str, np.ndarray], e: np.ndarray
 ) -> tuple[QuantizedModel, int]:
     """A copy of ``qm`` with every layer's predicted flips applied, and the flip count."""
+    flips = {
+        name: net.predict_flips(layer_features(qm, name, inputs[name], e, feedback))
+        for name, feedback in net.feedback.items()
+    }
+    return _with_flips(qm, flips)
+
+
+def _with_flips(qm: QuantizedModel, flips: dict[str, np.ndarray]) -> tuple[QuantizedModel, int]:
     out = qm.copy()
-    n_flips = 0
+    for name, f in flips.items():
+        out.layers[name].weight = apply_flips(qm.layers[name].weight, f)
+    return out, int(sum(np.count_nonzero(f) for f in flips.values()))
+
+
+BACKTRACK_HALVINGS = 4
+
+
+def _backtracked_pass(qm, net, trace, X, y, loss):
+    """The pass's flips, or if they raise the loss its most confident half, quarter, ...
+    (up to ``BACKTRACK_HALVINGS`` halvings, one forward pass each): the largest share whose
+    loss does not rise. Returns (model, trace, loss, flips applied, flips proposed)."""
+    e = error_signal(trace.logits, y)
+    flips, conf = {}, {}
     for name, feedback in net.feedback.items():
-        feats = layer_features(qm, name, inputs[name], e, feedback)
-        flips = net.predict_flips(feats)
-        n_flips += int(np.count_nonzero(flips))
-        out.layers[name].weight = apply_flips(qm.layers[name].weight, flips)
-    return out, n_flips
+        flips[name], conf[name] = net.flips_and_confidence(
+            layer_features(qm, name, trace.inputs[name], e, feedback)
+        )
+    ranked = np.sort(np.concatenate([conf[n][flips[n] != 0] for n in flips]))[::-1]
+    keep = len(ranked)
+    for _ in range(BACKTRACK_HALVINGS + 1):
+        if keep == 0:
+            break
+        cut = ranked[keep - 1]  # keep the ``keep`` most confident flips (ties kept together)
+        chosen = {n: np.where(conf[n] >= cut, flips[n], 0).astype(np.int16) for n in flips}
+        candidate, n_flips = _with_flips(qm, chosen)
+        cand_trace = forward(candidate, X, record=True)
+        cand_loss = cross_entropy(cand_trace.logits, y)
+        if cand_loss <= loss:
+            return candidate, cand_trace, cand_loss, n_flips, len(ranked)
+        keep //= 2
+    return qm, trace, loss, 0, len(ranked)
 
 
 def _layer_guarded_pass(qm, net, trace, X, y, loss):
@@ -79,7 +112,9 @@ def flip_calibrate(
     ``'frozen'`` keeps them. Each of ``steps`` passes proposes flips for every layer;
     with ``guard=True`` a pass is kept only if the loss on ``(X, y)`` does not rise
     (one extra forward pass), and the first rejected pass ends the step; with
-    ``guard="layer"`` each layer's flips are accepted or refused on their own.
+    ``guard="layer"`` each layer's flips are accepted or refused on their own; with
+    ``guard="backtrack"`` a pass that raises the loss is retried with only its most
+    confident half of flips, then a quarter, ... (:data:`BACKTRACK_HALVINGS`).
     """
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
@@ -88,6 +123,14 @@ def flip_calibrate(
     correct = [trace.logits.argmax(1) == y]
     applied, rejected = 0, 0
     for _ in range(steps):
+        if guard == "backtrack":
+            qm, trace, loss, n_flips, n_proposed = _backtracked_pass(qm, net, trace, X, y, loss)
+            if n_flips == 0:
+                rejected += int(n_proposed > 0)
+                break
+            applied += n_flips
+            correct.append(trace.logits.argmax(1) == y)
+            continue
         if guard == "layer":
             qm, n_flips = _layer_guarded_pass(qm, net, trace, X, y, loss)
             if n_flips == 0:

@@ -121,7 +121,8 @@ class Device:
     ``art``: the artifact to start from (a quantized model with a flip network); the
     device never mutates it and keeps its current state in :attr:`art`. ``steps``,
     ``guard`` and ``bn_mode`` are passed to :func:`flip_calibrate` (``guard``: a bool, or the
-    run setting's names "pass" = True, "off" = False, "layer" = per-layer guard);
+    run setting's names "pass" = True, "off" = False, "layer" = per-layer guard,
+    "backtrack" = halve a rejected pass by confidence);
     ``guard_margin`` is the accuracy drop (0..1) on core or batch beyond which a
     calibration is rolled back.
     ``seed`` with the step number seeds each core update, so a resumed device draws the
@@ -142,8 +143,8 @@ class Device:
     ) -> None:
         self.policy = parse_policy(policy)
         guard = _GUARDS.get(guard, guard) if isinstance(guard, str) else guard
-        if guard not in (True, False, "layer"):
-            raise QCoreError(f"unknown flip guard {guard!r}: choose pass, layer or off")
+        if guard not in (True, False, "layer", "backtrack"):
+            raise QCoreError(f"unknown flip guard {guard!r}: choose pass, backtrack, layer or off")
         if not 0.0 <= guard_margin <= 1.0:
             raise QCoreError(f"guard_margin must lie in [0, 1], got {guard_margin}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -58,10 +58,14 @@ class FlipNet:
 
     def predict_flips(self, features: np.ndarray) -> np.ndarray:
         """int16 flips in {-1, 0, +1}, one per feature row."""
+        return self.flips_and_confidence(features)[0]
+
+    def flips_and_confidence(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_flips` and each row's confidence ``max(p(-1), p(+1))`` (float32)."""
         p = self.probabilities(features)
         move = np.where(p[:, 2] >= p[:, 0], 1, -1).astype(np.int16)
-        confident = np.maximum(p[:, 0], p[:, 2]) > self.threshold
-        return np.where(confident, move, 0).astype(np.int16)
+        conf = np.maximum(p[:, 0], p[:, 2]).astype(np.float32)
+        return np.where(conf > self.threshold, move, 0).astype(np.int16), conf
 
 
 def error_signal(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -40,6 +40,11 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
     again = run_bench(grid, tmp_path, workers=1, progress=False)
     assert again.n_computed == 0 and cell.stat().st_mtime_ns == stamp  # nothing recomputed
     assert again.rows == first.rows
+    (tmp_path / "results.csv").unlink()
+    bigger = make_grid("quick", [*REDUCED[:2], "bits=4,8", *REDUCED[3:]])
+    report = run_bench(bigger, tmp_path, workers=1, progress=False, compute=False)
+    assert report.n_computed == 0 and report.rows == first.rows  # the 8-bit cell is not run
+    assert (tmp_path / "results.csv").is_file()
 
 
 def test_presets_and_bad_settings():

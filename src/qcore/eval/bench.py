@@ -228,12 +228,17 @@ class BenchResult:
 
 
 def run_bench(
-    grid: Grid, out_dir: str | Path, workers: int = 1, progress: bool = True
+    grid: Grid,
+    out_dir: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+    compute: bool = True,
 ) -> BenchResult:
     """Run the missing cells of ``grid`` under ``out_dir``, then write tables and plots.
 
     A failing cell does not stop the others; the outputs cover the finished cells and
-    a :class:`QCoreError` naming the failures is raised at the end.
+    a :class:`QCoreError` naming the failures is raised at the end. With ``compute=False``
+    nothing runs: the outputs cover the cells already finished.
     """
     from tqdm.auto import tqdm
 
@@ -243,6 +248,8 @@ def run_bench(
     t0 = time.perf_counter()
     cells = grid.cells()
     todo = [c for c in cells if not _is_done(cell_dir(out_dir, c) / "results.json", c)]
+    if not compute:
+        todo = []
     failed: list[str] = []
     if todo:
         ctx = multiprocessing.get_context("spawn")  # no forked torch thread state

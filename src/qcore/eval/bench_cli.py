@@ -23,7 +23,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         f"bits {','.join(map(str, grid.base.bits))}), {len(grid.base.methods)} methods, "
         f"{workers} worker(s) -> {out}"
     )
-    res = run_bench(grid, out, workers=workers, progress=not args.quiet)
+    res = run_bench(grid, out, workers=workers, progress=not args.quiet, compute=not args.report)
     print(
         f"{res.n_computed} cell(s) computed, {res.n_cells - res.n_computed} reused, "
         f"{res.seconds:.0f} s"
@@ -60,4 +60,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="a RunConfig setting for every cell, or pairs=ds:src:tgt,... / seeds=0,1",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="compute nothing: write the tables and plots from the cells already finished",
+    )
     p.set_defaults(func=_cmd_bench)

@@ -52,13 +52,12 @@ def _print_table(result: dict) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    import torch
-
     from qcore.config import load_config
     from qcore.eval.runner import run
+    from qcore.threads import limit_threads
 
     cfg = load_config(args.config, args.set or [])
-    torch.set_num_threads(cfg.threads)
+    limit_threads(cfg.threads)
     result = run(cfg, args.out, progress=not args.quiet)
     _print_table(result)
     print(f"wrote {Path(args.out) / 'results.json'}")

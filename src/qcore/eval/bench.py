@@ -6,7 +6,7 @@ it is repeated per bit-width rather than shared: a few minutes more per grid, an
 small enough (tens of minutes on HAPT, longer on USC-HAD) that a grid of many hours
 resumes across interrupted sessions. Cells run in parallel worker processes (``spawn``: a
 script calling :func:`run_bench` needs the ``if __name__ == "__main__":`` guard; each
-worker sets ``torch.set_num_threads(1)``) and write
+worker runs one thread in torch and in NumPy's BLAS, see :mod:`qcore.threads`) and writes
 ``DIR/cells/<dataset>-<source>-<target>-s<seed>-b<bits>/results.json``; a cell whose
 results are complete and were made with the same settings is never recomputed, so an
 interrupted grid resumes where it stopped. From the cells the grid writes:
@@ -204,9 +204,9 @@ def _is_done(path: Path, cfg: RunConfig) -> bool:
 
 
 def _init_worker() -> None:
-    import torch
+    from qcore.threads import limit_threads
 
-    torch.set_num_threads(1)
+    limit_threads(1)
 
 
 def _run_cell(cfg_dict: dict, out: str) -> float:

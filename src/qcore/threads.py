@@ -1,11 +1,13 @@
 """One switch for a process's compute threads: PyTorch's and NumPy's BLAS together.
 
 Setting only ``torch.set_num_threads`` leaves NumPy's OpenBLAS at one thread per core, so
-two single-threaded bench workers on 2 cores run four BLAS threads in the NumPy (edge)
-methods. Measured on this machine kind with both cores busy: one edge forward pass of
-the default model on 44 HAPT windows took 0.33 s with 2 BLAS threads and 0.067 s with 1,
-bit-identical outputs (``OpenBLAS`` splits a product by output blocks, not by the summed
-dimension). Only entry points (the CLI, bench workers, benchmark scripts) call this.
+two single-threaded bench workers on 2 cores ran four BLAS threads in the NumPy (edge)
+methods. Beside one busy process, an edge forward pass of the default model took 1.9x
+(HAPT-sized batch) and 3.3x (USC-HAD-sized) longer at 2 BLAS threads than at 1
+(``benchmarks/blas_threads.py``; outputs bit-identical on its shapes). Not bit-identical
+everywhere: recomputing the 15 HAPT grid cells at 1 BLAS thread changed 2 of their 195
+method results (both at 8 bits, one guard decision tipped by float rounding).
+Only entry points (the CLI, bench workers) call this.
 """
 
 from __future__ import annotations

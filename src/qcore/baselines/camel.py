@@ -20,7 +20,6 @@ import torch
 
 from qcore.baselines.common import Buffer
 from qcore.baselines.torch_common import BufferBaseline, budget
-from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
 from qcore.eval.methods import Deployment, register
@@ -73,7 +72,7 @@ class Camel(BufferBaseline):
         seed: int,
         batch_fraction: float = 0.5,
     ) -> None:
-        super().__init__(qmodel)
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.buffer = Buffer(size, source_X.shape[1:])
         pool = np.random.default_rng(seed).permutation(len(source_y))[:MAX_POOL]
         feats = features_of(self.model, source_X[pool])
@@ -81,7 +80,6 @@ class Camel(BufferBaseline):
         for slot, i in enumerate(pick):
             self.buffer.put(slot, source_X[i], int(source_y[i]), -1)
         self.buffer.n_seen = len(source_y)
-        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
         self.batch_fraction = batch_fraction
 
     def step(self, batch: Batch) -> dict[str, float]:
@@ -91,15 +89,7 @@ class Camel(BufferBaseline):
         X = np.concatenate([b.X[: b.size], batch.X[pick]])
         y = np.concatenate([b.y[: b.size], batch.y[pick]])
         origin = np.concatenate([b.origin[: b.size], np.full(len(pick), self.n_steps + 1)])
-        backprop_calibrate(
-            self.model,
-            X,
-            y,
-            steps=self.steps,
-            lr=self.lr,
-            batch_size=len(y),
-            seed=self.seed + self.n_steps,
-        )
+        self.train_full_batch(X, y)
         self.n_steps += 1
         keep = facility_location_greedy(similarity(features_of(self.model, X)), b.capacity)
         for slot, i in enumerate(keep):

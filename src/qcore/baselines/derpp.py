@@ -36,12 +36,12 @@ class DERPP(BufferBaseline):
         alpha: float = 0.1,
         beta: float = 0.5,
     ) -> None:
-        super().__init__(qmodel)
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.rng = np.random.default_rng(seed)
         self.buffer = source_reservoir(source_X, source_y, size, self.rng, n_logits=n_classes)
         b = self.buffer
         b.logits[: b.size] = predict_logits(self.model, b.X[: b.size])
-        self.steps, self.lr, self.alpha, self.beta, self.n_steps = steps, lr, alpha, beta, 0
+        self.alpha, self.beta = alpha, beta
 
     def step(self, batch: Batch) -> dict[str, float]:
         b, k = self.buffer, len(batch)

@@ -30,10 +30,9 @@ class ExperienceReplay(BufferBaseline):
         lr: float,
         seed: int,
     ) -> None:
-        super().__init__(qmodel)
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.rng = np.random.default_rng(seed)
         self.buffer = source_reservoir(source_X, source_y, size, self.rng)
-        self.steps, self.lr, self.n_steps = steps, lr, 0
 
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from qcore.baselines.torch_common import TorchBaseline
-from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.eval.methods import Deployment, register
 
@@ -14,20 +13,11 @@ class Finetune(TorchBaseline):
     """``steps`` full-batch Adam steps on the new batch only; the device stores the model."""
 
     def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
-        super().__init__(qmodel)
-        self.steps, self.lr, self.seed, self.n_seen = steps, lr, seed, 0
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
 
     def step(self, batch: Batch) -> dict[str, float]:
-        backprop_calibrate(
-            self.model,
-            batch.X,
-            batch.y,
-            steps=self.steps,
-            lr=self.lr,
-            batch_size=len(batch),
-            seed=self.seed + self.n_seen,
-        )
-        self.n_seen += 1
+        self.train_full_batch(batch.X, batch.y)
+        self.n_steps += 1
         return {}
 
 

@@ -18,7 +18,6 @@ import torch
 
 from qcore.baselines.common import Buffer
 from qcore.baselines.torch_common import BufferBaseline, budget
-from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.eval.methods import Deployment, register
 
@@ -53,12 +52,11 @@ class GDumb(BufferBaseline):
         lr: float,
         seed: int,
     ) -> None:
-        super().__init__(qmodel)
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.deployed = copy.deepcopy(self.model)
         self.buffer = Buffer(size, sample_shape)
         self.seen: set[int] = set()
         self.rng = np.random.default_rng(seed)
-        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
 
     def step(self, batch: Batch) -> dict[str, float]:
         self.n_steps += 1
@@ -68,15 +66,7 @@ class GDumb(BufferBaseline):
         b.n_seen += len(batch)
         self.model = copy.deepcopy(self.deployed)
         if b.size >= 2:  # BatchNorm needs two samples
-            backprop_calibrate(
-                self.model,
-                b.X[: b.size],
-                b.y[: b.size],
-                steps=self.steps,
-                lr=self.lr,
-                batch_size=b.size,
-                seed=self.seed + self.n_steps,
-            )
+            self.train_full_batch(b.X[: b.size], b.y[: b.size])
         return {}
 
     def device_bytes(self) -> int:

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from qcore.baselines.torch_common import TorchBaseline
-from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.eval.methods import Deployment, register
 
@@ -22,8 +21,7 @@ class Joint(TorchBaseline):
     """
 
     def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
-        super().__init__(qmodel)
-        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.X: np.ndarray | None = None
         self.y = np.zeros(0, dtype=np.int64)
 
@@ -31,15 +29,7 @@ class Joint(TorchBaseline):
         X = batch.X.astype(np.float32)
         self.X = X if self.X is None else np.concatenate([self.X, X])
         self.y = np.concatenate([self.y, batch.y.astype(np.int64)])
-        backprop_calibrate(
-            self.model,
-            self.X,
-            self.y,
-            steps=self.steps,
-            lr=self.lr,
-            batch_size=len(self.y),
-            seed=self.seed + self.n_steps,
-        )
+        self.train_full_batch(self.X, self.y)
         self.n_steps += 1
         return {"stored": float(len(self.y))}
 

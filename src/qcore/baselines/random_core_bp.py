@@ -12,7 +12,6 @@ import torch
 
 from qcore.baselines.common import source_reservoir
 from qcore.baselines.torch_common import BufferBaseline, budget
-from qcore.cloud.calibrate import backprop_calibrate
 from qcore.core.types import Batch
 from qcore.eval.methods import Deployment, register
 
@@ -31,24 +30,15 @@ class RandomCoreBP(BufferBaseline):
         lr: float,
         seed: int,
     ) -> None:
-        super().__init__(qmodel)
+        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
         self.rng = np.random.default_rng(seed)
         self.buffer = source_reservoir(source_X, source_y, size, self.rng)
-        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
 
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
         X = np.concatenate([b.X[: b.size], batch.X])
         y = np.concatenate([b.y[: b.size], batch.y])
-        backprop_calibrate(
-            self.model,
-            X,
-            y,
-            steps=self.steps,
-            lr=self.lr,
-            batch_size=len(y),
-            seed=self.seed + self.n_steps,
-        )
+        self.train_full_batch(X, y)
         self.n_steps += 1
         b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
         return {}

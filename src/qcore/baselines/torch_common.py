@@ -17,16 +17,34 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Baseline, Buffer
+from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.coreset.core import Core
 
 
 class TorchBaseline(Baseline):
-    """A baseline that calibrates a deep copy of the deployed torch model."""
+    """A baseline that calibrates a deep copy of the deployed torch model.
 
-    def __init__(self, qmodel: torch.nn.Module) -> None:
+    ``steps`` Adam steps at rate ``lr`` per stream step; ``n_steps`` counts stream steps
+    and offsets ``seed`` so every step draws its own mini-batch order.
+    """
+
+    def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
         self.model = copy.deepcopy(qmodel).eval()
+        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+
+    def train_full_batch(self, X: np.ndarray, y: np.ndarray) -> None:
+        """``steps`` full-batch Adam steps on ``(X, y)``, seeded by ``seed + n_steps``."""
+        backprop_calibrate(
+            self.model,
+            X,
+            y,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=len(y),
+            seed=self.seed + self.n_steps,
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return predict_logits(self.model, X).argmax(1)

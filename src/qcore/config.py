@@ -52,6 +52,7 @@ class RunConfig:
     flip_steps: int = 3
     flip_teacher_lr: float = 0.05  # teacher Adam lr in units of each layer's quantization step
     flip_guard: str = "pass"  # pass | backtrack | layer | off
+    flip_budget: float | None = None  # most codes one pass may move, as a share (None: all)
     bn_mode: str = "reestimate"
     # reproducibility and machine
     seed: int = 0
@@ -91,6 +92,8 @@ class RunConfig:
             raise QCoreError(f"unknown core_mode {self.core_mode!r}")
         if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
             raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
+        if self.flip_budget is not None and not 0.0 < self.flip_budget <= 1.0:
+            raise QCoreError(f"setting flip_budget must be in (0, 1], got {self.flip_budget}")
         if self.flip_guard not in FLIP_GUARDS:
             raise QCoreError(
                 f"unknown flip_guard {self.flip_guard!r}: choose {', '.join(FLIP_GUARDS)}"

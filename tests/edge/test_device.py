@@ -230,6 +230,9 @@ def test_bad_settings_rejected(parts) -> None:
         Device(art, steps=0)
     with pytest.raises(QCoreError, match="flip guard"):
         Device(art, guard="sometimes")
+    for budget in (0.0, 1.5, -0.1):
+        with pytest.raises(QCoreError, match="flip budget"):
+            Device(art, budget=budget)
     no_net = Artifact(art.model, art.core, None, MEAN, STD, art.class_names, art.config)
     with pytest.raises(QCoreError, match="no flip network"):
         Device(no_net)
@@ -368,3 +371,13 @@ def test_add_commands_on_a_parser() -> None:
     assert args.policy == "every" and args.guard_margin == 0.05 and callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["device", "m", "--stream", "d", "--state", "s", "--policy", "bad"])
+
+
+def test_flip_budget_caps_the_flips_of_a_device_step(parts) -> None:
+    art = make_art(parts)
+    n_codes = sum(layer.weight.q.size for layer in art.model.layers.values() if layer.quantized)
+    X, y = batches(parts, 1)[0]
+    free = Device(art, guard="off", guard_margin=1.0, steps=1).step(X, y)
+    capped = Device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
+    assert capped["flips"] <= int(0.001 * n_codes)
+    assert capped["flips"] <= free["flips"]

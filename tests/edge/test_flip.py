@@ -139,3 +139,26 @@ def test_backtracking_keeps_the_most_confident_flips_that_do_not_raise_the_loss(
     if threshold == 0.0:  # proposing every code cannot be kept whole
         full_loss = cross_entropy(forward(full.model, X[:20]), y[:20])
         assert full_loss > start and res.flips_applied < full.flips_applied
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.1, 1.0])
+def test_flip_budget_keeps_only_the_most_confident_flips(trained_flip, tiny_xy, budget):
+    """A budget caps a pass at that share of the codes, taking the most confident flips."""
+    qmodel, _, net = trained_flip
+    X, y = tiny_xy
+    net = dataclasses.replace(net, threshold=0.0)  # propose a flip for every code
+    qm = bn_reestimate(to_qmodel(qmodel), X[:20])
+    n_codes = sum(qm.layers[n].weight.q.size for n in net.feedback)
+    kw = dict(steps=1, guard=False, bn_mode="frozen")
+    full = flip_calibrate(qm, X[:20], y[:20], net, **kw)
+    capped = flip_calibrate(qm, X[:20], y[:20], net, budget=budget, **kw)
+    assert full.flips_applied == n_codes
+    assert capped.flips_applied <= int(budget * n_codes)
+    if budget == 1.0:
+        assert capped.flips_applied == full.flips_applied
+        return
+    assert capped.flips_applied >= int(budget * n_codes)
+    for name in net.feedback:  # every kept flip is one the uncapped pass made
+        a, b = qm.layers[name].weight.q, full.model.layers[name].weight.q
+        c = capped.model.layers[name].weight.q
+        assert np.array_equal(c[c != a], b[c != a])

@@ -35,9 +35,11 @@ class RandomCoreFlip(Baseline):
         steps: int,
         guard: bool | str,
         bn_mode: str,
+        budget: float | None = None,
     ) -> None:
         self.qm, self.buffer, self.net, self.rng = qm, buffer, net, rng
         self.steps, self.guard, self.bn_mode, self.n_steps = steps, guard, bn_mode, 0
+        self.budget = budget
 
     @property
     def core(self) -> Core:
@@ -51,7 +53,14 @@ class RandomCoreFlip(Baseline):
         X = np.concatenate([b.X[: b.size], batch.X])
         y = np.concatenate([b.y[: b.size], batch.y])
         res = flip_calibrate(
-            self.qm, X, y, self.net, steps=self.steps, guard=self.guard, bn_mode=self.bn_mode
+            self.qm,
+            X,
+            y,
+            self.net,
+            steps=self.steps,
+            guard=self.guard,
+            bn_mode=self.bn_mode,
+            budget=self.budget,
         )
         self.qm = res.model
         self.n_steps += 1
@@ -79,4 +88,5 @@ def _random_core_flip(dep: Deployment) -> RandomCoreFlip:
         steps=c.flip_steps,
         guard={"off": False, "pass": True}.get(c.flip_guard, c.flip_guard),
         bn_mode=c.bn_mode,
+        budget=c.flip_budget,
     )

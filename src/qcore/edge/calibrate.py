@@ -31,14 +31,51 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def propose_flips(
-    qm: QuantizedModel, net: FlipNet, inputs: dict[str, np.ndarray], e: np.ndarray
+    qm: QuantizedModel,
+    net: FlipNet,
+    inputs: dict[str, np.ndarray],
+    e: np.ndarray,
+    budget: float | None = None,
 ) -> tuple[QuantizedModel, int]:
-    """A copy of ``qm`` with every layer's predicted flips applied, and the flip count."""
-    flips = {
-        name: net.predict_flips(layer_features(qm, name, inputs[name], e, feedback))
-        for name, feedback in net.feedback.items()
-    }
+    """A copy of ``qm`` with every layer's predicted flips applied, and the flip count.
+
+    With ``budget`` only the most confident flips are kept, at most ``budget`` times the
+    model's number of quantized codes.
+    """
+    flips, conf = _flips_and_confidence(qm, net, inputs, e)
+    if budget is not None:
+        n_codes = sum(qm.layers[n].weight.q.size for n in flips)
+        flips = _most_confident(flips, conf, int(budget * n_codes))
     return _with_flips(qm, flips)
+
+
+def _flips_and_confidence(qm, net, inputs, e):
+    """Per layer: the network's flips and each code's confidence ``max(p(-1), p(+1))``."""
+    flips, conf = {}, {}
+    for name, feedback in net.feedback.items():
+        flips[name], conf[name] = net.flips_and_confidence(
+            layer_features(qm, name, inputs[name], e, feedback)
+        )
+    return flips, conf
+
+
+def _most_confident(flips, conf, keep: int) -> dict[str, np.ndarray]:
+    """The ``keep`` most confident of ``flips`` over all layers; ties go to the earlier
+    layer and code, so exactly ``min(keep, proposed)`` flips survive."""
+    moving = {n: np.flatnonzero(f) for n, f in flips.items()}
+    ranked = np.concatenate([conf[n].reshape(-1)[i] for n, i in moving.items()])
+    if keep >= len(ranked):
+        return flips
+    kept = np.zeros(len(ranked), dtype=bool)
+    kept[np.argsort(-ranked, kind="stable")[: max(keep, 0)]] = True
+    out, start = {}, 0
+    for n, i in moving.items():
+        sel = i[kept[start : start + len(i)]]
+        f = np.zeros(flips[n].size, dtype=np.int16)
+        f[sel] = flips[n].reshape(-1)[sel]
+        out[n] = f.reshape(flips[n].shape)
+        start += len(i)
+    return out
 
 
 def _with_flips(qm: QuantizedModel, flips: dict[str, np.ndarray]) -> tuple[QuantizedModel, int]:
@@ -55,26 +92,19 @@ def _backtracked_pass(qm, net, trace, X, y, loss):
     """The pass's flips, or if they raise the loss its most confident half, quarter, ...
     (up to ``BACKTRACK_HALVINGS`` halvings, one forward pass each): the largest share whose
     loss does not rise. Returns (model, trace, loss, flips applied, flips proposed)."""
-    e = error_signal(trace.logits, y)
-    flips, conf = {}, {}
-    for name, feedback in net.feedback.items():
-        flips[name], conf[name] = net.flips_and_confidence(
-            layer_features(qm, name, trace.inputs[name], e, feedback)
-        )
-    ranked = np.sort(np.concatenate([conf[n][flips[n] != 0] for n in flips]))[::-1]
-    keep = len(ranked)
+    flips, conf = _flips_and_confidence(qm, net, trace.inputs, error_signal(trace.logits, y))
+    proposed = int(sum(np.count_nonzero(f) for f in flips.values()))
+    keep = proposed
     for _ in range(BACKTRACK_HALVINGS + 1):
         if keep == 0:
             break
-        cut = ranked[keep - 1]  # keep the ``keep`` most confident flips (ties kept together)
-        chosen = {n: np.where(conf[n] >= cut, flips[n], 0).astype(np.int16) for n in flips}
-        candidate, n_flips = _with_flips(qm, chosen)
+        candidate, n_flips = _with_flips(qm, _most_confident(flips, conf, keep))
         cand_trace = forward(candidate, X, record=True)
         cand_loss = cross_entropy(cand_trace.logits, y)
         if cand_loss <= loss:
-            return candidate, cand_trace, cand_loss, n_flips, len(ranked)
+            return candidate, cand_trace, cand_loss, n_flips, proposed
         keep //= 2
-    return qm, trace, loss, 0, len(ranked)
+    return qm, trace, loss, 0, proposed
 
 
 def _layer_guarded_pass(qm, net, trace, X, y, loss):
@@ -105,6 +135,7 @@ def flip_calibrate(
     steps: int = 3,
     guard: bool | str = True,
     bn_mode: str = "reestimate",
+    budget: float | None = None,
 ) -> FlipStepResult:
     """Calibrate ``qm`` on ``(X, y)`` (core plus batch) without back-propagation.
 
@@ -115,6 +146,8 @@ def flip_calibrate(
     ``guard="layer"`` each layer's flips are accepted or refused on their own; with
     ``guard="backtrack"`` a pass that raises the loss is retried with only its most
     confident half of flips, then a quarter, ... (:data:`BACKTRACK_HALVINGS`).
+    ``budget`` (guard on or off) caps each pass at its most confident flips, at most that
+    fraction of the model's codes.
     """
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
@@ -140,7 +173,8 @@ def flip_calibrate(
             applied += n_flips
             correct.append(trace.logits.argmax(1) == y)
             continue
-        candidate, n_flips = propose_flips(qm, net, trace.inputs, error_signal(trace.logits, y))
+        e = error_signal(trace.logits, y)
+        candidate, n_flips = propose_flips(qm, net, trace.inputs, e, budget)
         if n_flips == 0:
             break
         cand_trace = forward(candidate, X, record=True)

@@ -186,6 +186,7 @@ def _cmd_device(args: argparse.Namespace) -> None:
         guard=cfg.get("flip_guard", True),
         bn_mode=args.bn_mode or _setting(cfg, "bn_mode", str, "reestimate"),
         seed=args.seed if args.seed is not None else _setting(cfg, "seed", int, 0),
+        budget=_setting(cfg, "flip_budget", float, None),
     )
     if args.stream == "-":
         batches = read_frames(sys.stdin.buffer)

@@ -120,9 +120,9 @@ class Device:
 
     ``art``: the artifact to start from (a quantized model with a flip network); the
     device never mutates it and keeps its current state in :attr:`art`. ``steps``,
-    ``guard`` and ``bn_mode`` are passed to :func:`flip_calibrate` (``guard``: a bool, or the
-    run setting's names "pass" = True, "off" = False, "layer" = per-layer guard,
-    "backtrack" = halve a rejected pass by confidence);
+    ``guard``, ``bn_mode`` and ``budget`` are passed to :func:`flip_calibrate` (``guard``: a
+    bool, or the run setting's names "pass" = True, "off" = False, "layer" = per-layer
+    guard, "backtrack" = halve a rejected pass by confidence);
     ``guard_margin`` is the accuracy drop (0..1) on core or batch beyond which a
     calibration is rolled back.
     ``seed`` with the step number seeds each core update, so a resumed device draws the
@@ -140,6 +140,7 @@ class Device:
         bn_mode: str = "reestimate",
         seed: int = 0,
         drift: PageHinkley | None = None,
+        budget: float | None = None,
     ) -> None:
         self.policy = parse_policy(policy)
         guard = _GUARDS.get(guard, guard) if isinstance(guard, str) else guard
@@ -149,6 +150,8 @@ class Device:
             raise QCoreError(f"guard_margin must lie in [0, 1], got {guard_margin}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise QCoreError(f"steps must be an integer >= 1, got {steps!r}")
+        if budget is not None and not 0.0 < budget <= 1.0:
+            raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
         if bn_mode not in BN_MODES:
             raise QCoreError(f"unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if art.model.bits is None:
@@ -163,7 +166,7 @@ class Device:
             guard,
             bn_mode,
         )
-        self.seed = int(seed)
+        self.seed, self.budget = int(seed), budget
         self.art = replace(art, config=copy.deepcopy(art.config))
         saved = art.config.get(STATE_KEY, {}).get("drift") if self.policy.kind == "drift" else None
         if drift is not None:
@@ -280,6 +283,7 @@ class Device:
             steps=self.steps,
             guard=self.guard,
             bn_mode=self.bn_mode,
+            budget=self.budget,
         )
         # res.correct[-1] is the returned model's correctness on core + batch: the guard's
         # "after" accuracies come for free; "before" on the core costs one small forward.

@@ -61,17 +61,25 @@ class QCoreCalibrator(CoreCalibrator):
         seed: int,
         core_mode: str = "proportional",
         old_quota: float | None = None,
+        budget: float | None = None,
     ) -> None:
         super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
         self.qm, self.net = qm, net
-        self.steps, self.guard, self.bn_mode = steps, guard, bn_mode
+        self.steps, self.guard, self.bn_mode, self.budget = steps, guard, bn_mode, budget
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return edge_predict(self.qm, X)
 
     def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         res = flip_calibrate(
-            self.qm, X, y, self.net, steps=self.steps, guard=self.guard, bn_mode=self.bn_mode
+            self.qm,
+            X,
+            y,
+            self.net,
+            steps=self.steps,
+            guard=self.guard,
+            bn_mode=self.bn_mode,
+            budget=self.budget,
         )
         self.qm = res.model
         return res.correct, {
@@ -183,4 +191,5 @@ def _qcore(dep: Deployment) -> QCoreCalibrator:
         seed=c.seed,
         core_mode=c.core_mode,
         old_quota=c.old_quota,
+        budget=c.flip_budget,
     )

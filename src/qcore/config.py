@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from qcore.core.quant import check_bits
+from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET
 from qcore.errors import QCoreError
 
 FLIP_GUARDS = ("pass", "backtrack", "layer", "off")
@@ -52,7 +53,7 @@ class RunConfig:
     flip_steps: int = 3
     flip_teacher_lr: float = 0.05  # teacher Adam lr in units of each layer's quantization step
     flip_guard: str = "pass"  # pass | backtrack | layer | off
-    flip_budget: float | None = None  # most codes one pass may move, as a share (None: all)
+    flip_budget: float | None = DEFAULT_FLIP_BUDGET  # most codes a pass may move (share; None: all)
     bn_mode: str = "reestimate"
     # reproducibility and machine
     seed: int = 0

@@ -85,7 +85,8 @@ def small_artifact(
         step_relative_lr=0.5,
     )
     net = fit_flipnet(rounds, len(CLASSES), hidden=8, iters=30, seed=seed)
-    config = {"flip_steps": 2, "seed": seed, "bits": bits, "core_size": core_size}
+    config = {"flip_steps": 2, "flip_budget": 0.05, "seed": seed, "bits": bits}
+    config["core_size"] = core_size
     return build_artifact(to_qmodel(qmodel), core, net, Norm(), CLASSES, config)
 
 
@@ -116,8 +117,9 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 
 def cli_device(art: Artifact | Path, seed: int = 0) -> Device:
     """The device `qcore device` runs on a :func:`small_artifact` (or its file) with its
-    defaults (the artifact records flip_steps=2 and seed 0)."""
-    return Device(load_artifact(art) if isinstance(art, Path) else art, steps=2, seed=seed)
+    defaults (the artifact records flip_steps=2, flip_budget=0.05 and seed 0)."""
+    art = load_artifact(art) if isinstance(art, Path) else art
+    return Device(art, steps=2, seed=seed, budget=0.05)
 
 
 def artifact_and_stream(

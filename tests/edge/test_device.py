@@ -146,14 +146,15 @@ def test_rejected_batch_leaves_state_byte_identical(parts, kind: str) -> None:
 def test_harmful_flipnet_is_rolled_back(parts) -> None:
     art = make_art(parts, harmful=True)
     Xr, y = batches(parts, 1)[0]
-    dev = Device(art, guard=False, bn_mode="frozen", steps=3, guard_margin=0.05)
+    unbudgeted = {"guard": False, "bn_mode": "frozen", "steps": 3, "budget": None}
+    dev = Device(art, guard_margin=0.05, **unbudgeted)
     report = dev.step(Xr, y)
     assert report["calibrated"] and report["rolled_back"] and report["flips"] > 0
     assert report["core_acc_after"] < report["core_acc_before"] - 0.05
     assert dev.art.model is art.model and dev.art.core is art.core
     assert dev.art.step == 1
     # same batch without a guard margin: the damage is kept (the guard made the difference)
-    reckless = Device(art, guard=False, bn_mode="frozen", steps=3, guard_margin=1.0)
+    reckless = Device(art, guard_margin=1.0, **unbudgeted)
     assert not reckless.step(Xr, y)["rolled_back"]
     q_old = art.model.layers["head"].weight.q
     assert not np.array_equal(reckless.art.model.layers["head"].weight.q, q_old)
@@ -377,7 +378,7 @@ def test_flip_budget_caps_the_flips_of_a_device_step(parts) -> None:
     art = make_art(parts)
     n_codes = sum(layer.weight.q.size for layer in art.model.layers.values() if layer.quantized)
     X, y = batches(parts, 1)[0]
-    free = Device(art, guard="off", guard_margin=1.0, steps=1).step(X, y)
+    free = Device(art, guard="off", guard_margin=1.0, steps=1, budget=None).step(X, y)
     capped = Device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
     assert capped["flips"] <= int(0.001 * n_codes)
     assert capped["flips"] <= free["flips"]

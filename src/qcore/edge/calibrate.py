@@ -86,6 +86,7 @@ def _with_flips(qm: QuantizedModel, flips: dict[str, np.ndarray]) -> tuple[Quant
 
 
 BACKTRACK_HALVINGS = 4
+DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (README, Where QCore stands)
 
 
 def _backtracked_pass(qm, net, trace, X, y, loss):

@@ -33,7 +33,7 @@ from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor
 from qcore.coreset.core import update_core_after_passes
 from qcore.edge.artifact import Artifact, compress_windows, decompress_windows
-from qcore.edge.calibrate import flip_calibrate
+from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET, flip_calibrate
 from qcore.edge.drift import PageHinkley
 from qcore.edge.infer import forward, predict
 from qcore.errors import QCoreError
@@ -140,7 +140,7 @@ class Device:
         bn_mode: str = "reestimate",
         seed: int = 0,
         drift: PageHinkley | None = None,
-        budget: float | None = None,
+        budget: float | None = DEFAULT_FLIP_BUDGET,
     ) -> None:
         self.policy = parse_policy(policy)
         guard = _GUARDS.get(guard, guard) if isinstance(guard, str) else guard

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from qcore.core.quant import check_bits
-from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET
+from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET, check_flip_budget
 from qcore.errors import QCoreError
 
 FLIP_GUARDS = ("pass", "backtrack", "layer", "off")
@@ -93,8 +93,7 @@ class RunConfig:
             raise QCoreError(f"unknown core_mode {self.core_mode!r}")
         if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
             raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
-        if self.flip_budget is not None and not 0.0 < self.flip_budget <= 1.0:
-            raise QCoreError(f"setting flip_budget must be in (0, 1], got {self.flip_budget}")
+        check_flip_budget(self.flip_budget)
         if self.flip_guard not in FLIP_GUARDS:
             raise QCoreError(
                 f"unknown flip_guard {self.flip_guard!r}: choose {', '.join(FLIP_GUARDS)}"

@@ -85,8 +85,13 @@ def small_artifact(
         step_relative_lr=0.5,
     )
     net = fit_flipnet(rounds, len(CLASSES), hidden=8, iters=30, seed=seed)
-    config = {"flip_steps": 2, "flip_budget": 0.05, "seed": seed, "bits": bits}
-    config["core_size"] = core_size
+    config = {
+        "flip_steps": 2,
+        "flip_budget": 0.05,
+        "seed": seed,
+        "bits": bits,
+        "core_size": core_size,
+    }
     return build_artifact(to_qmodel(qmodel), core, net, Norm(), CLASSES, config)
 
 

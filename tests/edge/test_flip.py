@@ -154,6 +154,10 @@ def test_flip_budget_keeps_only_the_most_confident_flips(trained_flip, tiny_xy, 
     capped = flip_calibrate(qm, X[:20], y[:20], net, budget=budget, **kw)
     assert full.flips_applied == n_codes
     assert capped.flips_applied <= int(budget * n_codes)
+    backtracked = flip_calibrate(
+        qm, X[:20], y[:20], net, steps=1, guard="backtrack", bn_mode="frozen", budget=budget
+    )
+    assert backtracked.flips_applied <= int(budget * n_codes)  # the budget holds there too
     if budget == 1.0:
         assert capped.flips_applied == full.flips_applied
         return

@@ -14,6 +14,7 @@ import numpy as np
 from qcore.core.qmodel import QuantizedModel
 from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features
 from qcore.edge.infer import bn_reestimate, forward
+from qcore.errors import QCoreError
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,13 @@ def propose_flips(
     """
     flips, conf = _flips_and_confidence(qm, net, inputs, e)
     if budget is not None:
-        n_codes = sum(qm.layers[n].weight.q.size for n in flips)
-        flips = _most_confident(flips, conf, int(budget * n_codes))
+        flips = _most_confident(flips, conf, _budget_count(qm, flips, budget))
     return _with_flips(qm, flips)
+
+
+def _budget_count(qm: QuantizedModel, flips: dict[str, np.ndarray], budget: float) -> int:
+    """How many flips ``budget`` allows: that share of the flippable layers' codes."""
+    return int(budget * sum(qm.layers[n].weight.q.size for n in flips))
 
 
 def _flips_and_confidence(qm, net, inputs, e):
@@ -89,13 +94,20 @@ BACKTRACK_HALVINGS = 4
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (README, Where QCore stands)
 
 
-def _backtracked_pass(qm, net, trace, X, y, loss):
-    """The pass's flips, or if they raise the loss its most confident half, quarter, ...
-    (up to ``BACKTRACK_HALVINGS`` halvings, one forward pass each): the largest share whose
-    loss does not rise. Returns (model, trace, loss, flips applied, flips proposed)."""
+def check_flip_budget(budget: float | None) -> None:
+    """A flip budget is None (no cap) or a share of the codes in (0, 1]."""
+    if budget is not None and not 0.0 < budget <= 1.0:
+        raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
+
+
+def _backtracked_pass(qm, net, trace, X, y, loss, budget):
+    """The pass's flips (at most ``budget`` of the codes), or if they raise the loss its
+    most confident half, quarter, ... (up to ``BACKTRACK_HALVINGS`` halvings, one forward
+    pass each): the largest share whose loss does not rise. Returns (model, trace, loss,
+    flips applied, flips proposed)."""
     flips, conf = _flips_and_confidence(qm, net, trace.inputs, error_signal(trace.logits, y))
     proposed = int(sum(np.count_nonzero(f) for f in flips.values()))
-    keep = proposed
+    keep = proposed if budget is None else min(proposed, _budget_count(qm, flips, budget))
     for _ in range(BACKTRACK_HALVINGS + 1):
         if keep == 0:
             break
@@ -147,8 +159,9 @@ def flip_calibrate(
     ``guard="layer"`` each layer's flips are accepted or refused on their own; with
     ``guard="backtrack"`` a pass that raises the loss is retried with only its most
     confident half of flips, then a quarter, ... (:data:`BACKTRACK_HALVINGS`).
-    ``budget`` (guard on or off) caps each pass at its most confident flips, at most that
-    fraction of the model's codes.
+    ``budget`` caps each pass (with ``guard`` True, False or "backtrack") at its most
+    confident flips, at most that fraction of the model's codes; the per-layer guard, which
+    weighs each layer's flips on their own, does not use it.
     """
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
@@ -158,7 +171,9 @@ def flip_calibrate(
     applied, rejected = 0, 0
     for _ in range(steps):
         if guard == "backtrack":
-            qm, trace, loss, n_flips, n_proposed = _backtracked_pass(qm, net, trace, X, y, loss)
+            qm, trace, loss, n_flips, n_proposed = _backtracked_pass(
+                qm, net, trace, X, y, loss, budget
+            )
             if n_flips == 0:
                 rejected += int(n_proposed > 0)
                 break

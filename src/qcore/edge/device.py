@@ -33,7 +33,7 @@ from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor
 from qcore.coreset.core import update_core_after_passes
 from qcore.edge.artifact import Artifact, compress_windows, decompress_windows
-from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET, flip_calibrate
+from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET, check_flip_budget, flip_calibrate
 from qcore.edge.drift import PageHinkley
 from qcore.edge.infer import forward, predict
 from qcore.errors import QCoreError
@@ -150,8 +150,7 @@ class Device:
             raise QCoreError(f"guard_margin must lie in [0, 1], got {guard_margin}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise QCoreError(f"steps must be an integer >= 1, got {steps!r}")
-        if budget is not None and not 0.0 < budget <= 1.0:
-            raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
+        check_flip_budget(budget)
         if bn_mode not in BN_MODES:
             raise QCoreError(f"unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if art.model.bits is None:

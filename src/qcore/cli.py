@@ -84,7 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     minfo.add_argument("--json", action="store_true")
     minfo.set_defaults(func=_cmd_model_info)
 
-    run = sub.add_parser("run", help="train, quantize, calibrate and stream one scenario")
+    from qcore.config import RunConfig, settings_help
+
+    run = sub.add_parser(
+        "run",
+        help="train, quantize, calibrate and stream one scenario",
+        description="Train the float model, quantize it to each bit-width, calibrate on the "
+        "source, then stream the target batches through each method; writes results.json.",
+        epilog=settings_help(RunConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", default=None, help="TOML file of settings")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     run.add_argument("--out", required=True, help="output folder for results.json")

@@ -1,7 +1,13 @@
-"""Every setting of a run, in one frozen dataclass: the one home of defaults.
+"""Every setting, in frozen dataclasses: the one home of defaults.
 
-Library code takes a :class:`RunConfig`; only the CLI parses files and ``key=value``
-overrides into one, with errors that name the offending key.
+:class:`DeviceConfig` is what a device's calibration step reads (flip passes, guard,
+budget, BatchNorm mode, core update, rollback margin, policy, seed); it travels in the
+artifact. :class:`RunConfig` is a whole run (data, model, training, bit-widths, methods)
+and builds the device's configuration with :meth:`RunConfig.device_config`. Library
+code takes these objects; only the CLI parses TOML files and ``key=value`` overrides into
+them, with errors that name the offending key. Each field carries one line of help in
+its metadata, from which ``qcore run --help`` and ``qcore device --help`` list every
+setting. This module imports nothing beyond ``qcore.core`` and ``qcore.errors``.
 """
 
 from __future__ import annotations
@@ -9,55 +15,173 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal
 
 from qcore.core.quant import check_bits
-from qcore.edge.calibrate import DEFAULT_FLIP_BUDGET, check_flip_budget
 from qcore.errors import QCoreError
 
-FLIP_GUARDS = ("pass", "backtrack", "layer", "off")
+FlipGuard = Literal["pass", "backtrack", "layer", "off"]
+BnMode = Literal["reestimate", "frozen"]
+CoreMode = Literal["proportional", "stratified", "balanced"]
+FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
+BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
+CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
+DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word)
+    """A dataclass field with one line of help (listed by ``--help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise QCoreError(f"unknown {key} {value!r}: choose {', '.join(choices)}")
+
+
+def check_flip_budget(budget: float | None) -> None:
+    """A flip budget is None (no cap) or a share of the codes in (0, 1]."""
+    if budget is not None and not 0.0 < budget <= 1.0:
+        raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a device calibrates: ``kind`` "every" (each ``every``-th batch) or "drift"."""
+
+    kind: Literal["every", "drift"]
+    every: int = 1
+
+    def __str__(self) -> str:
+        if self.kind == "drift":
+            return "drift"
+        return "every" if self.every == 1 else f"every:{self.every}"
+
+
+def parse_policy(spec: object) -> Policy:
+    """``"every"``, ``"every:N"`` (N >= 1) or ``"drift"`` -> :class:`Policy`."""
+    if spec == "every":
+        return Policy("every")
+    if spec == "drift":
+        return Policy("drift")
+    if isinstance(spec, str) and spec.startswith("every:"):
+        n = spec.split(":", 1)[1]
+        if n.isdigit() and int(n) >= 1:
+            return Policy("every", int(n))
+    raise QCoreError(f"unknown policy {spec!r}: choose every, every:N (N >= 1) or drift")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """How a device calibrates; stored in the artifact's ``device`` section."""
+
+    flip_steps: int = setting(3, "flip passes per calibration step (each one forward pass)")
+    flip_guard: FlipGuard = setting(
+        "pass",
+        "pass: keep a pass only if the loss on core+batch does not rise; backtrack: retry a "
+        "rejected pass with its most confident half, quarter, ...; layer: accept each "
+        "layer's flips on their own; off: apply every pass",
+    )
+    flip_budget: float | None = setting(
+        DEFAULT_FLIP_BUDGET, "most codes one pass may move, as a share of all codes (none: no cap)"
+    )
+    bn_mode: BnMode = setting(
+        "reestimate", "reestimate: BatchNorm statistics from core+batch each step; frozen: keep"
+    )
+    core_mode: CoreMode = setting(
+        "proportional",
+        "core draw: proportional to misses, stratified (PMF over miss counts) or balanced "
+        "(equal quota per class)",
+    )
+    old_quota: float | None = setting(
+        None, "share of the core reserved for old samples at each update (none: by score)"
+    )
+    guard_margin: float = setting(
+        0.05, "roll a step back when accuracy on the old core or the batch drops by more"
+    )
+    policy: str = setting("every", "when to calibrate: every, every:N or drift")
+    seed: int = setting(0, "seed of the core updates (with the step number)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.flip_steps, bool) or not isinstance(self.flip_steps, int):
+            raise QCoreError(f"setting flip_steps must be an integer, got {self.flip_steps!r}")
+        if self.flip_steps < 1:
+            raise QCoreError(f"setting flip_steps must be >= 1, got {self.flip_steps}")
+        check_choice("flip_guard", self.flip_guard, FLIP_GUARDS)
+        check_flip_budget(self.flip_budget)
+        check_choice("bn_mode", self.bn_mode, BN_MODES)
+        check_choice("core_mode", self.core_mode, CORE_MODES)
+        if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
+            raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
+        if not 0.0 <= self.guard_margin <= 1.0:
+            raise QCoreError(f"setting guard_margin must lie in [0, 1], got {self.guard_margin}")
+        parse_policy(self.policy)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise QCoreError(f"setting seed must be an integer, got {self.seed!r}")
+
+    @property
+    def schedule(self) -> Policy:
+        return parse_policy(self.policy)
+
+    def to_dict(self) -> dict[str, object]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DeviceConfig:
+        return from_dict(cls, data)
+
+    def replace(self, **changes: object) -> DeviceConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+DEVICE_KEYS = tuple(f.name for f in fields(DeviceConfig))
+_DEVICE = DeviceConfig()
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A whole run; the device settings are the fields of :class:`DeviceConfig`."""
+
     # data and scenario
-    dataset: str = "hapt"
-    data_path: str | None = None
-    source: int = 1
-    target: int = 4
-    n_batches: int = 10
-    test_fraction: float = 0.2
-    # model: the small reference InceptionTime (57,030 parameters for 6 channels, 6 classes)
-    # keeps the default run to minutes on 2 cores; configs/paper.toml has the paper's 32 x 6
-    filters: int = 16
-    depth: int = 3
-    # float training in the cloud
-    epochs: int = 30
-    lr: float = 0.01
-    batch_size: int = 64
-    record_every: int = 5
-    # quantization: bit-widths to deploy; the float model is always reported too
-    bits: tuple[int, ...] = (4,)
-    dynamics_bits: tuple[int, ...] = (2, 3, 4, 5, 8)
-    # the method(s) streamed over the target batches (comma-separated)
-    method: str = "qcore"
-    # back-prop calibration (reference): steps per stream batch, and on the source data
-    calib_steps: int = 10
-    calib_lr: float = 1e-3
-    source_calib_epochs: int = 2
-    # QCore
-    core_size: float = 20  # samples (>= 1) or a fraction of the source training set (< 1)
-    core_mode: str = "proportional"
-    old_quota: float | None = None  # share of the core kept for old samples (None: by score)
-    flip_steps: int = 3
-    flip_teacher_lr: float = 0.05  # teacher Adam lr in units of each layer's quantization step
-    flip_guard: str = "pass"  # pass | backtrack | layer | off
-    flip_budget: float | None = DEFAULT_FLIP_BUDGET  # most codes a pass may move (share; None: all)
-    bn_mode: str = "reestimate"
-    # reproducibility and machine
-    seed: int = 0
-    threads: int = 2
+    dataset: str = setting("hapt", "dataset name (qcore data info NAME)")
+    data_path: str | None = setting(None, "dataset root or file where the loader needs one")
+    source: int = setting(1, "source domain (subject, arm side, ...) the cloud trains on")
+    target: int = setting(4, "target domain streamed to the device")
+    n_batches: int = setting(10, "stream batches cut from the target training part")
+    test_fraction: float = setting(0.2, "share of each domain held out for testing")
+    # the small reference InceptionTime (57,030 parameters for 6 channels, 6 classes) keeps
+    # the default run to minutes on 2 cores; configs/paper.toml has the paper's 32 x 6
+    filters: int = setting(16, "InceptionTime filters per branch")
+    depth: int = setting(3, "InceptionTime blocks")
+    epochs: int = setting(30, "float training epochs")
+    lr: float = setting(0.01, "float training learning rate (Adam)")
+    batch_size: int = setting(64, "training batch size")
+    record_every: int = setting(5, "epochs between training-dynamics observations")
+    bits: tuple[int, ...] = setting((4,), "bit-widths to deploy (comma-separated, 2..8)")
+    dynamics_bits: tuple[int, ...] = setting(
+        (2, 3, 4, 5, 8), "bit-widths observed in the training dynamics"
+    )
+    method: str = setting("qcore", "method(s) streamed over the target (comma-separated)")
+    calib_steps: int = setting(10, "back-prop steps per batch (backprop, flip teacher)")
+    calib_lr: float = setting(1e-3, "back-prop calibration learning rate")
+    source_calib_epochs: int = setting(2, "back-prop calibration epochs on the source")
+    core_size: float = setting(20, "core samples (>= 1) or a fraction of the source (< 1)")
+    flip_teacher_lr: float = setting(
+        0.05, "flip teacher's Adam lr in units of each layer's quantization step"
+    )
+    # the device's settings, with DeviceConfig's defaults and help; seed also seeds the cloud
+    flip_steps: int = _DEVICE.flip_steps
+    flip_guard: FlipGuard = _DEVICE.flip_guard
+    flip_budget: float | None = _DEVICE.flip_budget
+    bn_mode: BnMode = _DEVICE.bn_mode
+    core_mode: CoreMode = _DEVICE.core_mode
+    old_quota: float | None = _DEVICE.old_quota
+    guard_margin: float = _DEVICE.guard_margin
+    policy: str = _DEVICE.policy
+    seed: int = setting(0, "seed of every random choice (cloud and device)")
+    threads: int = setting(2, "torch and BLAS threads")
 
     def __post_init__(self) -> None:
         for name in (
@@ -89,19 +213,13 @@ class RunConfig:
             check_bits(b)
         if not self.methods:
             raise QCoreError("setting method needs at least one method name")
-        if self.core_mode not in ("proportional", "stratified", "balanced"):
-            raise QCoreError(f"unknown core_mode {self.core_mode!r}")
-        if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
-            raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
-        check_flip_budget(self.flip_budget)
-        if self.flip_guard not in FLIP_GUARDS:
-            raise QCoreError(
-                f"unknown flip_guard {self.flip_guard!r}: choose {', '.join(FLIP_GUARDS)}"
-            )
-        if self.bn_mode not in ("frozen", "reestimate"):
-            raise QCoreError(f"unknown bn_mode {self.bn_mode!r}: choose frozen or reestimate")
+        self.device_config()  # validates the device settings
         if self.source == self.target:
             raise QCoreError("source and target domains must differ")
+
+    def device_config(self) -> DeviceConfig:
+        """The device's settings of this run."""
+        return DeviceConfig(**{k: getattr(self, k) for k in DEVICE_KEYS})
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -109,22 +227,58 @@ class RunConfig:
         return tuple(m.strip() for m in self.method.split(",") if m.strip())
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in fields(self)
-        }
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise QCoreError(f"unknown setting(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
+        return from_dict(cls, data)
 
     def replace(self, **changes: object) -> RunConfig:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _help(cls: type, name: str) -> str:
+    """A field's help; RunConfig's device fields take DeviceConfig's."""
+    for owner in (cls, DeviceConfig):
+        f = owner.__dataclass_fields__.get(name)  # type: ignore[attr-defined]
+        if f is not None and "help" in f.metadata:
+            return str(f.metadata["help"])
+    return ""
+
+
+def settings_help(cls: type) -> str:
+    """Every setting of ``cls``: ``name = default`` and its help (for ``--help``)."""
+    where = "--set KEY=VALUE" if cls is DeviceConfig else "--set KEY=VALUE or --config FILE.toml"
+    lines = [f"settings ({where}):"]
+    for f in fields(cls):
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "none" if shown is None else shown
+        lines.append(f"  {f.name} = {shown}")
+        lines.append(f"      {_help(cls, f.name)}")
+    return "\n".join(lines)
+
+
+C = typing.TypeVar("C")
+
+
+def to_dict(cfg: object) -> dict[str, object]:
+    """A config as a JSON-ready dict (tuples become lists)."""
+    return {
+        f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
+        for f in fields(cfg)  # type: ignore[arg-type]
+    }
+
+
+def from_dict(cls: type[C], data: dict[str, object]) -> C:
+    """``cls`` from a dict of (TOML, JSON or ``--set`` string) values; unknown keys fail."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        kind = "device setting(s)" if cls is DeviceConfig else "setting(s)"
+        raise QCoreError(f"unknown {kind}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
 
 
 def _coerce(key: str, value: object, hint: object) -> object:
@@ -179,3 +333,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             raise QCoreError(f"config file {p} is not valid TOML: {exc}") from None
     data.update(parse_overrides(list(overrides)))
     return RunConfig.from_dict(data)
+
+
+def override_device(cfg: DeviceConfig, overrides: list[str]) -> DeviceConfig:
+    """``cfg`` with ``key=value`` overrides (the device's settings only)."""
+    return DeviceConfig.from_dict({**cfg.to_dict(), **parse_overrides(list(overrides))})

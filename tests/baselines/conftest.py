@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from qcore.baselines.registry import Deployment
 from qcore.config import RunConfig
 from qcore.core.types import Batch
 from qcore.coreset.core import build_core
-from qcore.eval.methods import Deployment
 
 torch.set_num_threads(1)
 

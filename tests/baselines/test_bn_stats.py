@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcore.baselines.all import make
 from qcore.cloud.export import to_qmodel
 from qcore.edge.infer import bn_reestimate
 from qcore.edge.infer import predict as edge_predict
-from qcore.eval.methods import make
 
 
 def test_bn_stats_changes_statistics_only(make_dep, target_batches):

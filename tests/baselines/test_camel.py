@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
+from qcore.baselines.all import make
 from qcore.baselines.camel import facility_location_greedy, similarity
-from qcore.eval.methods import make
 
 
 def objective(sim: np.ndarray, chosen) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcore.baselines.all import make
 from qcore.cloud.train import predict_logits
-from qcore.eval.methods import make
 
 
 def test_derpp_stores_logits_at_insertion(make_dep, target_batches):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import chisquare
 
+from qcore.baselines.all import make
 from qcore.baselines.common import Buffer, reservoir_slots, source_reservoir
-from qcore.eval.methods import make
 
 
 def test_reservoir_is_uniform_over_a_long_stream():

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qcore.baselines.all import make
 from qcore.cloud.export import to_qmodel
-from qcore.eval.methods import make
 
 
 def batch_loss(model: torch.nn.Module, batch) -> float:

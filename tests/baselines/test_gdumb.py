@@ -7,10 +7,10 @@ import copy
 import numpy as np
 import torch
 
+from qcore.baselines.all import make
 from qcore.baselines.common import Buffer
 from qcore.baselines.gdumb import gdumb_add
 from qcore.cloud.calibrate import backprop_calibrate
-from qcore.eval.methods import make
 
 
 def test_gdumb_buffer_stays_class_balanced_on_an_imbalanced_stream():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcore.eval.methods import make
+from qcore.baselines.all import make
 
 
 def test_joint_accumulates_all_target_data(make_dep, target_batches):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from qcore.baselines.all import available, make
 from qcore.cloud.export import to_qmodel
-from qcore.eval.methods import available, make
 
 BASELINES = (
     "bn-stats finetune joint random-core-bp random-core-flip er derpp gdumb camel zo-spsa"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcore.eval.methods import make
+from qcore.baselines.all import make
 
 
 def test_random_core_is_a_seeded_uniform_subset_updated_by_reservoir(make_dep, target_batches):

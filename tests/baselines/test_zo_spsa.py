@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 import qcore.baselines.zo_spsa as zo
+from qcore.baselines.all import make
 from qcore.cloud.export import to_qmodel
 from qcore.core.quant import qrange
-from qcore.eval.methods import make
 
 
 def test_spsa_moves_codes_within_range_and_keeps_qparams(deployed, tiny_xy):
@@ -56,7 +56,7 @@ def test_zo_step_needs_no_autograd(make_dep, target_batches, monkeypatch):
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     for batch in target_batches(2):
         rep = cal.observe(batch)
-    assert set(rep.extra) == {"flips", "rejected"} and len(cal.core) == 6
+    assert set(rep.extra) == {"flips", "passes_rejected"} and len(cal.core) == 6
     assert cal.device_bytes() == cal.qm.device_bytes()["total"] + cal.core.nbytes
 
 
@@ -72,7 +72,7 @@ from qcore.coreset.core import Core
 d = np.load(sys.argv[2], allow_pickle=True)
 qm, X, y = d["qm"].item(), d["X"], d["y"]
 core = Core(X[:6], y[:6], np.ones(6, np.int64), np.full(6, -1, np.int64))
-cal = zo.ZOSPSA(qm, core, iters=2, guard=True, bn_mode="reestimate", seed=0)
+cal = zo.ZOSPSA(qm, core, iters=2, guard="pass", bn_mode="reestimate", seed=0)
 cal.observe(Batch(X[6:18], y[6:18]))
 assert "torch" not in sys.modules, "torch was imported"
 print("ok")

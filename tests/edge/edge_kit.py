@@ -3,9 +3,9 @@ untrained model with non-trivial BatchNorms (:func:`random_bn_model`).
 
 Not a test module (no ``test_`` prefix): pyproject puts ``tests/edge`` on ``sys.path`` so
 test files can ``import edge_kit``.
-The artifact is built the way the cloud side builds one: quantize the trained model,
-select a core with :func:`build_core`, train a flip network with a few teacher rounds
-(:func:`collect_rounds` + :func:`fit_flipnet`), then :func:`build_artifact`.
+The artifact is built by the cloud pipeline (:mod:`qcore.cloud.pipeline`): quantize the
+trained model, select a core, train a flip network on a few teacher rounds, build the
+artifact.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qcore.cloud.export import to_qmodel
-from qcore.cloud.flipnet import collect_rounds, fit_flipnet
+from qcore.cloud import pipeline
 from qcore.cloud.model import InceptionTime
-from qcore.cloud.quantize import quantize_model
-from qcore.coreset.core import build_core
-from qcore.edge.artifact import Artifact, build_artifact, load_artifact, save_artifact
+from qcore.config import RunConfig
+from qcore.edge.artifact import Artifact, load_artifact, save_artifact
 from qcore.edge.device import Device
 
 CLASSES = ("low", "mid", "high")
@@ -54,6 +52,20 @@ class Norm:
     std = STD
 
 
+def kit_config(bits: int = 4, core_size: int = CORE_SIZE, seed: int = 0) -> RunConfig:
+    """The settings of :func:`small_artifact`: cheap teacher rounds (2 steps at half a
+    quantization step), 2 flip passes of at most 5% of the codes."""
+    return RunConfig(
+        bits=(bits,),
+        core_size=core_size,
+        seed=seed,
+        calib_steps=2,
+        flip_teacher_lr=0.5,
+        flip_steps=2,
+        flip_budget=0.05,
+    )
+
+
 def small_artifact(
     model: torch.nn.Module,
     X: np.ndarray,
@@ -62,37 +74,19 @@ def small_artifact(
     core_size: int = CORE_SIZE,
     seed: int = 0,
 ) -> Artifact:
-    """A complete artifact (quantized model, core, trained flip net) at step 0.
+    """A complete artifact (quantized model, core, trained flip net) at step 0, built by
+    the cloud pipeline with :func:`kit_config`.
 
     ``X``/``y``: normalised windows and labels of the source data the model was trained on.
-    Cheap on purpose: 3 teacher rounds of 2 steps and 30 fitting iterations.
+    Cheap on purpose: 3 teacher rounds and 30 fitting iterations of an 8-unit network.
     """
     torch.set_num_threads(1)
-    qmodel = quantize_model(model, bits, X, seed)
-    scores = (np.arange(len(y)) % 4).astype(np.int64)
-    core = build_core(X, y, scores, core_size, "proportional", seed)
-    rounds = collect_rounds(
-        qmodel,
-        core.X,
-        core.y,
-        X,
-        y,
-        rounds=3,
-        steps=2,
-        lr=1e-3,
-        batch_len=BATCH,
-        seed=seed,
-        step_relative_lr=0.5,
-    )
-    net = fit_flipnet(rounds, len(CLASSES), hidden=8, iters=30, seed=seed)
-    config = {
-        "flip_steps": 2,
-        "flip_budget": 0.05,
-        "seed": seed,
-        "bits": bits,
-        "core_size": core_size,
-    }
-    return build_artifact(to_qmodel(qmodel), core, net, Norm(), CLASSES, config)
+    cfg = kit_config(bits, core_size, seed)
+    qmodel = pipeline.quantize(model, bits, X, cfg)
+    core = pipeline.select_qcore(cfg, X, y, (np.arange(len(y)) % 4).astype(np.int64))
+    plan = pipeline.FlipTraining(rounds=3, held_out=0, hidden=8, iters=30)
+    net, _ = pipeline.train_flip_network(qmodel, core, X, y, len(CLASSES), BATCH, cfg, plan)
+    return pipeline.device_artifact(qmodel, core, net, Norm(), CLASSES, cfg)
 
 
 def raw(X: np.ndarray) -> np.ndarray:
@@ -121,10 +115,10 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 
 
 def cli_device(art: Artifact | Path, seed: int = 0) -> Device:
-    """The device `qcore device` runs on a :func:`small_artifact` (or its file) with its
-    defaults (the artifact records flip_steps=2, flip_budget=0.05 and seed 0)."""
+    """The device `qcore device --set seed=SEED` runs on a :func:`small_artifact` (or its
+    file): the artifact's device settings with that seed."""
     art = load_artifact(art) if isinstance(art, Path) else art
-    return Device(art, steps=2, seed=seed, budget=0.05)
+    return Device(art, art.device.replace(seed=seed))
 
 
 def artifact_and_stream(

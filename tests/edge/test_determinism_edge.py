@@ -2,7 +2,7 @@
 
 Two in-process devices, and two separate runs of the real command (``python -m
 qcore.edge.cli device``) with different hash seeds, must agree byte for byte after every
-step. A different ``--seed`` draws a different core (the core update samples at random).
+step. A different ``--set seed=N`` draws a different core (the core update samples at random).
 """
 
 from __future__ import annotations
@@ -116,7 +116,16 @@ def test_different_seed_draws_a_different_core(setup, tmp_path):
     s0, s1 = tmp_path / "seed0.qcore", tmp_path / "seed1.qcore"
     for path, seed in ((s0, "0"), (s1, "1")):
         _run(
-            [*CLI, str(art_path), "--stream", str(stream), "--state", str(path), "--seed", seed],
+            [
+                *CLI,
+                str(art_path),
+                "--stream",
+                str(stream),
+                "--state",
+                str(path),
+                "--set",
+                f"seed={seed}",
+            ],
             "0",
         )
     a, b = load_state(s0), load_state(s1)
@@ -124,8 +133,8 @@ def test_different_seed_draws_a_different_core(setup, tmp_path):
     assert not np.array_equal(a.core.X, b.core.X)
     assert not np.array_equal(a.core.origin, b.core.origin)
     assert s0.read_bytes() != s1.read_bytes()
-    # --seed 0 is the artifact's own seed: the default run draws the same core
-    assert load_artifact(art_path).config["seed"] == 0
+    # seed 0 is the artifact's own seed: the default run draws the same core
+    assert load_artifact(art_path).device.seed == 0
     default = tmp_path / "default.qcore"
     _run([*CLI, str(art_path), "--stream", str(stream), "--state", str(default)], "0")
     assert default.read_bytes() == s0.read_bytes()

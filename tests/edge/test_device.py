@@ -17,6 +17,7 @@ import torch
 
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
+from qcore.config import DeviceConfig, parse_policy
 from qcore.coreset.core import Core
 from qcore.edge.artifact import (
     Artifact,
@@ -26,7 +27,7 @@ from qcore.edge.artifact import (
     save_artifact,
 )
 from qcore.edge.cli import add_commands, load_batch, main, read_frames
-from qcore.edge.device import Device, parse_policy
+from qcore.edge.device import Device
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.infer import forward
@@ -42,6 +43,18 @@ BATCH = 12
 
 class Norm:
     mean, std = MEAN, STD
+
+
+_NAMES = {"steps": "flip_steps", "guard": "flip_guard", "budget": "flip_budget"}
+_GUARDS = {True: "pass", False: "off"}
+
+
+def make_device(art: Artifact, drift: PageHinkley | None = None, **settings) -> Device:
+    """A device on ``art`` with some of its device settings replaced (short names)."""
+    renamed = {_NAMES.get(k, k): v for k, v in settings.items()}
+    if isinstance(renamed.get("flip_guard"), bool):
+        renamed["flip_guard"] = _GUARDS[renamed["flip_guard"]]
+    return Device(art, art.device.replace(**renamed), drift=drift)
 
 
 def flipnet(qm, seed: int = 0, hidden: int = 8, threshold: float = 0.9, harmful: bool = False):
@@ -76,7 +89,8 @@ def make_art(parts, harmful: bool = False) -> Artifact:
     qm, X, y = parts
     core = Core(X[:12], y[:12], np.ones(12, np.int64), np.full(12, -1, np.int64))
     net = flipnet(qm, harmful=harmful)
-    return build_artifact(qm, core, net, Norm(), ("a", "b", "c"), {"flip_steps": 2, "seed": 0})
+    device = DeviceConfig(flip_steps=2)
+    return build_artifact(qm, core, net, Norm(), ("a", "b", "c"), {}, device=device)
 
 
 def raw(X: np.ndarray) -> np.ndarray:
@@ -99,7 +113,7 @@ def batches(parts, n: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_step_predicts_on_normalised_input_and_changes_state(parts) -> None:
     art = make_art(parts)
-    dev = Device(art, guard_margin=1.0, steps=2)
+    dev = make_device(art, guard_margin=1.0, steps=2)
     Xr, y = batches(parts, 1)[0]
     Xn = (Xr - MEAN[None, :, None]) / STD[None, :, None]
     expected = float((forward(art.model, Xn.astype(np.float32)).argmax(1) == y).mean())
@@ -134,7 +148,7 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_rejected_batch_leaves_state_byte_identical(parts, kind: str) -> None:
-    dev = Device(make_art(parts), policy="drift")
+    dev = make_device(make_art(parts), policy="drift")
     Xr, y = batches(parts, 1)[0]
     dev.step(Xr, y)
     before, detector = encode_artifact(dev.art), dev.detector.to_dict()
@@ -147,14 +161,14 @@ def test_harmful_flipnet_is_rolled_back(parts) -> None:
     art = make_art(parts, harmful=True)
     Xr, y = batches(parts, 1)[0]
     unbudgeted = {"guard": False, "bn_mode": "frozen", "steps": 3, "budget": None}
-    dev = Device(art, guard_margin=0.05, **unbudgeted)
+    dev = make_device(art, guard_margin=0.05, **unbudgeted)
     report = dev.step(Xr, y)
     assert report["calibrated"] and report["rolled_back"] and report["flips"] > 0
     assert report["core_acc_after"] < report["core_acc_before"] - 0.05
     assert dev.art.model is art.model and dev.art.core is art.core
     assert dev.art.step == 1
     # same batch without a guard margin: the damage is kept (the guard made the difference)
-    reckless = Device(art, guard_margin=1.0, **unbudgeted)
+    reckless = make_device(art, guard_margin=1.0, **unbudgeted)
     assert not reckless.step(Xr, y)["rolled_back"]
     q_old = art.model.layers["head"].weight.q
     assert not np.array_equal(reckless.art.model.layers["head"].weight.q, q_old)
@@ -162,13 +176,13 @@ def test_harmful_flipnet_is_rolled_back(parts) -> None:
 
 @pytest.mark.parametrize("guard", ["pass", "layer", "off"])
 def test_run_config_guard_names_accepted(parts, guard: str) -> None:
-    dev = Device(make_art(parts), guard=guard, guard_margin=1.0)
+    dev = make_device(make_art(parts), guard=guard, guard_margin=1.0)
     X, y = batches(parts, 1)[0]
     assert dev.step(X, y)["calibrated"]
 
 
 def test_policy_every_2_calibrates_every_second_batch(parts) -> None:
-    dev = Device(make_art(parts), policy="every:2", guard_margin=1.0)
+    dev = make_device(make_art(parts), policy="every:2", guard_margin=1.0)
     flags = [dev.step(X, y)["calibrated"] for X, y in batches(parts, 4)]
     assert flags == [False, True, False, True]
     assert dev.art.step == 4
@@ -187,34 +201,34 @@ class Scripted(PageHinkley):
 
 
 def test_drift_policy_calibrates_only_when_detector_fires(parts) -> None:
-    dev = Device(make_art(parts), policy="drift", guard_margin=1.0, drift=Scripted({2, 3}))
+    dev = make_device(make_art(parts), policy="drift", guard_margin=1.0, drift=Scripted({2, 3}))
     reports = [dev.step(X, y) for X, y in batches(parts, 4)]
     assert [r["calibrated"] for r in reports] == [False, True, True, False]
     assert [r["drift"] for r in reports] == [False, True, True, False]
 
 
 def test_drift_state_is_persisted_and_resumed(parts, tmp_path: Path) -> None:
-    dev = Device(make_art(parts), policy="drift")
+    dev = make_device(make_art(parts), policy="drift")
     data = batches(parts, 3)
     for X, y in data[:2]:
         dev.step(X, y)
-    saved = dev.art.config["device"]["drift"]
+    saved = dev.art.runtime["drift"]
     assert saved["n"] == 2  # two confidences seen, no firing with the defaults
     save_state(tmp_path / "s.qcore", dev.art)
-    resumed = Device(load_state(tmp_path / "s.qcore"), policy="drift")
+    resumed = make_device(load_state(tmp_path / "s.qcore"), policy="drift")
     assert resumed.detector.to_dict() == dev.detector.to_dict()
 
 
 def test_resumed_device_continues_exactly_like_an_uninterrupted_one(parts, tmp_path) -> None:
     data = batches(parts, 4)
-    straight = Device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
+    straight = make_device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
     for X, y in data:
         straight.step(X, y)
-    first = Device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
+    first = make_device(make_art(parts), guard_margin=1.0, steps=2, seed=3)
     for X, y in data[:2]:
         first.step(X, y)
     save_state(tmp_path / "s.qcore", first.art)
-    second = Device(load_state(tmp_path / "s.qcore"), guard_margin=1.0, steps=2, seed=3)
+    second = make_device(load_state(tmp_path / "s.qcore"), guard_margin=1.0, steps=2, seed=3)
     for X, y in data[2:]:
         second.step(X, y)
     assert encode_artifact(second.art) == encode_artifact(straight.art)
@@ -224,16 +238,16 @@ def test_bad_settings_rejected(parts) -> None:
     art = make_art(parts)
     for kwargs in ({"policy": "sometimes"}, {"policy": "every:0"}, {"guard_margin": -0.1}):
         with pytest.raises(QCoreError):
-            Device(art, **kwargs)
+            make_device(art, **kwargs)
     with pytest.raises(QCoreError, match="bn_mode"):
-        Device(art, bn_mode="train")
+        make_device(art, bn_mode="train")
     with pytest.raises(QCoreError, match="steps"):
-        Device(art, steps=0)
-    with pytest.raises(QCoreError, match="flip guard"):
-        Device(art, guard="sometimes")
+        make_device(art, steps=0)
+    with pytest.raises(QCoreError, match="flip_guard"):
+        make_device(art, guard="sometimes")
     for budget in (0.0, 1.5, -0.1):
         with pytest.raises(QCoreError, match="flip budget"):
-            Device(art, budget=budget)
+            make_device(art, budget=budget)
     no_net = Artifact(art.model, art.core, None, MEAN, STD, art.class_names, art.config)
     with pytest.raises(QCoreError, match="no flip network"):
         Device(no_net)
@@ -271,7 +285,7 @@ def test_device_command_end_to_end(parts, tmp_path: Path) -> None:
     save_artifact(art_path, make_art(parts))
     write_stream(parts, tmp_path / "stream")
     cmd = [*qcore_cli(), "device", str(art_path), "--stream", str(tmp_path / "stream")]
-    cmd += ["--state", str(state), "--policy", "every:2", "--guard-margin", "1"]
+    cmd += ["--state", str(state), "--set", "policy=every:2", "--set", "guard_margin=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -369,16 +383,16 @@ def test_add_commands_on_a_parser() -> None:
     parser = argparse.ArgumentParser(prog="qcore")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["device", "m.qcore", "--stream", "d", "--state", "s"])
-    assert args.policy == "every" and args.guard_margin == 0.05 and callable(args.func)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["device", "m", "--stream", "d", "--state", "s", "--policy", "bad"])
+    assert args.set is None and callable(args.func)
+    args = parser.parse_args(["device", "m", "--stream", "d", "--state", "s", "--set", "a=b"])
+    assert args.set == ["a=b"]
 
 
 def test_flip_budget_caps_the_flips_of_a_device_step(parts) -> None:
     art = make_art(parts)
     n_codes = sum(layer.weight.q.size for layer in art.model.layers.values() if layer.quantized)
     X, y = batches(parts, 1)[0]
-    free = Device(art, guard="off", guard_margin=1.0, steps=1, budget=None).step(X, y)
-    capped = Device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
+    free = make_device(art, guard="off", guard_margin=1.0, steps=1, budget=None).step(X, y)
+    capped = make_device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
     assert capped["flips"] <= int(0.001 * n_codes)
     assert capped["flips"] <= free["flips"]

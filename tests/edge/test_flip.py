@@ -103,8 +103,10 @@ def test_device_step_runs_without_autograd(trained_flip, tiny_xy, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "backward", forbidden)
     monkeypatch.setattr(torch.autograd, "backward", forbidden)
     monkeypatch.setattr(torch.optim.Optimizer, "step", forbidden)
-    for guard in (True, "layer", "backtrack", False):
-        res = flip_calibrate(qm, X[:20], y[:20], net, steps=2, guard=guard)
+    for guard in ("pass", "layer", "backtrack", "off"):
+        res = flip_calibrate(
+            qm, X[:20], y[:20], net, steps=2, guard=guard, bn_mode="reestimate", budget=0.05
+        )
         assert res.correct.shape[1] == 20 and res.correct.shape[0] >= 1
         for name, layer in res.model.layers.items():
             qmin, qmax = qrange(layer.weight.bits)
@@ -121,8 +123,9 @@ def test_backtracking_keeps_the_most_confident_flips_that_do_not_raise_the_loss(
     net = dataclasses.replace(net, threshold=threshold)  # 0: propose a flip for every code
     qm = bn_reestimate(to_qmodel(qmodel), X[:20])
     start = cross_entropy(forward(qm, X[:20]), y[:20])
-    full = flip_calibrate(qm, X[:20], y[:20], net, steps=1, guard=False, bn_mode="frozen")
-    res = flip_calibrate(qm, X[:20], y[:20], net, steps=1, guard="backtrack", bn_mode="frozen")
+    kw = dict(steps=1, bn_mode="frozen", budget=None)
+    full = flip_calibrate(qm, X[:20], y[:20], net, guard="off", **kw)
+    res = flip_calibrate(qm, X[:20], y[:20], net, guard="backtrack", **kw)
     end = cross_entropy(forward(res.model, X[:20]), y[:20])
     assert end <= start
     assert res.flips_applied <= full.flips_applied
@@ -149,8 +152,8 @@ def test_flip_budget_keeps_only_the_most_confident_flips(trained_flip, tiny_xy, 
     net = dataclasses.replace(net, threshold=0.0)  # propose a flip for every code
     qm = bn_reestimate(to_qmodel(qmodel), X[:20])
     n_codes = sum(qm.layers[n].weight.q.size for n in net.feedback)
-    kw = dict(steps=1, guard=False, bn_mode="frozen")
-    full = flip_calibrate(qm, X[:20], y[:20], net, **kw)
+    kw = dict(steps=1, guard="off", bn_mode="frozen")
+    full = flip_calibrate(qm, X[:20], y[:20], net, budget=None, **kw)
     capped = flip_calibrate(qm, X[:20], y[:20], net, budget=budget, **kw)
     assert full.flips_applied == n_codes
     assert capped.flips_applied <= int(budget * n_codes)
@@ -166,3 +169,71 @@ def test_flip_budget_keeps_only_the_most_confident_flips(trained_flip, tiny_xy, 
         a, b = qm.layers[name].weight.q, full.model.layers[name].weight.q
         c = capped.model.layers[name].weight.q
         assert np.array_equal(c[c != a], b[c != a])
+
+
+def _loss(qm, X, y) -> float:
+    return cross_entropy(forward(qm, X), y)
+
+
+@pytest.fixture
+def reckless(trained_flip, tiny_xy):
+    """A model and a flip network that proposes to move every code: a pass that raises
+    the loss on the calibration samples."""
+    qmodel, _, net = trained_flip
+    X, y = tiny_xy
+    qm = bn_reestimate(to_qmodel(qmodel), X[:20])
+    net = dataclasses.replace(net, threshold=0.0)
+    full = flip_calibrate(
+        qm, X[:20], y[:20], net, steps=1, guard="off", bn_mode="frozen", budget=None
+    )
+    assert _loss(full.model, X[:20], y[:20]) > _loss(qm, X[:20], y[:20])
+    return qm, net, X[:20], y[:20]
+
+
+def _calibrate(reckless, guard: str, steps: int = 3):
+    qm, net, X, y = reckless
+    return flip_calibrate(qm, X, y, net, steps=steps, guard=guard, bn_mode="frozen", budget=None)
+
+
+def test_guard_off_never_rejects_a_pass(reckless):
+    res = _calibrate(reckless, "off")
+    n_codes = sum(layer.weight.q.size for layer in res.model.layers.values() if layer.quantized)
+    assert res.passes_rejected == 0
+    assert res.correct.shape[0] == 4  # the start and every one of the 3 passes
+    assert res.flips_applied == 3 * n_codes
+
+
+def test_guard_pass_rejects_a_pass_that_raises_the_loss(reckless):
+    qm = reckless[0]
+    res = _calibrate(reckless, "pass")
+    assert res.passes_rejected == 1 and res.flips_applied == 0
+    assert res.correct.shape[0] == 1  # the first rejected pass ends the step
+    for name, layer in qm.layers.items():
+        np.testing.assert_array_equal(res.model.layers[name].weight.q, layer.weight.q)
+
+
+def test_guard_backtrack_keeps_a_share_that_does_not_raise_the_loss(reckless):
+    qm, _, X, y = reckless
+    res = _calibrate(reckless, "backtrack", steps=1)
+    assert _loss(res.model, X, y) <= _loss(qm, X, y)
+    n_codes = sum(layer.weight.q.size for layer in qm.layers.values() if layer.quantized)
+    assert res.flips_applied < n_codes
+
+
+def test_guard_layer_accepts_layers_on_their_own(reckless):
+    qm, net, X, y = reckless
+    res = _calibrate(reckless, "layer", steps=1)
+    assert _loss(res.model, X, y) <= _loss(qm, X, y)
+    changed = [
+        n
+        for n in net.feedback
+        if not np.array_equal(res.model.layers[n].weight.q, qm.layers[n].weight.q)
+    ]
+    # the whole pass raises the loss, so some layers were refused on their own
+    assert len(changed) < len(net.feedback)
+    assert res.passes_rejected == 0
+
+
+def test_unknown_guard_is_refused(reckless):
+    with pytest.raises(QCoreError, match="flip_guard"):
+        _calibrate(reckless, "sometimes")

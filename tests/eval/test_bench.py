@@ -1,16 +1,31 @@
-"""The benchmark grid: a reduced quick preset, its tidy CSV, resumability and plots."""
+"""The benchmark: a reduced quick preset run for real (tidy CSV, resume, plots), the
+presets' grids, and the report's tables, flip tables included, on hand-made rows and cells."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from qcore.cloud.pipeline import FlipTraining
+from qcore.config import RunConfig
 from qcore.errors import QCoreError
-from qcore.eval.bench import CSV_COLUMNS, make_grid, run_bench, summary_table
+from qcore.eval import grid as grid_module
+from qcore.eval.bench import run_bench
 from qcore.eval.bench_cli import add_command
+from qcore.eval.grid import cell_dir, make_grid
+from qcore.eval.report import (
+    CSV_COLUMNS,
+    STREAM_COLUMNS,
+    flip_activity_table,
+    flipnet_table,
+    markdown_table,
+    summary_table,
+)
 
 torch.set_num_threads(1)
 
@@ -35,6 +50,7 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| synthetic | 0->1 | 4 | finetune | 1 |" in table
     assert "| finetune | " in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "flips.md").exists()  # no qcore rows
     cell = next((tmp_path / "cells").iterdir()) / "results.json"
     stamp = cell.stat().st_mtime_ns
     again = run_bench(grid, tmp_path, workers=1, progress=False)
@@ -47,14 +63,41 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
     assert (tmp_path / "results.csv").is_file()
 
 
-def test_presets_and_bad_settings():
+@pytest.mark.parametrize("uschad_found", [False, True])
+def test_presets(monkeypatch, uschad_found):
+    monkeypatch.setattr(grid_module, "_uschad_found", lambda: uschad_found)
+    uschad = (("usc-had", 1, 11),) if uschad_found else ()
     quick = make_grid("quick")
     assert len(quick.cells()) == 12 and quick.base.bits == (2, 4, 8)  # pairs x seeds x bits
+    assert quick.pairs == (("synthetic", 0, 1), ("synthetic", 2, 3)) and quick.seeds == (0, 1)
     assert {c.bits for c in quick.cells()} == {(2,), (4,), (8,)}
-    assert {"qcore", "zo-spsa", "er", "joint"} <= set(quick.base.methods)
+    assert {"none", "backprop", "qcore", "zo-spsa", "er", "joint"} <= set(quick.base.methods)
     full = make_grid("full")
     assert full.base.bits == (2, 3, 4, 5, 8) and full.seeds == (0, 1, 2)
-    assert full.pairs[0] == ("hapt", 1, 4) and len(full.pairs) <= 2  # + USC-HAD where found
+    assert full.pairs == (("hapt", 1, 4), *uschad)
+    assert full.base.methods == quick.base.methods  # every method
+    method = make_grid("method")
+    assert method.pairs == (("hapt", 1, 4), ("hapt", 1, 25), *uschad)
+    assert method.base.bits == (2, 4, 8) and method.seeds == (0, 1, 2)
+    assert method.base.methods == ("none", "backprop", "qcore")
+    default = RunConfig()
+    for key in ("filters", "depth", "epochs", "core_size", "flip_budget"):
+        assert getattr(method.base, key) == getattr(default, key), key  # the default model
+    cells = method.cells()
+    assert len(cells) == 9 * len(method.pairs)
+    assert (
+        cells[0].to_dict()
+        == method.base.replace(dataset="hapt", source=1, target=4, seed=0, bits=(2,)).to_dict()
+    )
+    assert {(c.dataset, c.source, c.target, c.seed, c.bits) for c in cells} == {
+        (*p, seed, (b,)) for p in method.pairs for seed in (0, 1, 2) for b in (2, 4, 8)
+    }
+    assert cell_dir(Path("o"), cells[-1]) == Path("o/cells") / (
+        "usc-had-1-11-s2-b8" if uschad_found else "hapt-1-25-s2-b8"
+    )
+
+
+def test_bad_settings():
     for bad in (["seed=3"], ["pairs=synthetic:0"], ["pairs=synthetic:1:1"], ["nope=1"]):
         with pytest.raises(QCoreError):
             make_grid("quick", bad)
@@ -68,6 +111,10 @@ def test_cli_command_parses():
     args = parser.parse_args(["bench", "--workers", "2", "--set", "seeds=0", "--out", "x"])
     assert (args.preset, args.workers, args.set, args.out) == ("quick", 2, ["seeds=0"], "x")
     assert callable(args.func)
+    for name in ("quick", "full", "method"):
+        assert parser.parse_args(["bench", "--preset", name]).preset == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--preset", "huge"])
 
 
 def test_summary_table_is_one_row_per_method_and_a_column_per_bit_width():
@@ -94,3 +141,167 @@ def test_summary_table_is_one_row_per_method_and_a_column_per_bit_width():
         "| none | 0.30 ± 0.10 / 1.00 ± 0.00 | 0.30 ± 0.10 / 1.00 ± 0.00 | 1.500 | 200-400 |"
     )
     assert lines[5].startswith("| qcore | 0.70 ± 0.10 / 1.00 ± 0.00 |")
+
+
+def _row(method: str, seed: int, bits: int = 4, **extra) -> dict:
+    """A tidy row of dataset d, scenario 1->2 (what :func:`collect` makes of a result)."""
+    return {
+        "dataset": "d",
+        "scenario": "1->2",
+        "source": 1,
+        "target": 2,
+        "bits": bits,
+        "method": method,
+        "seed": seed,
+        "target_acc": 0.5 + 0.1 * seed,
+        "source_acc": 0.9,
+        "target_acc_before": 0.4,
+        "source_acc_before": 1.0,
+        "step_seconds": 0.25,
+        "cloud_seconds": 2.0,
+        "device_bytes": 1000 + seed,
+        **extra,
+    }
+
+
+def test_markdown_table_is_mean_and_std_over_seeds():
+    table = markdown_table([_row("qcore", 0), _row("qcore", 1), _row("none", 0, bits=2)])
+    lines = table.splitlines()
+    assert lines[0].startswith("| dataset | scenario | bits | method | seeds | target before ")
+    assert lines[2] == (
+        "| d | 1->2 | 2 | none | 1 | 0.400 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 "
+        "| 0.900 ± 0.000 | 0.250 ± 0.000 | 1000 |"
+    )
+    assert lines[3] == (
+        "| d | 1->2 | 4 | qcore | 2 | 0.400 ± 0.000 | 0.550 ± 0.050 | 1.000 ± 0.000 "
+        "| 0.900 ± 0.000 | 0.250 ± 0.000 | 1000 |"
+    )
+    assert len(lines) == 4
+
+
+def _flipnet(rate: float, agreement: float, n_codes: int) -> dict:
+    """A flip network's agreement report (see :func:`qcore.cloud.flipnet.agreement_report`)
+    on ``FlipTraining().held_out`` rounds of a model with ``n_codes`` flippable codes."""
+
+    def stats(a: float) -> dict:
+        return {"agreement": a, "flip_recall": a - 0.3, "flip_precision": a - 0.4}
+
+    return {
+        "teacher_flip_rate": rate,
+        "n_weights": n_codes * FlipTraining().held_out,
+        "flipnet": stats(agreement),
+        "all_zero": stats(1 - rate),
+        "random": stats(agreement - 0.2),
+    }
+
+
+def _steps(method: str, seed: int, per_step: list[dict], bits: int = 4) -> list[dict]:
+    key = {"dataset": "d", "scenario": "1->2", "bits": bits, "method": method, "seed": seed}
+    return [{**key, "step": i + 1, "target_acc": 0.5, **s} for i, s in enumerate(per_step)]
+
+
+def test_flip_tables_from_hand_made_rows():
+    rows = [
+        _row("qcore", 0, flipnet=_flipnet(0.2, 0.7, 200)),
+        _row("qcore", 1, flipnet=_flipnet(0.3, 0.8, 200)),
+        _row("none", 0),
+        _row("random-core-flip", 0, flipnet=_flipnet(0.9, 0.1, 200)),  # not QCore's
+    ]
+    assert flipnet_table(rows).splitlines()[2:] == [
+        "| d | 1->2 | 4 | 25.0% | 0.750 / 0.450 / 0.350 | 0.750 | 0.550 / 0.250 / 0.150 |"
+    ]
+    steps = _steps("qcore", 0, [{"flips": 0}, {"flips": 20}, {"flips": 50, "rolled_back": False}])
+    steps += _steps(
+        "qcore",
+        1,
+        [{"flips": 10, "rolled_back": True}, {"flips": 100, "passes_rejected": 1}, {}],
+    )  # a rolled-back step's flips were discarded; the step without "flips" is not counted
+    steps += _steps("random-core-flip", 0, [{"flips": 200}])
+    # accepted: 20, 50 and 100 of 200 codes in 3 of the 5 steps reporting flips
+    assert flip_activity_table(rows, steps).splitlines()[2:] == [
+        "| d | 1->2 | 4 | 3 / 5 | 28% (10-50%) |"
+    ]
+    idle = _steps("qcore", 0, [{"flips": 0}] * 4)
+    assert flip_activity_table(rows, idle).splitlines()[2:] == ["| d | 1->2 | 4 | 0 / 4 | - |"]
+    # nothing to report: no qcore row with a flip-network report, or no step with flips
+    assert flipnet_table(rows[2:3]) == "" and flip_activity_table(rows[2:3], steps) == ""
+    assert flip_activity_table(rows, _steps("qcore", 0, [{}, {}])) == ""
+
+
+def _fake_cell(out_dir: Path, cfg: RunConfig, flips: list[int]) -> None:
+    """A finished cell's ``results.json`` without training: a non-streamed row and one
+    streamed row per method of ``cfg`` (``qcore`` with its flip report and step flips)."""
+    b = cfg.bits[0]
+    results: list[dict] = [{"method": "ptq", "bits": b, "target_acc": 0.3, "source_acc": 0.9}]
+    for m in cfg.methods:
+        qcore = m == "qcore"
+        steps = [
+            {
+                "step": i + 1,
+                "task_acc": 0.5,
+                "source_acc": 0.9,
+                "target_acc": 0.4 + 0.1 * i,
+                "core_acc": 0.8,
+                "seconds": 0.01,
+                "device_bytes": 900,
+                **({"flips": f, "passes_rejected": 0, "rolled_back": False} if qcore else {}),
+            }
+            for i, f in enumerate(flips)
+        ]
+        results.append(
+            {
+                "method": m,
+                "bits": b,
+                "source_acc_before": 1.0,
+                "target_acc_before": 0.3,
+                "cloud_seconds": 1.5,
+                **({"flipnet": _flipnet(0.2, 0.7, 100)} if qcore else {}),
+                "source_acc": steps[-1]["source_acc"],
+                "target_acc": steps[-1]["target_acc"],
+                "device_bytes": 900,
+                "seconds": 0.01,
+                "steps": steps,
+            }
+        )
+    folder = cell_dir(out_dir, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    res = {"config": cfg.to_dict(), "results": results, "scenario": {"n_batches": len(flips)}}
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_finished_cells_are_reused_and_reported_with_flips(tmp_path):
+    sets = ["pairs=synthetic:0:1", "seeds=0,1", "bits=4", "method=none,qcore", "epochs=2"]
+    grid = make_grid("quick", sets)
+    for cfg in grid.cells():
+        _fake_cell(tmp_path, cfg, [0, 10, 30])
+    res = run_bench(grid, tmp_path, workers=1, progress=False)  # nothing left to compute
+    assert (res.n_cells, res.n_computed, res.failed) == (2, 0, ())
+    assert sorted((r["method"], r["seed"]) for r in res.rows) == [
+        ("none", 0),
+        ("none", 1),
+        ("qcore", 0),
+        ("qcore", 1),
+    ]
+    with (tmp_path / "results.csv").open() as f:
+        assert next(csv.reader(f)) == list(CSV_COLUMNS)  # the flip report stays out
+    with (tmp_path / "stream.csv").open() as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == list(STREAM_COLUMNS) and len(lines) == 1 + 4 * 3
+    flips = (tmp_path / "flips.md").read_text()
+    assert "| synthetic | 0->1 | 4 | 20.0% | 0.700 / 0.400 / 0.300 | 0.800 |" in flips
+    assert "| synthetic | 0->1 | 4 | 4 / 6 | 20% (10-30%) |" in flips
+    for png in ("stream.png", "bits.png", "cost.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    # a cell made with other settings is not reused, so the report leaves it out
+    stale = cell_dir(tmp_path, grid.cells()[1]) / "results.json"
+    data = json.loads(stale.read_text())
+    stale.write_text(json.dumps({**data, "config": {**data["config"], "epochs": 3}}))
+    report = run_bench(grid, tmp_path, workers=1, progress=False, compute=False)
+    assert report.n_computed == 0 and {r["seed"] for r in report.rows} == {0}
+    assert "| 2 / 3 |" in (tmp_path / "flips.md").read_text()
+    # without qcore rows the flip tables are gone
+    none_only = make_grid("quick", [*sets[:3], "method=none", *sets[4:]])
+    for cfg in none_only.cells():
+        _fake_cell(tmp_path, cfg, [0, 10, 30])
+    assert run_bench(none_only, tmp_path, workers=1, progress=False).n_computed == 0
+    assert not (tmp_path / "flips.md").exists()

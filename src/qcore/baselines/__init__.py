@@ -1,20 +1,10 @@
-"""Baselines users compare QCore against: one method per file, each a Calibrator.
+"""Every method the runner streams: one method per file, each a Calibrator.
 
-Importing this package registers every baseline in :mod:`qcore.eval.methods`:
-``bn-stats``, ``finetune``, ``joint``, ``random-core-bp``, ``random-core-flip``, ``er``,
-``derpp``, ``gdumb``, ``camel`` and ``zo-spsa``. ``common`` (NumPy) and ``torch_common``
-hold what several of them share.
+Importing :mod:`qcore.baselines.all` registers them in
+:data:`qcore.baselines.registry.METHODS`: the
+deployed model as is (``none``), QCore's device step (``qcore``), the back-prop
+reference (``backprop``), and the baselines users compare against (``bn-stats``,
+``finetune``, ``joint``, ``random-core-bp``, ``random-core-flip``, ``er``, ``derpp``,
+``gdumb``, ``camel``, ``zo-spsa``). ``common`` (NumPy) and ``torch_common`` hold what
+several of them share.
 """
-
-from qcore.baselines import (  # noqa: F401  (each import registers one method)
-    bn_stats,
-    camel,
-    derpp,
-    er,
-    finetune,
-    gdumb,
-    joint,
-    random_core_bp,
-    random_core_flip,
-    zo_spsa,
-)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from qcore.baselines.common import Baseline
+from qcore.baselines.registry import Deployment, register
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.types import Batch
 from qcore.edge.infer import bn_reestimate
 from qcore.edge.infer import predict as edge_predict
-from qcore.eval.methods import Deployment, register
 
 
 class BNStats(Baseline):

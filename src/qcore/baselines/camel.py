@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 MAX_POOL = 2000
 

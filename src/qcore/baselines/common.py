@@ -1,4 +1,5 @@
-"""What the buffer baselines share: a timed ``observe`` and a fixed-capacity sample buffer.
+"""What the methods share: a timed ``observe``, the core-calibration loop of the core
+baselines, and a fixed-capacity sample buffer.
 
 NumPy only. Every buffer holds at most ``capacity`` samples (the QCore's size, so that a
 buffer sample and a core sample cost the same bytes) and is preallocated: its
@@ -11,10 +12,11 @@ import time
 
 import numpy as np
 
+from qcore.core.metrics import accuracy
 from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core
+from qcore.coreset.core import Core, update_core_after_passes
+from qcore.edge.step import step_rng
 from qcore.errors import QCoreError
-from qcore.eval.metrics import accuracy
 
 
 class Baseline:
@@ -34,6 +36,56 @@ class Baseline:
         task_acc = accuracy(self.predict(batch.X), batch.y)
         t0 = time.perf_counter()
         extra = self.step(batch)
+        return StepReport(task_acc, time.perf_counter() - t0, extra)
+
+
+class CoreCalibrator:
+    """Calibrate on core + batch, then QCore's fixed-size core update; ``observe`` is timed.
+
+    The loop of the methods that move weights by other means than the device's flip step
+    (the back-prop reference, the zeroth-order rival). Subclasses implement
+    ``predict(X) -> labels``, ``calibrate(X, y) -> (correct, extra)`` (``correct``: bool
+    ``(passes, len(y))``, old core first, then the batch) and ``device_bytes()``. Step
+    ``s`` draws from ``self.rng = step_rng(seed, s)``, the device's RNG rule.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        seed: int,
+        core_mode: str = "proportional",
+        old_quota: float | None = None,
+    ) -> None:
+        self.core, self.core_mode, self.old_quota = core, core_mode, old_quota
+        self.seed = seed
+        self.rng = step_rng(seed, 0)
+        self.n_steps = 0
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        raise NotImplementedError
+
+    def observe(self, batch: Batch) -> StepReport:
+        task_acc = accuracy(self.predict(batch.X), batch.y)
+        t0 = time.perf_counter()
+        self.n_steps += 1
+        self.rng = step_rng(self.seed, self.n_steps)
+        X = np.concatenate([self.core.X, batch.X])
+        y = np.concatenate([self.core.y, batch.y])
+        correct, extra = self.calibrate(X, y)
+        self.core = update_core_after_passes(
+            self.core,
+            batch.X,
+            batch.y,
+            correct,
+            step=self.n_steps,
+            seed=self.rng,
+            mode=self.core_mode,
+            old_quota=self.old_quota,
+        )
         return StepReport(task_acc, time.perf_counter() - t0, extra)
 
 

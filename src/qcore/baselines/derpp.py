@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 
 class DERPP(BufferBaseline):

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from qcore.baselines.common import source_reservoir
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 
 class ExperienceReplay(BufferBaseline):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import Buffer
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 
 def gdumb_add(buf: Buffer, x: np.ndarray, y: int, origin: int, seen: set[int], rng) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import TorchBaseline
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 
 class Joint(TorchBaseline):

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from qcore.baselines.common import source_reservoir
+from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import BufferBaseline, budget
 from qcore.core.types import Batch
-from qcore.eval.methods import Deployment, register
 
 
 class RandomCoreBP(BufferBaseline):

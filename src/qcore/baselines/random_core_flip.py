@@ -1,92 +1,49 @@
-"""``random-core-flip``: QCore's device step (flip network) on a uniform random core.
+"""``random-core-flip``: QCore's device step on a uniform random core.
 
-The same seeded random core as ``random-core-bp`` (reservoir over the source, kept
-uniform by reservoir sampling); the flip network is trained in the cloud for this core
-exactly as for the QCore (:func:`qcore.eval.stream.train_flipnet`). Comparing it with
-``qcore`` isolates the core selection under back-prop-free calibration.
+The same seeded random core as ``random-core-bp`` (a reservoir over a shuffle of the
+source) and a reservoir update instead of QCore's; everything else is the ``qcore``
+method: a flip network trained in the cloud for this core, a :class:`Device` built
+from the artifact, the one device step. Comparing it with ``qcore`` isolates the core
+selection under back-prop-free calibration.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from qcore.baselines.common import Baseline, Buffer, source_reservoir
-from qcore.core.qmodel import QuantizedModel
-from qcore.core.types import Batch
+from qcore.baselines.common import reservoir_slots, source_reservoir
+from qcore.baselines.qcore_method import DeviceCalibrator, device_calibrator
+from qcore.baselines.registry import Deployment, register
 from qcore.coreset.core import Core
-from qcore.edge.calibrate import flip_calibrate
-from qcore.edge.flip import FlipNet
-from qcore.edge.infer import predict as edge_predict
-from qcore.eval.methods import Deployment, register
+from qcore.edge.step import step_rng
 
 
-class RandomCoreFlip(Baseline):
-    """Flip calibration on core + batch, then reservoir-insert the batch (NumPy only)."""
+class ReservoirUpdate:
+    """Reservoir sampling over source then stream: each batch sample enters the core
+    with probability ``len(core) / n_seen`` (Algorithm R), drawn by ``step_rng``.
 
-    def __init__(
-        self,
-        qm: QuantizedModel,
-        buffer: Buffer,
-        net: FlipNet,
-        rng: np.random.Generator,
-        *,
-        steps: int,
-        guard: bool | str,
-        bn_mode: str,
-        budget: float | None = None,
-    ) -> None:
-        self.qm, self.buffer, self.net, self.rng = qm, buffer, net, rng
-        self.steps, self.guard, self.bn_mode, self.n_steps = steps, guard, bn_mode, 0
-        self.budget = budget
+    ``n_seen`` counts every sample offered so far (it grows with each update).
+    """
 
-    @property
-    def core(self) -> Core:
-        return self.buffer.as_core()
+    def __init__(self, n_seen: int, seed: int) -> None:
+        self.n_seen, self.seed = n_seen, seed
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return edge_predict(self.qm, X)
-
-    def step(self, batch: Batch) -> dict[str, float]:
-        b = self.buffer
-        X = np.concatenate([b.X[: b.size], batch.X])
-        y = np.concatenate([b.y[: b.size], batch.y])
-        res = flip_calibrate(
-            self.qm,
-            X,
-            y,
-            self.net,
-            steps=self.steps,
-            guard=self.guard,
-            bn_mode=self.bn_mode,
-            budget=self.budget,
-        )
-        self.qm = res.model
-        self.n_steps += 1
-        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
-        return {"flips": float(res.flips_applied), "rejected": float(res.passes_rejected)}
-
-    def device_bytes(self) -> int:
-        return self.qm.device_bytes()["total"] + self.buffer.nbytes + self.net.nbytes()
+    def __call__(
+        self, core: Core, X: np.ndarray, y: np.ndarray, correct: np.ndarray, step: int
+    ) -> Core:
+        slots = reservoir_slots(self.n_seen, len(y), len(core), step_rng(self.seed, step))
+        self.n_seen += len(y)
+        Xc, yc, origin = core.X.copy(), core.y.copy(), core.origin.copy()
+        for i in np.flatnonzero(slots >= 0):
+            Xc[slots[i]], yc[slots[i]], origin[slots[i]] = X[i], y[i], step
+        return Core(Xc, yc, np.zeros(len(yc), dtype=np.int64), origin)
 
 
 @register("random-core-flip")
-def _random_core_flip(dep: Deployment) -> RandomCoreFlip:
-    from qcore.cloud.export import to_qmodel
-    from qcore.eval.stream import train_flipnet
-
+def _random_core_flip(dep: Deployment) -> DeviceCalibrator:
     c = dep.cfg
     rng = np.random.default_rng(c.seed)
     buffer = source_reservoir(dep.source_X, dep.source_y, len(dep.core), rng)  # QCore's size
-    net = train_flipnet(dataclasses.replace(dep, core=buffer.as_core()))  # extras shared
-    return RandomCoreFlip(
-        to_qmodel(dep.qmodel),
-        buffer,
-        net,
-        rng,
-        steps=c.flip_steps,
-        guard={"off": False, "pass": True}.get(c.flip_guard, c.flip_guard),
-        bn_mode=c.bn_mode,
-        budget=c.flip_budget,
-    )
+    core = buffer.as_core()
+    update = ReservoirUpdate(buffer.n_seen, c.seed)
+    return device_calibrator(dep, core, update)

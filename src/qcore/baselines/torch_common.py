@@ -89,7 +89,7 @@ def xy_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 def budget(dep: Any) -> dict[str, Any]:
-    """What every buffer baseline gets from a :class:`qcore.eval.methods.Deployment`: a
+    """What every buffer baseline gets from a :class:`qcore.baselines.registry.Deployment`: a
     buffer of as many samples as the core (same bytes), the run's calibration steps,
     learning rate and seed."""
     c = dep.cfg

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcore.baselines.common import CoreCalibrator
+from qcore.baselines.registry import Deployment, register
+from qcore.config import FlipGuard
 from qcore.core.qmodel import QLayer, QuantizedModel
 from qcore.core.quant import qrange
-from qcore.coreset.continual import CoreCalibrator
 from qcore.coreset.core import Core
 from qcore.edge.calibrate import cross_entropy
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.edge.infer import predict as edge_predict
-from qcore.eval.methods import Deployment, register
 
 
 def shift_codes(qm: QuantizedModel, moves: dict[str, np.ndarray], sign: int) -> QuantizedModel:
@@ -63,9 +64,13 @@ def spsa_calibrate(
     n_perturb: int = 8,
     density: float = 0.01,
     z: float = 2.0,
-    guard: bool = True,
+    guard: FlipGuard = "pass",
 ) -> SPSAResult:
-    """``iters`` SPSA iterations on ``(X, y)``: ``(2 * n_perturb + 1)`` forward passes each."""
+    """``iters`` SPSA iterations on ``(X, y)``: ``(2 * n_perturb + 1)`` forward passes each.
+
+    Every guard but ``"off"`` keeps a move only if the loss does not rise (a move is one
+    joint step of all layers, so a per-layer guard means no more here than per move).
+    """
     names = [n for n, layer in qm.layers.items() if layer.quantized]
     p = [density / 2, 1.0 - density, density / 2]
 
@@ -103,7 +108,7 @@ def spsa_calibrate(
             continue
         candidate = shift_codes(qm, moves, 1)
         cand_loss, cand_ok = loss_of(candidate)
-        if guard and cand_loss > loss:
+        if guard != "off" and cand_loss > loss:
             rejected += 1
             continue
         qm, loss = candidate, cand_loss
@@ -121,7 +126,7 @@ class ZOSPSA(CoreCalibrator):
         core: Core,
         *,
         iters: int,
-        guard: bool,
+        guard: FlipGuard,
         bn_mode: str,
         seed: int,
         core_mode: str = "proportional",
@@ -140,7 +145,7 @@ class ZOSPSA(CoreCalibrator):
         self.qm = res.model
         return res.correct, {
             "flips": float(res.flips_applied),
-            "rejected": float(res.moves_rejected),
+            "passes_rejected": float(res.moves_rejected),
         }
 
     def device_bytes(self) -> int:
@@ -156,7 +161,7 @@ def _zo_spsa(dep: Deployment) -> ZOSPSA:
         to_qmodel(dep.qmodel),
         dep.core,
         iters=c.calib_steps,
-        guard=c.flip_guard != "off",  # a per-layer guard means no more here than per move
+        guard=c.flip_guard,
         bn_mode=c.bn_mode,
         seed=c.seed,
         core_mode=c.core_mode,

@@ -3,7 +3,7 @@
 Adam on the latent weights through straight-through rounding, plus BatchNorm affine
 parameters and the head bias; BatchNorm runs in training mode so its statistics follow
 the calibration data. Quantization parameters stay fixed, so after each step the
-deployed model is simply the new integer codes (METHOD.md section 2).
+deployed model is simply the new integer codes (docs/method.md).
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ A layer keeps a float *latent* weight (what back-prop trains) and, once frozen f
 bit-width, fixed per-output-channel ``w_scale``/``w_zero_point``: its integer codes are
 ``quantize(latent)`` and the forward pass uses ``dequantize(codes)``. Keeping the
 quantization parameters fixed after deployment means a calibration step changes the
-integers and nothing else, exactly what a device flip does (METHOD.md sections 2 and 4).
+integers and nothing else, exactly what a device flip does (docs/method.md).
 
 Unlike the released QCore code, rounding is wrapped in a straight-through estimator,
-so back-prop calibration really moves the latent weights (METHOD.md section 2).
+so back-prop calibration really moves the latent weights (docs/method.md).
 The rounding is float32 ``round(x / scale) + zero_point`` clamped to the code range,
 the same arithmetic as :mod:`qcore.core.quant`, so edge and cloud agree bit for bit.
 """

@@ -1,4 +1,4 @@
-"""Training the bit-flipping network in the cloud (METHOD.md section 4).
+"""Training the bit-flipping network in the cloud (docs/method.md).
 
 Teacher: straight-through back-prop calibration of the quantized model on calibration
 sets shaped like the device's (the core plus a batch of source windows). Each teacher

@@ -2,10 +2,10 @@
 
 * every conv and the linear head get ``bits``-bit weights (codes fixed from the float weight);
 * every layer input is quantized at ``bits`` bits except the raw sensor input of the first
-  layers (left float) and the head's input (8 bits) (METHOD.md section 2);
+  layers (left float) and the head's input (8 bits) (docs/method.md);
 * activation ranges come once from real source data (not from random noise as in the
   released code): the clipping range minimising the quantization MSE among a few
-  percentile candidates, because raw min/max ruins 2- and 3-bit activations (METHOD.md 8).
+  percentile candidates, because raw min/max ruins 2- and 3-bit activations (docs/method.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every ``record_every`` epochs the model is copied, quantized to each of ``dynamics_bits``
 (and kept float) and run on the whole training set; the per-sample correct/incorrect
-sequences are the training dynamics QCore selection scores (METHOD.md section 3).
+sequences are the training dynamics QCore selection scores (docs/method.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Vocabulary: ``bits`` in 2..8, integer codes ``q`` in ``[qmin, qmax] = [0, 2**bits - 1]``,
 ``x ~= (q - zero_point) * scale``. Weights use one (scale, zero_point) per output
-channel (axis 0); activations one per tensor (METHOD.md section 2).
+channel (axis 0); activations one per tensor (docs/method.md).
 Rounding is round-half-to-even on both sides (``np.rint`` and ``torch.round`` agree),
 which the edge/cloud parity tests rely on.
 """

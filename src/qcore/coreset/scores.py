@@ -1,4 +1,4 @@
-"""Quantization-miss scores from training dynamics (METHOD.md section 3).
+"""Quantization-miss scores from training dynamics (docs/method.md).
 
 A *miss* is a correct -> incorrect transition between consecutive observations of one
 sample at one bit-width (a forgetting event, Toneva et al. 2019). A sample never
@@ -34,7 +34,7 @@ def qcore_scores(correct: np.ndarray, bits: tuple[int | None, ...]) -> np.ndarra
     """Score per sample: misses summed over the *quantized* bit-widths (float excluded).
 
     The released code mixes one bit-width with the float statistics by an index slip;
-    here each bit-width's sequence is counted on its own (METHOD.md section 3).
+    here each bit-width's sequence is counted on its own (docs/method.md).
     """
     counts = miss_counts(correct)
     keep = [i for i, b in enumerate(bits) if b is not None]

@@ -1,4 +1,4 @@
-"""Fixed-size core selection by score, seeded (METHOD.md sections 3 and 5).
+"""Fixed-size core selection by score, seeded (docs/method.md).
 
 ``proportional`` (default, as the released code): draw without replacement with
 probability proportional to the score. Zero-score samples are never drawn while others

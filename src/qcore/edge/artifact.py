@@ -47,29 +47,29 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import stat
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qcore.config import DEVICE_KEYS, DeviceConfig
+from qcore.core.fileio import PRIVATE, read_regular_file, write_atomic
 from qcore.core.packing import pack_bits, packed_size, unpack_bits
 from qcore.core.qmodel import BatchNorm, QLayer, QuantizedModel
-from qcore.core.quant import QuantizedTensor, choose_qparams, dequantize, quantize
+from qcore.core.quant import QuantizedTensor
 from qcore.coreset.core import Core
+from qcore.coreset.storage import compress_windows, decompress_windows
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.errors import QCoreError
 
 MAGIC = b"QCORE\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 kept the device settings inside ``config``
 _FIXED = struct.Struct("<6sH32sQQ")  # magic, version, sha256, header length, payload length
 FIXED_SIZE = _FIXED.size  # 56
 _HASHED_FROM = 40  # the checksum covers the two lengths, the header and the payload
@@ -85,7 +85,7 @@ _PARTS = {
     "flipnet": "flipnet",
     "core": "core",
 }
-FILE_MODE = 0o600
+FILE_MODE = PRIVATE
 
 
 @dataclass
@@ -96,7 +96,9 @@ class Artifact:
     to raw sensor windows. ``class_names``: one name per class. ``config``: the run's
     settings (JSON-serialisable; tuples come back as lists). The window length the model
     was trained on is ``config["window_length"]`` or, if absent, the core's. ``step``:
-    stream batches the device has processed.
+    stream batches the device has processed. ``device``: how the device calibrates (its
+    own header section). ``runtime``: the device's running state besides model and core
+    (JSON-serialisable, e.g. the drift detector's sums).
     """
 
     model: QuantizedModel
@@ -107,6 +109,8 @@ class Artifact:
     class_names: tuple[str, ...]
     config: dict = field(default_factory=dict)
     step: int = 0
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    runtime: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_structure(self.model)
@@ -135,6 +139,14 @@ class Artifact:
             json.dumps(self.config, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise QCoreError(f"artifact config must be JSON-serialisable: {exc}") from None
+        if not isinstance(self.device, DeviceConfig):
+            raise QCoreError("artifact device settings must be a DeviceConfig")
+        if not isinstance(self.runtime, dict):
+            raise QCoreError("artifact runtime state must be a dict")
+        try:
+            json.dumps(self.runtime, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise QCoreError(f"artifact runtime state must be JSON-serialisable: {exc}") from None
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
             raise QCoreError(f"artifact step must be an integer >= 0, got {self.step!r}")
         if self.core is not None:
@@ -176,13 +188,15 @@ def build_artifact(
     class_names: tuple[str, ...] | list[str],
     config: dict,
     window_length: int | None = None,
+    device: DeviceConfig | None = None,
 ) -> Artifact:
     """An :class:`Artifact` at step 0 from the cloud side's pieces.
 
     ``normalizer``: anything with float ``mean`` and ``std`` of shape ``(n_channels,)``
     (e.g. :class:`qcore.data.scenario.Normalizer`). ``config`` is copied; the window length
     (``window_length``, else the core's) is recorded in it so a device without a core
-    can still validate its input.
+    can still validate its input. ``device``: the device's settings (default: every
+    device setting at its default).
     """
     cfg = dict(config)
     if window_length is not None:
@@ -206,6 +220,7 @@ def build_artifact(
         normalizer_std=np.asarray(normalizer.std, dtype=np.float32),
         class_names=tuple(class_names),
         config=cfg,
+        device=DeviceConfig() if device is None else device,
     )
 
 
@@ -299,28 +314,6 @@ def _check_flipnet(net: FlipNet, qm: QuantizedModel) -> FlipNet:
     if not math.isfinite(threshold):
         raise QCoreError(f"flip threshold must be finite, got {net.threshold}")
     return FlipNet(f32, w1, b1, w2, b2, threshold)
-
-
-# ------------------------------------------------------------------- core compression
-
-
-def compress_windows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-bit codes of windows, one asymmetric grid per window and channel.
-
-    ``X`` float32 ``(n, c, t)`` -> codes uint8 ``(n, c, t)``, scale float32 ``(n, c)``,
-    zero point uint8 ``(n, c)``. The grid spans ``[min(x, 0), max(x, 0)]`` of its window
-    and channel, so ``|x - decompress(compress(x))| <= scale / 2``; re-compressing the
-    decompressed windows reproduces the same codes.
-    """
-    X = np.asarray(X, dtype=np.float32)
-    scale, zp = choose_qparams(X.min(axis=2), X.max(axis=2), 8)
-    codes = quantize(X, scale[:, :, None], zp[:, :, None], 8)
-    return codes, scale, zp.astype(np.uint8)
-
-
-def decompress_windows(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
-    """Float32 windows ``(n, c, t)`` back from :func:`compress_windows`' output."""
-    return dequantize(codes, scale[:, :, None], zero_point[:, :, None]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -448,6 +441,8 @@ def _encode(art: Artifact) -> tuple[bytes, list[dict[str, Any]], int]:
         "core": art.core is not None,
         "class_names": list(art.class_names),
         "config": art.config,
+        "device": art.device.to_dict(),
+        "runtime": art.runtime,
         "step": art.step,
         "arrays": w.entries,
     }
@@ -484,46 +479,6 @@ def artifact_sizes(art: Artifact) -> dict[str, int]:
     sizes["meta"] = FIXED_SIZE + header_len
     sizes["total"] = len(data)
     return sizes
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` so that it always holds the old or the new content.
-
-    Writes a temporary file ``.NAME.*.tmp`` in the same folder (same file system, so
-    ``os.replace`` is atomic), flushes and fsyncs it, renames it over ``path`` and fsyncs
-    the folder so the rename itself survives a power cut. The file gets mode 0o600. On
-    any failure the temporary file is removed and the old ``path`` is untouched.
-    """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise QCoreError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp already uses 0o600; be explicit
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(folder, flags)
-    except OSError:  # platforms without directory handles (Windows): nothing to sync
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_artifact(path: str | Path, art: Artifact) -> None:
@@ -649,7 +604,7 @@ def _get(obj: Any, key: str, kind: type | tuple[type, ...], source: str) -> Any:
     return v
 
 
-def _parse_fixed(data: bytes | memoryview, source: str) -> tuple[int, int, bytes]:
+def _parse_fixed(data: bytes | memoryview, source: str) -> tuple[int, int, bytes, int]:
     """Header and payload lengths and the stored digest; validates magic, version, size."""
     n = len(data)
     head = bytes(data[: len(MAGIC)])
@@ -658,10 +613,10 @@ def _parse_fixed(data: bytes | memoryview, source: str) -> tuple[int, int, bytes
     if n < FIXED_SIZE:
         raise QCoreError(f"artifact {source} is truncated: {n} bytes, shorter than its header")
     _, version, digest, header_len, payload_len = _FIXED.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise QCoreError(
-            f"artifact {source} has format version {version}; this qcore reads version "
-            f"{FORMAT_VERSION}"
+            f"artifact {source} has format version {version}; this qcore reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     # Both lengths come from the file; compare them with its real size before using them.
     expected = FIXED_SIZE + header_len + payload_len
@@ -669,13 +624,13 @@ def _parse_fixed(data: bytes | memoryview, source: str) -> tuple[int, int, bytes
         raise QCoreError(f"artifact {source} is truncated: {n} bytes, its header says {expected}")
     if n > expected:
         raise _bad(source, f"{n - expected} bytes after the declared end")
-    return header_len, payload_len, digest
+    return header_len, payload_len, digest, version
 
 
 def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifact:
     """Parse and fully validate file content; raise :class:`QCoreError` naming the problem."""
     view = memoryview(data)
-    header_len, _, digest = _parse_fixed(view, source)
+    header_len, _, digest, version = _parse_fixed(view, source)
     if hashlib.sha256(view[_HASHED_FROM:]).digest() != digest:
         raise _bad(source, "checksum mismatch")
     try:
@@ -685,7 +640,7 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
         raise _bad(source, "the header is not valid UTF-8 JSON") from None
     reader = _Reader(view[FIXED_SIZE + header_len :], _get(header, "arrays", list, source), source)
     try:
-        art = _build(header, reader, source)
+        art = _build(header, reader, source, version)
     except _FileError:
         raise
     except QCoreError as exc:  # a constructor's own check: say which file it was
@@ -694,7 +649,7 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
     return art
 
 
-def _build(header: Any, r: _Reader, source: str) -> Artifact:
+def _build(header: Any, r: _Reader, source: str, version: int = FORMAT_VERSION) -> Artifact:
     """The artifact described by a parsed header (constructors re-check every invariant)."""
     m = _get(header, "model", dict, source)
     dims = [_get(m, k, int, source) for k in ("n_channels", "n_classes", "filters", "depth")]
@@ -789,9 +744,23 @@ def _build(header: Any, r: _Reader, source: str) -> Artifact:
         )
     names = _get(header, "class_names", list, source)
     step = _get(header, "step", int, source)
-    return Artifact(
-        qm, core, net, mean, std, tuple(names), _get(header, "config", dict, source), step
-    )
+    config = _get(header, "config", dict, source)
+    if version == 1:
+        config, device, runtime = _from_version_1(config)
+    else:
+        device = DeviceConfig.from_dict(_get(header, "device", dict, source))
+        runtime = _get(header, "runtime", dict, source)
+    return Artifact(qm, core, net, mean, std, tuple(names), config, step, device, runtime)
+
+
+def _from_version_1(config: dict) -> tuple[dict, DeviceConfig, dict]:
+    """Version 1 kept the device settings among the run's and the detector state under
+    ``config["device"]``; a missing flip budget meant no cap."""
+    config = dict(config)
+    runtime = config.pop("device", {})
+    settings = {k: config[k] for k in DEVICE_KEYS if k in config}
+    settings.setdefault("flip_budget", None)
+    return config, DeviceConfig.from_dict(settings), runtime if isinstance(runtime, dict) else {}
 
 
 _BN_STATS = ("bias", "running_mean", "running_var")
@@ -818,24 +787,6 @@ def _read_act(r: _Reader, names: list) -> dict[str, tuple[float, int, int]]:
         name: (float(s), int(z), int(b))
         for name, s, z, b in zip(names, scale, zp, bits, strict=True)
     }
-
-
-def read_regular_file(path: str | Path, what: str = "artifact") -> bytes:
-    """All bytes of a regular file (never a FIFO or device, whose reads need not end)."""
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise QCoreError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise QCoreError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise QCoreError(f"{what} {path} is not a regular file")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise QCoreError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def load_artifact(path: str | Path) -> Artifact:

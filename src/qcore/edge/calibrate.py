@@ -2,7 +2,7 @@
 
 Forward passes only: no gradient, no optimizer. The correctness of every calibration
 sample in every pass is returned, because the QCore update scores samples by the
-misses observed over these passes (METHOD.md section 5).
+misses observed over these passes (docs/method.md).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcore.config import BN_MODES, FLIP_GUARDS, BnMode, FlipGuard, check_choice
 from qcore.core.qmodel import QuantizedModel
 from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features
 from qcore.edge.infer import bn_reestimate, forward
-from qcore.errors import QCoreError
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,6 @@ def _with_flips(qm: QuantizedModel, flips: dict[str, np.ndarray]) -> tuple[Quant
 
 
 BACKTRACK_HALVINGS = 4
-DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (README, Where QCore stands)
-
-
-def check_flip_budget(budget: float | None) -> None:
-    """A flip budget is None (no cap) or a share of the codes in (0, 1]."""
-    if budget is not None and not 0.0 < budget <= 1.0:
-        raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
 
 
 def _backtracked_pass(qm, net, trace, X, y, loss, budget):
@@ -122,7 +115,7 @@ def _backtracked_pass(qm, net, trace, X, y, loss, budget):
 
 def _layer_guarded_pass(qm, net, trace, X, y, loss):
     """Accept each layer's flips only if the calibration loss does not rise (one forward
-    pass per layer with flips; METHOD.md section 4, the allowed improvement)."""
+    pass per layer with flips)."""
     e = error_signal(trace.logits, y)
     applied = 0
     for name, feedback in net.feedback.items():
@@ -145,24 +138,26 @@ def flip_calibrate(
     y: np.ndarray,
     net: FlipNet,
     *,
-    steps: int = 3,
-    guard: bool | str = True,
-    bn_mode: str = "reestimate",
-    budget: float | None = None,
+    steps: int,
+    guard: FlipGuard,
+    bn_mode: BnMode,
+    budget: float | None,
 ) -> FlipStepResult:
     """Calibrate ``qm`` on ``(X, y)`` (core plus batch) without back-propagation.
 
     ``bn_mode='reestimate'`` first replaces BatchNorm statistics by those of ``X``;
     ``'frozen'`` keeps them. Each of ``steps`` passes proposes flips for every layer;
-    with ``guard=True`` a pass is kept only if the loss on ``(X, y)`` does not rise
-    (one extra forward pass), and the first rejected pass ends the step; with
-    ``guard="layer"`` each layer's flips are accepted or refused on their own; with
-    ``guard="backtrack"`` a pass that raises the loss is retried with only its most
-    confident half of flips, then a quarter, ... (:data:`BACKTRACK_HALVINGS`).
-    ``budget`` caps each pass (with ``guard`` True, False or "backtrack") at its most
-    confident flips, at most that fraction of the model's codes; the per-layer guard, which
-    weighs each layer's flips on their own, does not use it.
+    with ``guard="pass"`` a pass is kept only if the loss on ``(X, y)`` does not rise
+    (one extra forward pass), and the first rejected pass ends the step; ``"off"``
+    applies every pass; with ``"layer"`` each layer's flips are accepted or refused on
+    their own; with ``"backtrack"`` a pass that raises the loss is retried with only its
+    most confident half of flips, then a quarter, ... (:data:`BACKTRACK_HALVINGS`).
+    ``budget`` caps each pass (with ``"pass"``, ``"off"`` or ``"backtrack"``) at its
+    most confident flips, at most that fraction of the model's codes (None: no cap); the
+    per-layer guard, which weighs each layer's flips on their own, does not use it.
     """
+    check_choice("flip_guard", guard, FLIP_GUARDS)
+    check_choice("bn_mode", bn_mode, BN_MODES)
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
     trace = forward(qm, X, record=True)
@@ -195,7 +190,7 @@ def flip_calibrate(
             break
         cand_trace = forward(candidate, X, record=True)
         cand_loss = cross_entropy(cand_trace.logits, y)
-        if guard and cand_loss > loss:
+        if guard == "pass" and cand_loss > loss:
             rejected += 1
             break
         qm, trace, loss = candidate, cand_trace, cand_loss

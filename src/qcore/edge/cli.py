@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from qcore.config import DeviceConfig, override_device, settings_help
 from qcore.edge.artifact import (
     artifact_sizes,
     build_artifact,
@@ -36,7 +37,7 @@ from qcore.edge.artifact import (
     read_regular_file,
     save_artifact,
 )
-from qcore.edge.device import Device, parse_policy
+from qcore.edge.device import Device
 from qcore.edge.state import resume_or_start, save_state
 from qcore.errors import QCoreError
 
@@ -167,27 +168,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps(artifact_sizes(art)))
 
 
-def _setting(config: dict, key: str, kind: type, default: Any) -> Any:
-    value = config.get(key, default)
-    return value if isinstance(value, kind) and not isinstance(value, bool) else default
-
-
 def _cmd_device(args: argparse.Namespace) -> None:
     if not Path(args.state).resolve().parent.is_dir():  # fail before the first step, not after
         raise QCoreError(f"folder of state file {args.state} does not exist")
     art, resumed = resume_or_start(args.state, args.artifact)
-    cfg = art.config
-    device = Device(
-        art,
-        policy=args.policy,
-        guard_margin=args.guard_margin,
-        # unset options follow the run's settings recorded in the artifact
-        steps=args.steps if args.steps is not None else _setting(cfg, "flip_steps", int, 3),
-        guard=cfg.get("flip_guard", True),
-        bn_mode=args.bn_mode or _setting(cfg, "bn_mode", str, "reestimate"),
-        seed=args.seed if args.seed is not None else _setting(cfg, "seed", int, 0),
-        budget=_setting(cfg, "flip_budget", float, None),
-    )
+    # the artifact's (or the state's) device settings, with this run's overrides
+    device = Device(art, override_device(art.device, args.set or []))
     if args.stream == "-":
         batches = read_frames(sys.stdin.buffer)
     else:
@@ -209,14 +195,6 @@ def _cmd_device(args: argparse.Namespace) -> None:
     print(json.dumps(summary), file=sys.stderr, flush=True)
 
 
-def _policy(spec: str) -> str:
-    try:
-        parse_policy(spec)
-    except QCoreError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return spec
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``export`` and ``device`` on a subparsers object (``func`` set on each)."""
     exp = sub.add_parser("export", help="verify a run's deployed artifact and write it out")
@@ -225,18 +203,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, metavar="FILE", help="artifact file to write")
     exp.set_defaults(func=_cmd_export)
 
-    dev = sub.add_parser("device", help="run a device on a stream of labelled batches")
+    dev = sub.add_parser(
+        "device",
+        help="run a device on a stream of labelled batches",
+        description="Predict each batch, calibrate by policy with the one device step, save "
+        "the state after every batch. Settings come from the artifact's device section (or "
+        "the resumed state's) and --set overrides, which the state then records.",
+        epilog=settings_help(DeviceConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dev.add_argument("artifact", metavar="FILE", help="artifact to start from")
     dev.add_argument(
         "--stream", required=True, metavar="DIR", help="folder of *.npz batches, or - for stdin"
     )
     dev.add_argument("--state", required=True, help="state file: resumed if it exists")
-    dev.add_argument("--policy", type=_policy, default="every", help="every, every:N or drift")
-    dev.add_argument("--guard-margin", type=float, default=0.05, help="allowed accuracy drop")
-    dev.add_argument("--steps", type=int, default=None, help="flip passes (default: artifact's)")
-    dev.add_argument("--bn-mode", choices=("reestimate", "frozen"), default=None)
     dev.add_argument(
-        "--seed", type=int, default=None, help="core update seed (default: artifact's)"
+        "--set", action="append", metavar="KEY=VALUE", help="override a device setting"
     )
     dev.set_defaults(func=_cmd_device)
 

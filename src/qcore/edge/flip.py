@@ -4,7 +4,7 @@ NumPy only. For every quantized layer the device computes, from forward passes o
 labelled calibration samples (core plus batch), one small feature vector per integer
 weight; the flip network maps it to a move of -1, 0 or +1 on the integer code, and
 ``q <- clip(q + flip, qmin, qmax)``; scales and zero points never change
-(METHOD.md section 4).
+(docs/method.md).
 
 Features of weight ``(o, i, j)`` of a layer with input ``x`` (n, i, T):
 

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 from qcore.errors import QCoreError
+from qcore.eval.grid import PRESETS, make_grid
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from qcore.eval.bench import make_grid, run_bench
+    from qcore.eval.bench import run_bench
 
     if args.workers is not None and args.workers < 1:
         raise QCoreError(f"--workers must be >= 1, got {args.workers}")
@@ -38,13 +39,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="run the benchmark grid (datasets x scenarios x bits x methods x seeds)",
         description="Run every (dataset, source->target, seed, bit-width) cell with all "
         "methods in parallel worker processes; finished cells are reused. Writes "
-        "results.csv, results.md, stream.png, bits.png and cost.png.",
+        "results.csv, stream.csv, results.md, summary.md, stream.png, bits.png and cost.png, "
+        "and flips.md where qcore rows report their flips.",
     )
     p.add_argument(
         "--preset",
-        choices=("quick", "full"),
+        choices=PRESETS,
         default="quick",
-        help="quick: synthetic, minutes; full: HAPT (+USC-HAD), hours on 2 cores",
+        help="quick: synthetic, minutes; full: HAPT (+USC-HAD), every method, hours on 2 "
+        "cores; method: none, backprop and qcore on 3 pairs, plus flips.md",
     )
     p.add_argument("--out", default=None, help="output folder (default runs/bench-PRESET)")
     p.add_argument(

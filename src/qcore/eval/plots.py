@@ -1,18 +1,35 @@
-"""PNG plots of a run (matplotlib, headless)."""
+"""PNG plots (matplotlib, headless) of one run and of the benchmark grid.
+
+One run (:mod:`qcore.eval.runner`): :func:`plot_stream`. The grid
+(:mod:`qcore.eval.bench`), from the report's tidy rows: ``DIR/stream.png`` (target
+accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-width)
+and ``DIR/cost.png`` (target accuracy against device time per step and against device
+bytes), written by :func:`write_plots`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
-def plot_stream(rows: list[dict], path: Path) -> None:
-    """Accuracy over the stream: one panel per bit-width, one colour per method,
-    solid = target test set (adaptation), dashed = source test set (forgetting)."""
+from qcore.eval.metrics import mean_std
+from qcore.eval.report import groups
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_stream(rows: list[dict], path: Path) -> None:
+    """Accuracy over the stream: one panel per bit-width, one colour per method,
+    solid = target test set (adaptation), dashed = source test set (forgetting)."""
+    plt = _pyplot()
     streamed = [r for r in rows if "steps" in r]
     bits = sorted({r["bits"] for r in streamed})
     methods = sorted({r["method"] for r in streamed})
@@ -36,4 +53,111 @@ def plot_stream(rows: list[dict], path: Path) -> None:
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
+    """``stream.png``, ``bits.png`` and ``cost.png`` of the grid's rows under ``out_dir``."""
+    plot_grid_stream(rows, steps, out_dir / "stream.png")
+    plot_bits(rows, out_dir / "bits.png")
+    plot_cost(rows, out_dir / "cost.png")
+
+
+def _colors(methods: list[str]) -> dict[str, object]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab20")
+    return {m: cmap(i % 20) for i, m in enumerate(sorted(methods))}
+
+
+def plot_grid_stream(rows: list[dict], steps: list[dict], path: Path) -> None:
+    """Target test accuracy over the stream (mean over seeds): one panel per
+    (dataset, scenario) row and bit-width column, one line per method."""
+    plt = _pyplot()
+    panels = sorted({(r["dataset"], r["scenario"]) for r in rows})
+    bits = sorted({r["bits"] for r in rows})
+    colors = _colors(list({r["method"] for r in rows}))
+    n_r, n_c = max(1, len(panels)), max(1, len(bits))
+    fig, axes = plt.subplots(n_r, n_c, figsize=(4 * n_c, 3 * n_r), squeeze=False)
+    before = groups(rows, ("dataset", "scenario", "bits", "method"))
+    by_step = groups(steps, ("dataset", "scenario", "bits", "method"))
+    for (d, sc, b, m), g in sorted(before.items()):
+        ax = axes[panels.index((d, sc)), bits.index(b)]
+        per_step = groups(by_step.get((d, sc, b, m), []), ("step",))
+        xs = [0] + sorted(k[0] for k in per_step)
+        ys = [np.mean([r["target_acc_before"] for r in g])]
+        ys += [np.mean([s["target_acc"] for s in per_step[(x,)]]) for x in xs[1:]]
+        ax.plot(xs, ys, color=colors[m], label=m, lw=1.2)
+        ax.set_title(f"{d} {sc}, {b} bits", fontsize=9)
+    for ax in axes.flat:
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("stream step", fontsize=8)
+        ax.set_ylabel("target accuracy", fontsize=8)
+    _legend(fig, axes)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(7, len(labels)), fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.92))
+
+
+def plot_bits(rows: list[dict], path: Path) -> None:
+    """Final target accuracy against bit-width, mean ± std over seeds, per scenario."""
+    plt = _pyplot()
+    panels = sorted({(r["dataset"], r["scenario"]) for r in rows})
+    colors = _colors(list({r["method"] for r in rows}))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5))
+    axes = np.atleast_1d(axes)
+    for i, (d, sc) in enumerate(panels):
+        sub = [r for r in rows if (r["dataset"], r["scenario"]) == (d, sc)]
+        for m, g in sorted(groups(sub, ("method",)).items()):
+            by_bits = groups(g, ("bits",))
+            xs = sorted(k[0] for k in by_bits)
+            stats = [mean_std([r["target_acc"] for r in by_bits[(x,)]]) for x in xs]
+            ax = axes[i]
+            ax.errorbar(
+                xs, [s[0] for s in stats], [s[1] for s in stats], color=colors[m[0]],
+                label=m[0], marker="o", ms=3, capsize=2, lw=1,
+            )  # fmt: skip
+        axes[i].set_title(f"{d} {sc}", fontsize=9)
+        axes[i].set_xlabel("bits")
+        axes[i].set_ylabel("final target accuracy")
+        axes[i].set_ylim(0, 1.02)
+        axes[i].grid(alpha=0.3)
+    _legend(fig, axes)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_cost(rows: list[dict], path: Path) -> None:
+    """Final target accuracy against device seconds per step and against device bytes:
+    one point per (method, bits), averaged over datasets, scenarios and seeds."""
+    plt = _pyplot()
+    colors = _colors(list({r["method"] for r in rows}))
+    bits = sorted({r["bits"] for r in rows})
+    markers = dict(zip(bits, "os^Dv<>p*h", strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (m, b), g in sorted(groups(rows, ("method", "bits")).items()):
+        acc = float(np.mean([r["target_acc"] for r in g]))
+        kw = {"color": colors[m], "marker": markers.get(b, "o"), "s": 28}
+        axes[0].scatter(np.mean([r["step_seconds"] for r in g]), acc, **kw)
+        axes[1].scatter(np.mean([r["device_bytes"] for r in g]), acc, **kw)
+    for ax, label in zip(axes, ("device seconds per step", "device bytes"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("final target accuracy")
+        ax.grid(alpha=0.3, which="both")
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()
+    ] + [
+        plt.Line2D([], [], color="k", marker=markers.get(b, "o"), ls="", label=f"{b} bits")
+        for b in bits
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=8, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -10,32 +10,25 @@ and the core. Only this module holds the stream and the test sets.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from qcore.cloud.calibrate import backprop_calibrate
+from qcore.baselines.all import available
+from qcore.baselines.all import make as make_method
+from qcore.baselines.qcore_method import DeviceCalibrator
+from qcore.baselines.registry import Deployment
+from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
-from qcore.cloud.model import InceptionTime
-from qcore.cloud.quantize import quantize_model
-from qcore.cloud.train import CALIB_WINDOWS, accuracy, train_float
+from qcore.cloud.train import accuracy
 from qcore.config import RunConfig
-from qcore.coreset.core import build_core
-from qcore.coreset.scores import qcore_scores
-from qcore.coreset.select import core_size_from
+from qcore.core.fileio import write_json_atomic
+from qcore.core.metrics import accuracy as acc_of
 from qcore.data.registry import load_dataset
 from qcore.data.scenario import Scenario, make_scenario
-from qcore.edge.artifact import build_artifact, save_artifact
+from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
-from qcore.eval.methods import Deployment, available
-from qcore.eval.methods import make as make_method
-from qcore.eval.metrics import accuracy as acc_of
 
 
 def _eval(model, sc: Scenario) -> dict[str, float]:
@@ -43,21 +36,6 @@ def _eval(model, sc: Scenario) -> dict[str, float]:
         "source_acc": accuracy(model, sc.source_test.X, sc.source_test.y),
         "target_acc": accuracy(model, sc.target_test.X, sc.target_test.y),
     }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def stream(calibrator, sc: Scenario, progress: bool = False) -> list[dict]:
@@ -96,20 +74,9 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
     sc = make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
     Xs, ys = sc.source_train.X, sc.source_train.y
-    torch.manual_seed(cfg.seed)
-    model = InceptionTime(ds.X.shape[1], sc.n_classes, cfg.filters, cfg.depth)
     t0 = time.perf_counter()
-    dyn = train_float(
-        model,
-        Xs,
-        ys,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        dynamics_bits=cfg.dynamics_bits if set(cfg.methods) != {"none"} else (),
-        record_every=cfg.record_every,
-        progress=progress,
+    model, dyn = pipeline.train_model(
+        cfg, Xs, ys, sc.n_classes, dynamics=set(cfg.methods) != {"none"}, progress=progress
     )
     train_seconds = time.perf_counter() - t0
     rows: list[dict] = [
@@ -121,18 +88,8 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
             "seconds": train_seconds,
         }
     ]
-    if dyn is not None:
-        scores = qcore_scores(dyn.correct, dyn.bits)
-    else:
-        scores = np.ones(len(ys), dtype=np.int64)  # no dynamics: a uniform core
-    core = build_core(
-        Xs,
-        ys,
-        scores,
-        min(core_size_from(cfg.core_size, len(ys)), len(ys)),
-        cfg.core_mode,
-        cfg.seed,
-    )
+    scores = pipeline.core_scores(dyn, len(ys))
+    core = pipeline.select_qcore(cfg, Xs, ys, scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(
         out_dir / "core.npz",
@@ -144,7 +101,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     )
     for bits in cfg.bits:
         t0 = time.perf_counter()
-        qmodel = quantize_model(model, bits, Xs[:CALIB_WINDOWS], cfg.seed)
+        qmodel = pipeline.quantize(model, bits, Xs, cfg)
         rows.append(
             {
                 "method": "ptq",
@@ -155,12 +112,10 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
             }
         )
         t0 = time.perf_counter()
-        steps = max(1, cfg.source_calib_epochs * -(-len(ys) // cfg.batch_size))
-        backprop_calibrate(
-            qmodel, Xs, ys, steps=steps, lr=cfg.calib_lr, batch_size=cfg.batch_size, seed=cfg.seed
-        )
+        pipeline.calibrate_on_source(qmodel, Xs, ys, cfg)
         deployed = _eval(qmodel, sc)
-        _save_artifact(out_dir, bits, to_qmodel(qmodel), core, None, sc, cfg)
+        art = pipeline.device_artifact(qmodel, core, None, sc.normalizer, sc.class_names, cfg)
+        _save(out_dir, bits, art)
         rows.append(
             {
                 "method": "backprop-source",
@@ -194,14 +149,11 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     return result
 
 
-def _save_artifact(
-    out_dir: Path, bits: int, qm, core, net, sc: Scenario, cfg: RunConfig, step: int = 0
-) -> None:
+def _save(out_dir: Path, bits: int, art: Artifact) -> None:
     """``out_dir/deployed-{bits}bit.qcore`` (step 0): what ``qcore export`` hands to a device;
     ``calibrated-{bits}bit.qcore`` (step > 0): the simulated device's state after the stream."""
-    art = build_artifact(qm, core, net, sc.normalizer, sc.class_names, cfg.to_dict())
-    name = "deployed" if step == 0 else "calibrated"
-    save_artifact(out_dir / f"{name}-{bits}bit.qcore", replace(art, step=step))
+    name = "deployed" if art.step == 0 else "calibrated"
+    save_artifact(out_dir / f"{name}-{bits}bit.qcore", art)
 
 
 def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir) -> dict:
@@ -214,11 +166,13 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
         source_y=sc.source_train.y,
         n_classes=sc.n_classes,
         batch_len=len(sc.stream[0]),
+        normalizer=sc.normalizer,
+        class_names=tuple(sc.class_names),
     )
     cloud_t0 = time.perf_counter()
     cal = make_method(method, dep)
     if method == "qcore":  # the deployable file: model, core and the trained flip network
-        _save_artifact(out_dir, bits, cal.qm, cal.core, cal.net, sc, cfg)
+        _save(out_dir, bits, cal.deployed)
     row: dict = {
         "method": method,
         "bits": bits,
@@ -228,8 +182,8 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
         **dep.extras,
     }
     steps = stream(cal, sc, progress)
-    if method == "qcore":
-        _save_artifact(out_dir, bits, cal.qm, cal.core, cal.net, sc, cfg, step=len(steps))
+    if method == "qcore" and isinstance(cal, DeviceCalibrator):
+        _save(out_dir, bits, cal.art)
     last = steps[-1]
     row.update(
         {

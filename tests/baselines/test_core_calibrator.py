@@ -1,9 +1,9 @@
-"""The continual-calibration loop shared by QCore, back-prop and zeroth-order calibration."""
+"""The core-calibration loop shared by the back-prop reference and zeroth-order calibration."""
 
 import numpy as np
 
+from qcore.baselines.common import CoreCalibrator
 from qcore.core.types import Batch
-from qcore.coreset.continual import CoreCalibrator
 from qcore.coreset.core import Core
 
 

@@ -1,9 +1,9 @@
 """The method registry: a plain dict filled by an explicit decorator.
 
 A method is a factory ``(Deployment) -> Calibrator``. The runner builds one
-:class:`Deployment` per bit-width (the cloud's hand-over to the device) and asks the
-registry for each method named in the config. Baselines register in
-``qcore.baselines`` and are imported by :func:`available`.
+:class:`Deployment` per bit-width (the cloud's hand-over to the device) and asks
+:func:`qcore.baselines.make` for each method named in the config. Every method module
+of this package registers itself here when :mod:`qcore.baselines` imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 
 from qcore.config import RunConfig
 from qcore.coreset.core import Core
-from qcore.errors import QCoreError
 
 Factory = Callable[["Deployment"], Any]
 METHODS: dict[str, Factory] = {}
@@ -39,8 +38,10 @@ class Deployment:
     ``qmodel``: the deployed quantized torch model (calibrated on the source; copy it
     before changing it); ``core``: the QCore chosen from training dynamics;
     ``source_X``/``source_y``: the source training set, for methods that fill their own
-    buffer in the cloud; ``extras``: cloud-side results a method adds (e.g. the flip
-    network's agreement report), copied into the results row.
+    buffer in the cloud; ``normalizer``/``class_names``: what an artifact records;
+    ``extras``: cloud-side results a method adds (e.g. the flip network's agreement
+    report), copied into the results row; ``artifacts``: device artifacts a method built
+    (name -> :class:`qcore.edge.artifact.Artifact`), which the runner saves.
     """
 
     cfg: RunConfig
@@ -51,19 +52,6 @@ class Deployment:
     source_y: np.ndarray
     n_classes: int
     batch_len: int
+    normalizer: Any = None
+    class_names: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def available() -> dict[str, Factory]:
-    """All registered methods (imports the built-in ones and the baselines)."""
-    import qcore.baselines  # noqa: F401  (registers baselines)
-    import qcore.eval.stream  # noqa: F401  (registers none, backprop, qcore)
-
-    return METHODS
-
-
-def make(name: str, dep: Deployment):
-    methods = available()
-    if name not in methods:
-        raise QCoreError(f"unknown method {name!r}: choose one of {', '.join(sorted(methods))}")
-    return methods[name](dep)

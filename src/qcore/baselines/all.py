@@ -1,0 +1,37 @@
+"""Every method, registered: importing this module imports each method module once.
+
+A plain list of imports (no directory scanning); :func:`available` and :func:`make` are
+what the runner and the grid use.
+"""
+
+from typing import Any
+
+from qcore.baselines import (  # noqa: F401  (each import registers one method)
+    backprop,
+    bn_stats,
+    camel,
+    derpp,
+    er,
+    finetune,
+    gdumb,
+    joint,
+    none,
+    qcore_method,
+    random_core_bp,
+    random_core_flip,
+    zo_spsa,
+)
+from qcore.baselines.registry import METHODS, Deployment, Factory
+from qcore.errors import QCoreError
+
+
+def available() -> dict[str, Factory]:
+    """All registered methods, by name."""
+    return METHODS
+
+
+def make(name: str, dep: Deployment) -> Any:
+    """The calibrator of method ``name`` for one deployment."""
+    if name not in METHODS:
+        raise QCoreError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](dep)

@@ -1,0 +1,155 @@
+"""The benchmark grid: which cells ``qcore bench`` runs, and where each one's results lie.
+
+A *cell* is one ``(dataset, source -> target, seed, bit-width)``: a single
+:func:`qcore.eval.runner.run` with every method of the grid (they share the deployed
+model). A :class:`Grid` is the settings shared by every cell, the domain pairs and the
+seeds; the bit-widths are the shared settings' ``bits``.
+
+Presets:
+
+* ``quick``: synthetic data, two domain pairs, seeds 0 and 1, bits 2/4/8, a tiny model
+  and every method (a few minutes on 2 cores);
+* ``full``: HAPT 1->4 plus USC-HAD 1->11 when its files are found, bits 2/3/4/5/8, seeds
+  0/1/2, the default model and every method: 30 cells of several (HAPT) to tens of
+  (USC-HAD) minutes each, many hours on 2 cores (``pairs=hapt:1:25,...`` adds pairs);
+* ``method``: QCore against no calibration and the back-prop reference
+  (``none,backprop,qcore``) on HAPT 1->4, HAPT 1->25 and USC-HAD 1->11 when its files are
+  found, bits 2/4/8, seeds 0/1/2, the default model. Its report adds the flip tables
+  (``flips.md``, see :mod:`qcore.eval.report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qcore.config import RunConfig, parse_overrides
+from qcore.errors import QCoreError
+
+PRESETS = ("quick", "full", "method")
+# set per cell by the grid: a --set for them would be silently overwritten
+_GRID_OWNED = ("dataset", "source", "target", "seed")
+_USCHAD_PAIR = ("usc-had", 1, 11)
+
+Pair = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Settings shared by every cell (``base``), the domain pairs and the seeds."""
+
+    base: RunConfig
+    pairs: tuple[Pair, ...]
+    seeds: tuple[int, ...]
+
+    def cells(self) -> list[RunConfig]:
+        """One validated config per (pair, seed, bit-width), in that nesting order."""
+        return [
+            self.base.replace(dataset=d, source=s, target=t, seed=seed, bits=(b,))
+            for d, s, t in self.pairs
+            for seed in self.seeds
+            for b in self.base.bits
+        ]
+
+
+def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
+    """``out_dir/cells/<dataset>-<source>-<target>-s<seed>-b<bits>``: one cell's run folder."""
+    bits = "-".join(str(b) for b in cfg.bits)
+    return out_dir / "cells" / f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
+
+
+def all_methods() -> str:
+    """Every registered method, comma-separated, sorted by name."""
+    from qcore.baselines.all import available
+
+    return ",".join(sorted(available()))
+
+
+def _uschad_found() -> bool:
+    from qcore.data.uschad import find_uschad_root
+
+    try:
+        find_uschad_root()
+    except QCoreError:
+        return False
+    return True
+
+
+def _with_uschad(pairs: tuple[Pair, ...]) -> tuple[Pair, ...]:
+    """``pairs`` plus USC-HAD 1->11 when its files are found."""
+    return pairs + ((_USCHAD_PAIR,) if _uschad_found() else ())
+
+
+def preset(name: str) -> Grid:
+    """The ``quick``, ``full`` or ``method`` grid (see the module docstring)."""
+    if name == "quick":
+        base = RunConfig(
+            dataset="synthetic",
+            source=0,
+            target=1,
+            bits=(2, 4, 8),
+            filters=4,
+            depth=3,
+            epochs=5,
+            core_size=10,
+            method=all_methods(),
+            threads=1,
+        )
+        return Grid(base, (("synthetic", 0, 1), ("synthetic", 2, 3)), (0, 1))
+    if name == "full":
+        base = RunConfig(bits=(2, 3, 4, 5, 8), method=all_methods(), threads=1)
+        return Grid(base, _with_uschad((("hapt", 1, 4),)), (0, 1, 2))
+    if name == "method":
+        base = RunConfig(bits=(2, 4, 8), method="none,backprop,qcore", threads=1)
+        return Grid(base, _with_uschad((("hapt", 1, 4), ("hapt", 1, 25))), (0, 1, 2))
+    raise QCoreError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+def _parse_pairs(text: str) -> tuple[Pair, ...]:
+    pairs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            pairs.append((parts[0], int(parts[1]), int(parts[2])))
+        except ValueError:
+            raise QCoreError(
+                f"setting pairs: {item.strip()!r} is not dataset:source:target"
+            ) from None
+    if not pairs:
+        raise QCoreError("setting pairs needs at least one dataset:source:target")
+    return tuple(pairs)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise QCoreError(f"setting seeds: cannot read {text!r} as integers") from None
+    if not seeds:
+        raise QCoreError("setting seeds needs at least one seed")
+    return seeds
+
+
+def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+    """A preset changed by ``key=value`` overrides.
+
+    ``pairs=dataset:source:target,...`` and ``seeds=0,1,...`` change the grid; any other
+    key is a :class:`RunConfig` setting for every cell (``bits=2,4``, ``method=none,er``,
+    ``epochs=2``, ...). ``dataset``/``source``/``target``/``seed`` belong to the grid.
+    """
+    grid = preset(name)
+    sets = parse_overrides(list(overrides))
+    for key in _GRID_OWNED:
+        if key in sets:
+            raise QCoreError(
+                f"setting {key} is set per cell by the grid: use pairs=dataset:source:target,"
+                " ... or seeds=0,1,... instead"
+            )
+    pairs = _parse_pairs(sets.pop("pairs")) if "pairs" in sets else grid.pairs
+    seeds = _parse_seeds(sets.pop("seeds")) if "seeds" in sets else grid.seeds
+    data = {**grid.base.to_dict(), **sets}
+    grid = Grid(RunConfig.from_dict(data), pairs, seeds)
+    grid.cells()  # validate every cell (e.g. source == target) before anything runs
+    return grid

@@ -1,0 +1,294 @@
+"""The benchmark report: tidy rows from the finished cells, CSV files and Markdown tables.
+
+From the cells' ``results.json`` the report writes:
+
+* ``DIR/results.csv``: one tidy row per (dataset, scenario, bits, method, seed);
+* ``DIR/stream.csv``: one row per stream step of each of those;
+* ``DIR/results.md``: mean ± std over seeds per dataset / scenario / bits / method;
+* ``DIR/summary.md``: per (dataset, scenario) a row per method and a column per bit-width;
+* ``DIR/flips.md``, only when ``qcore`` rows carry them: the flip network's held-out
+  agreement with its teacher, and how often the device's guarded flip passes moved codes
+  over the stream.
+
+The plots drawn from the same rows are in :mod:`qcore.eval.plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from qcore.config import RunConfig
+from qcore.eval.grid import cell_dir
+from qcore.eval.metrics import mean_std
+
+CSV_COLUMNS = (
+    "dataset",
+    "scenario",
+    "source",
+    "target",
+    "bits",
+    "method",
+    "seed",
+    "target_acc",
+    "source_acc",
+    "target_acc_before",
+    "source_acc_before",
+    "step_seconds",
+    "cloud_seconds",
+    "device_bytes",
+)
+STREAM_COLUMNS = (
+    "dataset",
+    "scenario",
+    "bits",
+    "method",
+    "seed",
+    "step",
+    "target_acc",
+    "source_acc",
+    "task_acc",
+    "seconds",
+)
+QCORE = "qcore"  # the method whose rows feed the flip tables
+# per stream step of a flip method: codes moved in the step, and whether the device's
+# guard then rolled the step back (its flips discarded)
+FLIP_STEP_KEYS = ("flips", "rolled_back")
+
+
+def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dict]]:
+    """Tidy rows (one per streamed method and bit-width) and per-step rows of ``cells``.
+
+    A row keeps its method's ``flipnet`` report and a step its :data:`FLIP_STEP_KEYS`
+    where the results have them; the CSV files leave them out.
+    """
+    rows, steps = [], []
+    for cfg in cells:
+        res = json.loads((cell_dir(out_dir, cfg) / "results.json").read_text())
+        key = {
+            "dataset": cfg.dataset,
+            "scenario": f"{cfg.source}->{cfg.target}",
+            "source": cfg.source,
+            "target": cfg.target,
+        }
+        for r in res["results"]:
+            if "steps" not in r:
+                continue
+            rows.append(
+                {
+                    **key,
+                    "bits": r["bits"],
+                    "method": r["method"],
+                    "seed": cfg.seed,
+                    "target_acc": r["target_acc"],
+                    "source_acc": r["source_acc"],
+                    "target_acc_before": r["target_acc_before"],
+                    "source_acc_before": r["source_acc_before"],
+                    "step_seconds": r["seconds"],
+                    "cloud_seconds": r["cloud_seconds"],
+                    "device_bytes": r["device_bytes"],
+                    **({"flipnet": r["flipnet"]} if "flipnet" in r else {}),
+                }
+            )
+            for s in r["steps"]:
+                steps.append(
+                    {
+                        "dataset": cfg.dataset,
+                        "scenario": key["scenario"],
+                        "bits": r["bits"],
+                        "method": r["method"],
+                        "seed": cfg.seed,
+                        **{k: s[k] for k in STREAM_COLUMNS[5:]},
+                        **{k: s[k] for k in FLIP_STEP_KEYS if k in s},
+                    }
+                )
+    return rows, steps
+
+
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def groups(rows: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    """``rows`` grouped by their values of ``keys``, in order of first appearance."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return dict(out)
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Mean ± std over seeds per dataset / scenario / bits / method (Markdown)."""
+    head = (
+        "| dataset | scenario | bits | method | seeds | target before | target after "
+        "| source before | source after | s / step | device bytes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for (d, sc, b, m), g in sorted(groups(rows, ("dataset", "scenario", "bits", "method")).items()):
+        col = {k: [r[k] for r in g] for k in CSV_COLUMNS[7:]}
+        lines.append(
+            f"| {d} | {sc} | {b} | {m} | {len(g)} | {_fmt(col['target_acc_before'])} "
+            f"| {_fmt(col['target_acc'])} | {_fmt(col['source_acc_before'])} "
+            f"| {_fmt(col['source_acc'])} | {_fmt(col['step_seconds'])} "
+            f"| {int(np.mean(col['device_bytes']))} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _short(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One Markdown table per (dataset, scenario): a row per method, a column per
+    bit-width holding final target / source accuracy (mean ± std over seeds), then the
+    device seconds per step (mean over bit-widths) and the device bytes (range over them)."""
+    out = []
+    for (d, sc), rs in sorted(groups(rows, ("dataset", "scenario")).items()):
+        bits = sorted({r["bits"] for r in rs})
+        seeds = sorted({r["seed"] for r in rs})
+        out.append(
+            f"**{d} {sc}** (seeds {', '.join(map(str, seeds))}; each cell: target / source "
+            "accuracy after the stream)\n\n"
+            f"| method | {' | '.join(f'{b} bits' for b in bits)} | s / step | device bytes |\n"
+            f"|---|{'---|' * len(bits)}---|---|"
+        )
+        by = groups(rs, ("method", "bits"))
+        for m in sorted({r["method"] for r in rs}):
+            cells = []
+            for b in bits:
+                g = by.get((m, b), [])
+                tgt, src = [r["target_acc"] for r in g], [r["source_acc"] for r in g]
+                cells.append(f"{_short(tgt)} / {_short(src)}" if g else "-")
+            g_all = [r for b in bits for r in by.get((m, b), [])]
+            nbytes = [r["device_bytes"] for r in g_all]
+            span = f"{min(nbytes):,}" + (f"-{max(nbytes):,}" if max(nbytes) != min(nbytes) else "")
+            secs = np.mean([r["step_seconds"] for r in g_all])
+            out.append(f"| {m} | {' | '.join(cells)} | {secs:.3f} | {span} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _qcore_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The ``qcore`` rows with a flip-network report, by (dataset, scenario, bits)."""
+    reps = [r for r in rows if r["method"] == QCORE and "flipnet" in r]
+    return groups(reps, ("dataset", "scenario", "bits"))
+
+
+def _avg(reports: list[dict], who: str, key: str) -> str:
+    """Mean of ``report[who][key]`` over flip-network reports, 3 decimals."""
+    return f"{np.mean([r[who][key] for r in reports]):.3f}"
+
+
+def flipnet_table(rows: list[dict]) -> str:
+    """Held-out agreement of the flip network with its teacher, mean over seeds, per
+    dataset / scenario / bits (Markdown); empty when no ``qcore`` row has the report."""
+    by = _qcore_rows(rows)
+    if not by:
+        return ""
+    arp = ("agreement", "flip_recall", "flip_precision")
+    lines = [
+        "| dataset | scenario | bits | teacher moves | flip net: agreement / recall / precision "
+        "| all-zero: agreement | random, same sparsity: agreement / recall / precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (d, sc, b), g in sorted(by.items()):
+        reps = [r["flipnet"] for r in g]
+        moved = np.mean([r["teacher_flip_rate"] for r in reps])
+        lines.append(
+            f"| {d} | {sc} | {b} | {100 * moved:.1f}% "
+            f"| {' / '.join(_avg(reps, 'flipnet', k) for k in arp)} "
+            f"| {_avg(reps, 'all_zero', 'agreement')} "
+            f"| {' / '.join(_avg(reps, 'random', k) for k in arp)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def flip_activity_table(rows: list[dict], steps: list[dict]) -> str:
+    """How the device's guarded flip passes behaved over the stream, all seeds pooled:
+    per dataset / scenario / bits, the steps with accepted flips (codes moved and the step
+    not rolled back) out of all steps that report ``flips``, and the codes moved per such
+    step as % of the model's codes (Markdown); empty when no ``qcore`` step reports
+    ``flips``. The model's codes are those the ``flipnet`` report counted, per held-out
+    teacher round of the runner's :class:`qcore.cloud.pipeline.FlipTraining`."""
+    by = _qcore_rows(rows)
+    if not by:
+        return ""
+    from qcore.cloud.pipeline import FlipTraining
+
+    held_out = FlipTraining().held_out
+    by_step = groups(steps, ("dataset", "scenario", "bits", "method", "seed"))
+    activity: dict[tuple, list[tuple[int, list[float]]]] = {}
+    for key, g in by.items():
+        for r in g:
+            ss = by_step.get((*key, QCORE, r["seed"]), [])
+            flips = [0 if s.get("rolled_back") else s["flips"] for s in ss if "flips" in s]
+            n_codes = r["flipnet"]["n_weights"] // held_out
+            if flips and n_codes > 0:
+                activity.setdefault(key, []).append((n_codes, flips))
+    if not activity:
+        return ""
+    lines = [
+        "| dataset | scenario | bits | steps with accepted flips | code moves per such step, "
+        "summed over its passes, as % of the model's codes: mean (range) |",
+        "|---|---|---|---|---|",
+    ]
+    for (d, sc, b), runs in sorted(activity.items()):
+        moved = [100 * f / n for n, flips in runs for f in flips if f > 0]
+        n_steps = sum(len(flips) for _, flips in runs)
+        share = f"{np.mean(moved):.0f}% ({min(moved):.0f}-{max(moved):.0f}%)" if moved else "-"
+        lines.append(f"| {d} | {sc} | {b} | {len(moved)} / {n_steps} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
+def flips_markdown(rows: list[dict], steps: list[dict]) -> str:
+    """The text of ``flips.md``: the two flip tables that have rows; empty if neither."""
+    agreement, activity = flipnet_table(rows), flip_activity_table(rows, steps)
+    if not agreement and not activity:
+        return ""
+    parts = ["# QCore's flips\n"]
+    if agreement:
+        parts.append(
+            "Flip network against its teacher on the held-out teacher rounds (mean over "
+            "seeds); teacher moves: share of codes the teacher moved.\n\n" + agreement
+        )
+    if activity:
+        parts.append(
+            "Device flips over the stream, all seeds pooled; a step the device's guard "
+            "rolled back counts as a step without accepted flips.\n\n" + activity
+        )
+    return "\n".join(parts)
+
+
+def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
+    """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and, when the rows
+    have them, ``flips.md`` (removed otherwise, so that it never describes other cells)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
+    _write_csv(out_dir / "stream.csv", steps, STREAM_COLUMNS)
+    (out_dir / "results.md").write_text(
+        "# Benchmark: mean ± std over seeds\n\n"
+        "Accuracies on the test sets before (deployed model) and after the stream; "
+        "s / step: device seconds per calibration step; device bytes: model + buffers.\n\n"
+        + markdown_table(rows)
+    )
+    (out_dir / "summary.md").write_text(summary_table(rows))
+    flips = flips_markdown(rows, steps)
+    if flips:
+        (out_dir / "flips.md").write_text(flips)
+    else:
+        (out_dir / "flips.md").unlink(missing_ok=True)

@@ -44,18 +44,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import qcore  # noqa: E402
+from qcore.cloud import pipeline  # noqa: E402
 from qcore.cloud.calibrate import backprop_calibrate  # noqa: E402
-from qcore.cloud.export import to_qmodel  # noqa: E402
-from qcore.cloud.flipnet import collect_rounds, fit_flipnet  # noqa: E402
-from qcore.cloud.model import InceptionTime, count_params  # noqa: E402
-from qcore.cloud.quantize import quantize_model  # noqa: E402
-from qcore.cloud.train import predict_logits, train_float  # noqa: E402
+from qcore.cloud.model import count_params  # noqa: E402
+from qcore.cloud.train import predict_logits  # noqa: E402
 from qcore.config import RunConfig  # noqa: E402
-from qcore.coreset.core import build_core  # noqa: E402
-from qcore.coreset.scores import qcore_scores  # noqa: E402
 from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
-from qcore.edge.artifact import artifact_sizes, build_artifact, save_artifact  # noqa: E402
+from qcore.edge.artifact import artifact_sizes, save_artifact  # noqa: E402
 from qcore.edge.calibrate import flip_calibrate  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
 from qcore.edge.infer import forward  # noqa: E402
@@ -146,7 +142,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t_start = time.perf_counter()
-    cfg = RunConfig()
+    cfg = RunConfig(
+        source=1, target=4, filters=FILTERS, depth=DEPTH, epochs=args.epochs, record_every=2,
+        dynamics_bits=BITS, core_size=CORE, seed=SEED, threads=1,
+    )  # fmt: skip
     out = Path(args.out or tempfile.mkdtemp(prefix="qcore-bench-edge-"))
     out.mkdir(parents=True, exist_ok=True)
 
@@ -154,13 +153,8 @@ def main() -> None:
     ds = load_dataset("hapt")
     sc = make_scenario(ds, 1, 4, seed=SEED)
     Xs, ys = sc.source_train.X, sc.source_train.y
-    torch.manual_seed(SEED)
-    model = InceptionTime(ds.X.shape[1], sc.n_classes, FILTERS, DEPTH)
-    dyn = train_float(
-        model, Xs, ys, epochs=args.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=SEED,
-        dynamics_bits=BITS, record_every=2,
-    )  # fmt: skip
-    core = build_core(Xs, ys, qcore_scores(dyn.correct, dyn.bits), CORE, "proportional", SEED)
+    model, dyn = pipeline.train_model(cfg, Xs, ys, sc.n_classes)
+    core = pipeline.select_qcore(cfg, Xs, ys, pipeline.core_scores(dyn, len(ys)))
     batch = sc.stream[0]
     X_cal = np.concatenate([core.X, batch.X])
     y_cal = np.concatenate([core.y, batch.y])
@@ -179,15 +173,14 @@ def main() -> None:
 
     rows = []
     for bits in BITS:
-        qmodel = quantize_model(model, bits, Xs[:256], SEED)
-        rounds = collect_rounds(
-            qmodel, core.X, core.y, Xs, ys, rounds=6, steps=cfg.calib_steps, lr=cfg.calib_lr,
-            batch_len=len(batch), seed=SEED,
-        )  # fmt: skip
-        net = fit_flipnet(rounds, sc.n_classes, iters=100, seed=SEED)
-        qm = to_qmodel(qmodel)
-        config = {"dataset": "hapt", "source": 1, "target": 4, "bits": bits, "flip_steps": 3}
-        art = build_artifact(qm, core, net, sc.normalizer, sc.class_names, config)
+        bcfg = cfg.replace(bits=(bits,))
+        qmodel = pipeline.quantize(model, bits, Xs, bcfg)
+        plan = pipeline.FlipTraining(rounds=6, held_out=0, iters=100)
+        net, _ = pipeline.train_flip_network(
+            qmodel, core, Xs, ys, sc.n_classes, len(batch), bcfg, plan
+        )
+        art = pipeline.device_artifact(qmodel, core, net, sc.normalizer, sc.class_names, bcfg)
+        qm, d = art.model, art.device
         path = out / f"deployed-{bits}bit.qcore"
         save_artifact(path, art)
 
@@ -196,9 +189,16 @@ def main() -> None:
         torch_1 = median_ms(lambda: predict_logits(qmodel, one), 30)  # noqa: B023
         edge_n = median_ms(lambda: forward(qm, X_test), 3) / len(X_test)  # noqa: B023
         torch_n = median_ms(lambda: predict_logits(qmodel, X_test), 3) / len(X_test)  # noqa: B023
-        flip_ms = median_ms(lambda: flip_calibrate(qm, X_cal, y_cal, net, steps=3), 3)  # noqa: B023
+        flip_ms = median_ms(
+            lambda: flip_calibrate(  # noqa: B023
+                qm, X_cal, y_cal, net, steps=d.flip_steps, guard=d.flip_guard,  # noqa: B023
+                bn_mode=d.bn_mode, budget=d.flip_budget,  # noqa: B023
+            ),
+            3,
+        )  # fmt: skip
         raw = (batch.X * std + mean).astype(np.float32)
-        device_ms = median_ms(lambda: Device(art, guard_margin=1.0).step(raw, batch.y), 3)  # noqa: B023
+        free = d.replace(guard_margin=1.0)  # never rolled back: the full step's cost
+        device_ms = median_ms(lambda: Device(art, free).step(raw, batch.y), 3)  # noqa: B023
 
         def bp_step(m=qmodel) -> None:
             work = copy.deepcopy(m)  # each repeat starts from the deployed model

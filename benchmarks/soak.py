@@ -76,70 +76,39 @@ def build(args: argparse.Namespace, art_path: Path, pool_path: Path) -> None:
     """
     import torch
 
-    from qcore.cloud.calibrate import backprop_calibrate
-    from qcore.cloud.export import to_qmodel
-    from qcore.cloud.flipnet import collect_rounds, fit_flipnet
-    from qcore.cloud.model import InceptionTime, count_params
-    from qcore.cloud.quantize import quantize_model
-    from qcore.cloud.train import train_float
+    from qcore.cloud import pipeline
+    from qcore.cloud.model import count_params
     from qcore.config import RunConfig
-    from qcore.coreset.core import build_core
-    from qcore.coreset.scores import qcore_scores
     from qcore.data.scenario import make_scenario
     from qcore.data.synthetic import make_synthetic
-    from qcore.edge.artifact import build_artifact, save_artifact
+    from qcore.edge.artifact import save_artifact
 
     torch.set_num_threads(1)
-    cfg = RunConfig()
     seed = args.seed
+    cfg = RunConfig(
+        dataset="synthetic",
+        source=SOURCE,
+        target=1,
+        filters=args.filters,
+        depth=args.depth,
+        epochs=args.epochs,
+        record_every=2,
+        bits=(args.bits,),
+        dynamics_bits=tuple(sorted({2, args.bits, 8})),
+        core_size=args.core_size,
+        seed=seed,
+        threads=1,
+    )
     ds = make_synthetic(n_domains=N_DOMAINS, n_per_class=60, seed=seed)
     sc = make_scenario(ds, SOURCE, 1, seed=seed)
     Xs, ys = sc.source_train.X, sc.source_train.y
-    torch.manual_seed(seed)
-    model = InceptionTime(ds.X.shape[1], sc.n_classes, args.filters, args.depth)
-    dyn = train_float(
-        model,
-        Xs,
-        ys,
-        epochs=args.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        dynamics_bits=(2, args.bits, 8),
-        record_every=2,
-    )
-    qmodel = quantize_model(model, args.bits, Xs[:256], seed)
-    steps = max(1, cfg.source_calib_epochs * -(-len(ys) // cfg.batch_size))
-    backprop_calibrate(
-        qmodel, Xs, ys, steps=steps, lr=cfg.calib_lr, batch_size=cfg.batch_size, seed=seed
-    )
-    scores = qcore_scores(dyn.correct, dyn.bits)
-    core = build_core(Xs, ys, scores, args.core_size, cfg.core_mode, seed)
-    rounds = collect_rounds(
-        qmodel,
-        core.X,
-        core.y,
-        Xs,
-        ys,
-        rounds=6,
-        steps=cfg.calib_steps,
-        lr=cfg.calib_lr,
-        batch_len=args.batch,
-        seed=seed,
-        step_relative_lr=cfg.flip_teacher_lr,
-    )
-    net = fit_flipnet(rounds, sc.n_classes, seed=seed)
-    config = {
-        "dataset": "synthetic",
-        "source": SOURCE,
-        "bits": args.bits,
-        "core_size": args.core_size,
-        "flip_steps": cfg.flip_steps,
-        "flip_guard": cfg.flip_guard,
-        "bn_mode": cfg.bn_mode,
-        "seed": seed,
-    }
-    art = build_artifact(to_qmodel(qmodel), core, net, sc.normalizer, sc.class_names, config)
+    model, dyn = pipeline.train_model(cfg, Xs, ys, sc.n_classes)
+    qmodel = pipeline.quantize(model, args.bits, Xs, cfg)
+    pipeline.calibrate_on_source(qmodel, Xs, ys, cfg)
+    core = pipeline.select_qcore(cfg, Xs, ys, pipeline.core_scores(dyn, len(ys)))
+    plan = pipeline.FlipTraining(rounds=6, held_out=0)
+    net, _ = pipeline.train_flip_network(qmodel, core, Xs, ys, sc.n_classes, args.batch, cfg, plan)
+    art = pipeline.device_artifact(qmodel, core, net, sc.normalizer, sc.class_names, cfg)
     save_artifact(art_path, art)
     targets = ds.domain != SOURCE
     np.savez(pool_path, X=ds.X[targets], y=ds.y[targets], domain=ds.domain[targets])
@@ -192,7 +161,7 @@ def soak(args: argparse.Namespace, art_path: Path, pool_path: Path, state_dir: P
     size = len(art.core)
     if size != args.core_size:
         raise SystemExit(f"artifact core has {size} windows, expected {args.core_size}")
-    dev = Device(art, policy=args.policy, steps=art.config["flip_steps"], seed=args.seed)
+    dev = Device(art, art.device.replace(policy=args.policy, seed=args.seed))
     state = state_dir / "state.qcore"
     n = args.batches
     rss = np.zeros(n, dtype=np.int64)  # per step, from the step's report (preallocated)

@@ -39,3 +39,63 @@ def test_missing_and_bad_config_file(tmp_path):
     bad.write_text("epochs = = 3")
     with pytest.raises(QCoreError, match="not valid TOML"):
         load_config(bad)
+
+
+# ------------------------------------------------------------------ device settings
+
+
+def test_device_config_is_built_from_the_run_config():
+    from qcore.config import DEVICE_KEYS, DeviceConfig
+
+    cfg = RunConfig(flip_steps=5, flip_guard="layer", flip_budget=None, guard_margin=0.2, seed=7)
+    dev = cfg.device_config()
+    assert dev == DeviceConfig(
+        flip_steps=5, flip_guard="layer", flip_budget=None, guard_margin=0.2, seed=7
+    )
+    # the run's defaults are the device's defaults, field by field
+    assert RunConfig().device_config() == DeviceConfig()
+    assert set(DEVICE_KEYS) <= set(RunConfig().to_dict())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("flip_guard", "sometimes", "unknown flip_guard"),
+        ("bn_mode", "train", "unknown bn_mode"),
+        ("core_mode", "random", "unknown core_mode"),
+        ("policy", "every:0", "unknown policy"),
+        ("flip_budget", "1.5", "flip budget"),
+        ("guard_margin", "-0.1", "guard_margin"),
+        ("flip_steps", "0", "flip_steps"),
+        ("epochs", "3", "unknown device setting"),
+    ],
+)
+def test_device_overrides_are_checked(key, value, message):
+    from qcore.config import DeviceConfig, override_device
+
+    with pytest.raises(QCoreError, match=message):
+        override_device(DeviceConfig(), [f"{key}={value}"])
+
+
+def test_device_overrides_parse_like_the_run():
+    from qcore.config import DeviceConfig, override_device
+
+    dev = override_device(
+        DeviceConfig(), ["flip_budget=none", "flip_steps=2", "policy=drift", "old_quota=0.5"]
+    )
+    assert (dev.flip_budget, dev.flip_steps, dev.policy, dev.old_quota) == (None, 2, "drift", 0.5)
+    assert DeviceConfig.from_dict(dev.to_dict()) == dev
+
+
+def test_help_lists_every_setting_with_its_default():
+    from dataclasses import fields
+
+    from qcore.config import DeviceConfig, settings_help
+
+    for cls in (RunConfig, DeviceConfig):
+        text = settings_help(cls)
+        for f in fields(cls):
+            assert f"  {f.name} = " in text
+        lines = text.splitlines()
+        helps = [lines[i + 1].strip() for i, ln in enumerate(lines) if " = " in ln]
+        assert all(helps), f"a {cls.__name__} setting has no help line"

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from qcore.core.quant import check_bits
 from qcore.errors import QCoreError
@@ -73,8 +74,23 @@ def parse_policy(spec: object) -> Policy:
     raise QCoreError(f"unknown policy {spec!r}: choose every, every:N (N >= 1) or drift")
 
 
+class Settings:
+    """What every settings dataclass offers: a JSON-ready dict, construction from one
+    (with each value coerced to its field's type), and ``replace``."""
+
+    def to_dict(self) -> dict[str, object]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Self:
+        return from_dict(cls, data)
+
+    def replace(self, **changes: object) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class DeviceConfig:
+class DeviceConfig(Settings):
     """How a device calibrates; stored in the artifact's ``device`` section."""
 
     flip_steps: int = setting(3, "flip passes per calibration step (each one forward pass)")
@@ -125,23 +141,13 @@ class DeviceConfig:
     def schedule(self) -> Policy:
         return parse_policy(self.policy)
 
-    def to_dict(self) -> dict[str, object]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> DeviceConfig:
-        return from_dict(cls, data)
-
-    def replace(self, **changes: object) -> DeviceConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
 
 DEVICE_KEYS = tuple(f.name for f in fields(DeviceConfig))
 _DEVICE = DeviceConfig()
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     """A whole run; the device settings are the fields of :class:`DeviceConfig`."""
 
     # data and scenario
@@ -226,16 +232,6 @@ class RunConfig:
         """``method`` may list several, comma-separated: they share one trained model."""
         return tuple(m.strip() for m in self.method.split(",") if m.strip())
 
-    def to_dict(self) -> dict[str, object]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> RunConfig:
-        return from_dict(cls, data)
-
-    def replace(self, **changes: object) -> RunConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
 
 def _help(cls: type, name: str) -> str:
     """A field's help; RunConfig's device fields take DeviceConfig's."""
@@ -281,7 +277,7 @@ def from_dict(cls: type[C], data: dict[str, object]) -> C:
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
 
 
-def _coerce(key: str, value: object, hint: object) -> object:
+def _coerce(key: str, value: Any, hint: object) -> object:
     """Turn a TOML value or a ``--set`` string into the field's type, or say why not."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
@@ -309,7 +305,7 @@ def _coerce(key: str, value: object, hint: object) -> object:
         raise QCoreError(f"setting {key}: cannot read {value!r} as {hint}") from None
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     """``["key=value", ...]`` -> dict, with a clear error for a malformed pair."""
     out = {}
     for pair in pairs:
@@ -320,7 +316,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults, then a TOML file (flat keys), then ``key=value`` overrides."""
     data: dict[str, object] = {}
     if path is not None:
@@ -335,6 +331,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return RunConfig.from_dict(data)
 
 
-def override_device(cfg: DeviceConfig, overrides: list[str]) -> DeviceConfig:
+def override_device(cfg: DeviceConfig, overrides: Sequence[str]) -> DeviceConfig:
     """``cfg`` with ``key=value`` overrides (the device's settings only)."""
     return DeviceConfig.from_dict({**cfg.to_dict(), **parse_overrides(list(overrides))})

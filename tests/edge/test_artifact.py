@@ -22,18 +22,17 @@ from qcore.cloud.quantize import quantize_model
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor
 from qcore.coreset.core import Core
+from qcore.coreset.storage import compress_windows, decompress_windows
 from qcore.edge.artifact import (
-    FIXED_SIZE,
     Artifact,
     artifact_sizes,
     build_artifact,
-    compress_windows,
     decode_artifact,
-    decompress_windows,
     encode_artifact,
     load_artifact,
     save_artifact,
 )
+from qcore.edge.container import FIXED_SIZE
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.infer import forward
 from qcore.errors import QCoreError

@@ -26,7 +26,8 @@ from qcore.edge.artifact import (
     load_artifact,
     save_artifact,
 )
-from qcore.edge.cli import add_commands, load_batch, main, read_frames
+from qcore.edge.batches import load_batch, read_frames
+from qcore.edge.cli import add_commands, main
 from qcore.edge.device import Device
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet

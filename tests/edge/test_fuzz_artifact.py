@@ -29,13 +29,8 @@ from hypothesis import strategies as st
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
 from qcore.coreset.core import Core
-from qcore.edge.artifact import (
-    FIXED_SIZE,
-    Artifact,
-    build_artifact,
-    decode_artifact,
-    encode_artifact,
-)
+from qcore.edge.artifact import Artifact, build_artifact, decode_artifact, encode_artifact
+from qcore.edge.container import FIXED_SIZE
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.errors import QCoreError
 

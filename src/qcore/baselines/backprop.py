@@ -7,11 +7,12 @@ rule, but ``calib_steps`` Adam steps (PyTorch) instead of flip passes.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 
-from qcore.baselines.common import CoreCalibrator
+from qcore.baselines.common import CoreCalibrator, core_loop
 from qcore.baselines.registry import Deployment, register
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.export import to_qmodel
@@ -23,17 +24,10 @@ class BackpropCalibrator(CoreCalibrator):
     """Back-prop (straight-through) on core plus batch, then the core update."""
 
     def __init__(
-        self,
-        model: torch.nn.Module,
-        core: Core,
-        *,
-        steps: int,
-        lr: float,
-        seed: int,
-        core_mode: str = "proportional",
-        old_quota: float | None = None,
+        self, model: torch.nn.Module, core: Core, *, steps: int, lr: float, **loop: Any
     ) -> None:
-        super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
+        """``loop``: :class:`CoreCalibrator`'s ``seed``, ``core_mode`` and ``old_quota``."""
+        super().__init__(core, **loop)
         self.model = copy.deepcopy(model)
         self.steps, self.lr = steps, lr
 
@@ -61,11 +55,5 @@ class BackpropCalibrator(CoreCalibrator):
 def _backprop(dep: Deployment) -> BackpropCalibrator:
     c = dep.cfg
     return BackpropCalibrator(
-        dep.qmodel,
-        dep.core,
-        steps=c.calib_steps,
-        lr=c.calib_lr,
-        seed=c.seed,
-        core_mode=c.core_mode,
-        old_quota=c.old_quota,
+        dep.qmodel, dep.core, steps=c.calib_steps, lr=c.calib_lr, **core_loop(c)
     )

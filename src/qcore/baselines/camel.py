@@ -20,7 +20,7 @@ import torch
 
 from qcore.baselines.common import Buffer
 from qcore.baselines.registry import Deployment, register
-from qcore.baselines.torch_common import BufferBaseline, budget
+from qcore.baselines.torch_common import BufferBaseline
 from qcore.cloud.train import to_tensor
 from qcore.core.types import Batch
 
@@ -59,28 +59,20 @@ def features_of(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     ).numpy()
 
 
+@register("camel")
 class Camel(BufferBaseline):
-    def __init__(
-        self,
-        qmodel: torch.nn.Module,
-        source_X: np.ndarray,
-        source_y: np.ndarray,
-        *,
-        size: int,
-        steps: int,
-        lr: float,
-        seed: int,
-        batch_fraction: float = 0.5,
-    ) -> None:
-        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
-        self.buffer = Buffer(size, source_X.shape[1:])
-        pool = np.random.default_rng(seed).permutation(len(source_y))[:MAX_POOL]
-        feats = features_of(self.model, source_X[pool])
-        pick = pool[facility_location_greedy(similarity(feats), size)]
+    batch_fraction = 0.5  # of each batch trained on and offered to the buffer
+
+    def first_buffer(self, dep: Deployment, size: int) -> Buffer:
+        """The facility-location pick of ``size`` among at most ``MAX_POOL`` source samples."""
+        X, y = dep.source_X, dep.source_y
+        buf = Buffer(size, X.shape[1:])
+        pool = self.rng.permutation(len(y))[:MAX_POOL]
+        pick = pool[facility_location_greedy(similarity(features_of(self.model, X[pool])), size)]
         for slot, i in enumerate(pick):
-            self.buffer.put(slot, source_X[i], int(source_y[i]), -1)
-        self.buffer.n_seen = len(source_y)
-        self.batch_fraction = batch_fraction
+            buf.put(slot, X[i], int(y[i]), -1)
+        buf.n_seen = len(y)
+        return buf
 
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
@@ -96,13 +88,3 @@ class Camel(BufferBaseline):
             b.put(slot, X[i], int(y[i]), int(origin[i]))
         b.n_seen += len(batch)
         return {"trained_on": float(len(y))}
-
-
-@register("camel")
-def _camel(dep: Deployment) -> Camel:
-    return Camel(
-        dep.qmodel,
-        dep.source_X,
-        dep.source_y,
-        **budget(dep),
-    )

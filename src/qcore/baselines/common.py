@@ -1,5 +1,5 @@
 """What the methods share: a timed ``observe``, the core-calibration loop of the core
-baselines, and a fixed-capacity sample buffer.
+baselines (and its settings from a run's config), and a fixed-capacity sample buffer.
 
 NumPy only. Every buffer holds at most ``capacity`` samples (the QCore's size, so that a
 buffer sample and a core sample cost the same bytes) and is preallocated: its
@@ -9,6 +9,7 @@ buffer sample and a core sample cost the same bytes) and is preallocated: its
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from qcore.core.types import Batch, StepReport
 from qcore.coreset.core import Core, update_core_after_passes
 from qcore.edge.step import step_rng
 from qcore.errors import QCoreError
+
+if TYPE_CHECKING:
+    from qcore.config import RunConfig
 
 
 class Baseline:
@@ -46,7 +50,9 @@ class CoreCalibrator:
     (the back-prop reference, the zeroth-order rival). Subclasses implement
     ``predict(X) -> labels``, ``calibrate(X, y) -> (correct, extra)`` (``correct``: bool
     ``(passes, len(y))``, old core first, then the batch) and ``device_bytes()``. Step
-    ``s`` draws from ``self.rng = step_rng(seed, s)``, the device's RNG rule.
+    ``s`` draws from ``self.rng = step_rng(seed, s)``, the device's RNG rule. A subclass
+    passes ``seed``, ``core_mode`` and ``old_quota`` through (:func:`core_loop` reads
+    them from a run's config).
     """
 
     def __init__(
@@ -87,6 +93,11 @@ class CoreCalibrator:
             old_quota=self.old_quota,
         )
         return StepReport(task_acc, time.perf_counter() - t0, extra)
+
+
+def core_loop(cfg: RunConfig) -> dict[str, Any]:
+    """:class:`CoreCalibrator`'s settings in a run's config, as its keyword arguments."""
+    return {"seed": cfg.seed, "core_mode": cfg.core_mode, "old_quota": cfg.old_quota}
 
 
 def reservoir_slots(n_seen: int, n_new: int, capacity: int, rng: np.random.Generator) -> np.ndarray:

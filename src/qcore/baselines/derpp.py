@@ -10,38 +10,25 @@ cost ``4 * n_classes`` bytes per sample on top of the shared per-sample budget.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qcore.baselines.common import source_reservoir
+from qcore.baselines.common import Buffer, source_reservoir
 from qcore.baselines.registry import Deployment, register
-from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
+from qcore.baselines.torch_common import BufferBaseline, adam_steps, xy_tensors
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
 
 
+@register("derpp")
 class DERPP(BufferBaseline):
-    def __init__(
-        self,
-        qmodel: torch.nn.Module,
-        source_X: np.ndarray,
-        source_y: np.ndarray,
-        n_classes: int,
-        *,
-        size: int,
-        steps: int,
-        lr: float,
-        seed: int,
-        alpha: float = 0.1,
-        beta: float = 0.5,
-    ) -> None:
-        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
-        self.rng = np.random.default_rng(seed)
-        self.buffer = source_reservoir(source_X, source_y, size, self.rng, n_logits=n_classes)
-        b = self.buffer
+    alpha, beta = 0.1, 0.5  # weights of the logit (MSE) and the label (CE) replay terms
+
+    def first_buffer(self, dep: Deployment, size: int) -> Buffer:
+        """The source reservoir, each sample with the deployed model's logits."""
+        b = source_reservoir(dep.source_X, dep.source_y, size, self.rng, n_logits=dep.n_classes)
         b.logits[: b.size] = predict_logits(self.model, b.X[: b.size])
-        self.alpha, self.beta = alpha, beta
+        return b
 
     def step(self, batch: Batch) -> dict[str, float]:
         b, k = self.buffer, len(batch)
@@ -56,18 +43,4 @@ class DERPP(BufferBaseline):
             return total + self.beta * F.cross_entropy(self.model(X2), y2)
 
         adam_steps(self.model, self.steps, self.lr, loss)
-        self.n_steps += 1
-        logits = predict_logits(self.model, batch.X)
-        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng, logits=logits)
-        return {}
-
-
-@register("derpp")
-def _derpp(dep: Deployment) -> DERPP:
-    return DERPP(
-        dep.qmodel,
-        dep.source_X,
-        dep.source_y,
-        dep.n_classes,
-        **budget(dep),
-    )
+        return self.offer(batch)

@@ -12,28 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qcore.baselines.common import source_reservoir
-from qcore.baselines.registry import Deployment, register
-from qcore.baselines.torch_common import BufferBaseline, adam_steps, budget, xy_tensors
+from qcore.baselines.registry import register
+from qcore.baselines.torch_common import BufferBaseline, adam_steps, xy_tensors
 from qcore.core.types import Batch
 
 
+@register("er")
 class ExperienceReplay(BufferBaseline):
-    def __init__(
-        self,
-        qmodel: torch.nn.Module,
-        source_X: np.ndarray,
-        source_y: np.ndarray,
-        *,
-        size: int,
-        steps: int,
-        lr: float,
-        seed: int,
-    ) -> None:
-        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
-        self.rng = np.random.default_rng(seed)
-        self.buffer = source_reservoir(source_X, source_y, size, self.rng)
-
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer
 
@@ -45,16 +30,4 @@ class ExperienceReplay(BufferBaseline):
             return F.cross_entropy(self.model(X), y)
 
         adam_steps(self.model, self.steps, self.lr, loss)
-        self.n_steps += 1
-        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng)
-        return {}
-
-
-@register("er")
-def _er(dep: Deployment) -> ExperienceReplay:
-    return ExperienceReplay(
-        dep.qmodel,
-        dep.source_X,
-        dep.source_y,
-        **budget(dep),
-    )
+        return self.offer(batch)

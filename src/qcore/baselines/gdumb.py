@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import torch
 
 from qcore.baselines.common import Buffer
 from qcore.baselines.registry import Deployment, register
-from qcore.baselines.torch_common import BufferBaseline, budget
+from qcore.baselines.torch_common import BufferBaseline
 from qcore.core.types import Batch
 
 
@@ -41,22 +40,16 @@ def gdumb_add(buf: Buffer, x: np.ndarray, y: int, origin: int, seen: set[int], r
     return True
 
 
+@register("gdumb")
 class GDumb(BufferBaseline):
-    def __init__(
-        self,
-        qmodel: torch.nn.Module,
-        sample_shape: tuple[int, int],
-        *,
-        size: int,
-        steps: int,
-        lr: float,
-        seed: int,
-    ) -> None:
-        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
+    def __init__(self, dep: Deployment) -> None:
+        super().__init__(dep)
         self.deployed = copy.deepcopy(self.model)
-        self.buffer = Buffer(size, sample_shape)
         self.seen: set[int] = set()
-        self.rng = np.random.default_rng(seed)
+
+    def first_buffer(self, dep: Deployment, size: int) -> Buffer:
+        """An empty buffer: only stream samples enter."""
+        return Buffer(size, dep.source_X.shape[1:])
 
     def step(self, batch: Batch) -> dict[str, float]:
         self.n_steps += 1
@@ -71,12 +64,3 @@ class GDumb(BufferBaseline):
 
     def device_bytes(self) -> int:
         return 2 * self.model_bytes() + self.buffer.nbytes  # restart point + learner
-
-
-@register("gdumb")
-def _gdumb(dep: Deployment) -> GDumb:
-    return GDumb(
-        dep.qmodel,
-        dep.source_X.shape[1:],
-        **budget(dep),
-    )

@@ -7,21 +7,21 @@ afford it: it stores every stream sample, and ``device_bytes`` counts them all.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from qcore.baselines.registry import Deployment, register
 from qcore.baselines.torch_common import TorchBaseline
 from qcore.core.types import Batch
 
 
+@register("joint")
 class Joint(TorchBaseline):
     """``steps`` full-batch Adam steps per stream step on the union of all batches so far.
 
     ``X`` float32 ``(n_seen, C, T)`` and ``y`` int64 grow by one batch per step.
     """
 
-    def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
-        super().__init__(qmodel, steps=steps, lr=lr, seed=seed)
+    def __init__(self, dep: Deployment) -> None:
+        super().__init__(dep)
         self.X: np.ndarray | None = None
         self.y = np.zeros(0, dtype=np.int64)
 
@@ -36,9 +36,3 @@ class Joint(TorchBaseline):
     def device_bytes(self) -> int:
         stored = 0 if self.X is None else self.X.nbytes + self.y.nbytes
         return self.model_bytes() + int(stored)
-
-
-@register("joint")
-def _joint(dep: Deployment) -> Joint:
-    c = dep.cfg
-    return Joint(dep.qmodel, steps=c.calib_steps, lr=c.calib_lr, seed=c.seed)

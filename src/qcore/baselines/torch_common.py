@@ -5,34 +5,43 @@ fixed (as :func:`qcore.cloud.calibrate.backprop_calibrate`), so after every step
 deployed model is the new integer codes; BatchNorm runs in training mode while training
 so its statistics follow the calibration data. A fresh Adam per stream step, as the
 back-prop reference does.
+
+Every baseline here is built from a :class:`qcore.baselines.registry.Deployment` alone,
+so its class is the factory its module registers. A buffer baseline's buffer holds as
+many samples as the QCore (the same bytes); the cloud fills it
+(:meth:`BufferBaseline.first_buffer`) and a replay step ends with
+:meth:`BufferBaseline.offer`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
-from qcore.baselines.common import Baseline, Buffer
+from qcore.baselines.common import Baseline, Buffer, source_reservoir
+from qcore.baselines.registry import Deployment
 from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits, to_tensor
+from qcore.core.types import Batch
 from qcore.coreset.core import Core
 
 
 class TorchBaseline(Baseline):
     """A baseline that calibrates a deep copy of the deployed torch model.
 
-    ``steps`` Adam steps at rate ``lr`` per stream step; ``n_steps`` counts stream steps
-    and offsets ``seed`` so every step draws its own mini-batch order.
+    ``steps`` Adam steps at rate ``lr`` per stream step (the run's ``calib_steps`` and
+    ``calib_lr``); ``n_steps`` counts stream steps and offsets the run's ``seed`` so
+    every step draws its own mini-batch order.
     """
 
-    def __init__(self, qmodel: torch.nn.Module, *, steps: int, lr: float, seed: int) -> None:
-        self.model = copy.deepcopy(qmodel).eval()
-        self.steps, self.lr, self.seed, self.n_steps = steps, lr, seed, 0
+    def __init__(self, dep: Deployment) -> None:
+        c = dep.cfg
+        self.model = copy.deepcopy(dep.qmodel).eval()
+        self.steps, self.lr, self.seed, self.n_steps = c.calib_steps, c.calib_lr, c.seed, 0
 
     def train_full_batch(self, X: np.ndarray, y: np.ndarray) -> None:
         """``steps`` full-batch Adam steps on ``(X, y)``, seeded by ``seed + n_steps``."""
@@ -58,9 +67,29 @@ class TorchBaseline(Baseline):
 
 
 class BufferBaseline(TorchBaseline):
-    """A :class:`TorchBaseline` whose device also holds a sample buffer (its "core")."""
+    """A :class:`TorchBaseline` whose device also holds a sample buffer (its "core").
 
-    buffer: Buffer
+    ``rng`` (seeded by ``seed``) first fills the buffer, then draws every step's samples.
+    """
+
+    def __init__(self, dep: Deployment) -> None:
+        super().__init__(dep)
+        self.rng = np.random.default_rng(self.seed)
+        self.buffer = self.first_buffer(dep, len(dep.core))
+
+    def first_buffer(self, dep: Deployment, size: int) -> Buffer:
+        """The buffer the cloud hands over: ``size`` samples drawn by a reservoir over a
+        seeded shuffle of the source training set (a method may choose otherwise)."""
+        return source_reservoir(dep.source_X, dep.source_y, size, self.rng)
+
+    def offer(self, batch: Batch) -> dict[str, float]:
+        """End a replay step: count it, then offer the batch to the reservoir (with the
+        trained model's logits where the buffer stores logits). Returns no extras."""
+        self.n_steps += 1
+        b = self.buffer
+        logits = None if b.logits is None else predict_logits(self.model, batch.X)
+        b.add_reservoir(batch.X, batch.y, self.n_steps, self.rng, logits=logits)
+        return {}
 
     @property
     def core(self) -> Core:
@@ -86,11 +115,3 @@ def adam_steps(
 def xy_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``(n, C, T)`` and int64 ``(n,)`` tensors (no copy where possible)."""
     return to_tensor(X), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
-
-
-def budget(dep: Any) -> dict[str, Any]:
-    """What every buffer baseline gets from a :class:`qcore.baselines.registry.Deployment`: a
-    buffer of as many samples as the core (same bytes), the run's calibration steps,
-    learning rate and seed."""
-    c = dep.cfg
-    return {"size": len(dep.core), "steps": c.calib_steps, "lr": c.calib_lr, "seed": c.seed}

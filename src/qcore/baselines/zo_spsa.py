@@ -17,10 +17,11 @@ factory is imported inside it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from qcore.baselines.common import CoreCalibrator
+from qcore.baselines.common import CoreCalibrator, core_loop
 from qcore.baselines.registry import Deployment, register
 from qcore.config import FlipGuard
 from qcore.core.qmodel import QLayer, QuantizedModel
@@ -128,11 +129,10 @@ class ZOSPSA(CoreCalibrator):
         iters: int,
         guard: FlipGuard,
         bn_mode: str,
-        seed: int,
-        core_mode: str = "proportional",
-        old_quota: float | None = None,
+        **loop: Any,
     ) -> None:
-        super().__init__(core, seed=seed, core_mode=core_mode, old_quota=old_quota)
+        """``loop``: :class:`CoreCalibrator`'s ``seed``, ``core_mode`` and ``old_quota``."""
+        super().__init__(core, **loop)
         self.qm = qm
         self.iters, self.guard, self.bn_mode = iters, guard, bn_mode
 
@@ -163,7 +163,5 @@ def _zo_spsa(dep: Deployment) -> ZOSPSA:
         iters=c.calib_steps,
         guard=c.flip_guard,
         bn_mode=c.bn_mode,
-        seed=c.seed,
-        core_mode=c.core_mode,
-        old_quota=c.old_quota,
+        **core_loop(c),
     )

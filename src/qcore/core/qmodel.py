@@ -5,7 +5,9 @@ edge side runs it (``qcore.edge.infer``). Nothing here knows about PyTorch: laye
 norms are keyed by the torch module names (``"blocks.0.bottleneck"``,
 ``"blocks.1.convs.2"``, ``"shortcuts.2.conv"``, ``"head"``, ``"blocks.0.bn"``, ...), so the
 two sides can be matched name by name, and the edge forward pass derives the network
-structure from which keys are present.
+structure from which keys are present. :func:`check_structure` is therefore the one place
+that decides whether a description forms an InceptionTime; every artifact, built or read
+from a file, passes through it before anything indexes its layers.
 """
 
 from __future__ import annotations
@@ -74,8 +76,7 @@ class QLayer:
         else:
             w = w.copy()
         bias = None if self.bias is None else self.bias.copy()
-        act = None if self.act is None else tuple(self.act)
-        return QLayer(w, act, bias, self.kernel_size)
+        return QLayer(w, self.act, bias, self.kernel_size)  # act: an immutable tuple
 
 
 @dataclass
@@ -178,3 +179,66 @@ class QuantizedModel:
             {name: layer.copy() for name, layer in self.layers.items()},
             {name: bn.copy() for name, bn in self.norms.items()},
         )
+
+
+def check_structure(qm: QuantizedModel) -> None:
+    """Raise unless every layer and norm has the shape the model's dimensions imply.
+
+    The edge forward pass derives the network from which keys exist, so this is where a
+    description that does not form an InceptionTime is rejected: each block reads
+    ``n_channels`` (block 0) or ``4 * filters`` channels; an optional 1x1 bottleneck to
+    ``filters``; three odd-kernel convolutions ``convs.0..2`` and a 1x1 ``pool_conv`` of
+    ``filters`` outputs each (so the BatchNorm sees ``4 * filters``); shortcuts with a
+    1x1 conv exactly when their input width differs; a head ``(n_classes, 4 * filters)``.
+    """
+    f, width = qm.filters, 4 * qm.filters
+    want_layers: dict[str, tuple[int, ...]] = {}
+    want_norms: dict[str, int] = {}
+    res_in = qm.n_channels
+    for d in range(qm.depth):
+        p = f"blocks.{d}"
+        n_in = qm.n_channels if d == 0 else width
+        branch_in = n_in
+        if f"{p}.bottleneck" in qm.layers:
+            want_layers[f"{p}.bottleneck"] = (f, n_in, 1)
+            branch_in = f
+        for i in range(3):
+            name = f"{p}.convs.{i}"
+            k = qm.layers[name].kernel_size if name in qm.layers else 0
+            if k % 2 == 0:
+                raise QCoreError(f"layer {name} is missing or has an even kernel size")
+            want_layers[name] = (f, branch_in, k)
+        want_layers[f"{p}.pool_conv"] = (f, n_in, 1)
+        want_norms[f"{p}.bn"] = width
+        s = f"shortcuts.{d}"
+        if f"{s}.bn" in qm.norms:
+            want_norms[f"{s}.bn"] = width
+            if f"{s}.conv" in qm.layers:
+                want_layers[f"{s}.conv"] = (width, res_in, 1)
+            elif res_in != width:
+                raise QCoreError(f"shortcut {s} joins {res_in} to {width} channels without a conv")
+            res_in = width
+    want_layers["head"] = (qm.n_classes, width)
+    extra = sorted(set(qm.layers) - set(want_layers)) + sorted(set(qm.norms) - set(want_norms))
+    missing = sorted(set(want_layers) - set(qm.layers)) + sorted(set(want_norms) - set(qm.norms))
+    if extra or missing:
+        raise QCoreError(
+            f"model layers do not form an InceptionTime: extra {extra}, missing {missing}"
+        )
+    for name, shape in want_layers.items():
+        layer = qm.layers[name]
+        if tuple(layer.weight.shape) != shape:
+            raise QCoreError(
+                f"layer {name} has shape {tuple(layer.weight.shape)}, the model's "
+                f"channels/filters imply {shape}"
+            )
+        if name != "head" and layer.bias is not None:
+            raise QCoreError(f"layer {name} is a convolution and must be bias-free")
+        wbits = layer.weight.bits if isinstance(layer.weight, QuantizedTensor) else None
+        if wbits != qm.bits:
+            raise QCoreError(f"layer {name} has bit-width {wbits}, the model {qm.bits}")
+    for name, channels in want_norms.items():
+        if qm.norms[name].n_channels != channels:
+            raise QCoreError(
+                f"BatchNorm {name} has {qm.norms[name].n_channels} channels, expected {channels}"
+            )

@@ -83,9 +83,10 @@ def update_core(
         n_old = min(int(round(old_quota * size)), size)
         n_new = min(size - n_old, len(y_new))
         n_old = size - n_new
-        old = select_core(score[:size], y[:size], n_old, mode, rng) if n_old else []
-        new = size + select_core(score[size:], y[size:], n_new, mode, rng) if n_new else []
-        idx = np.sort(np.concatenate([np.asarray(old, int), np.asarray(new, int)]))
+        none = np.zeros(0, dtype=np.int64)
+        old = select_core(score[:size], y[:size], n_old, mode, rng) if n_old else none
+        new = size + select_core(score[size:], y[size:], n_new, mode, rng) if n_new else none
+        idx = np.sort(np.concatenate([old, new]).astype(np.int64))
     return Core(X[idx], y[idx], score[idx], origin[idx])
 
 

@@ -2,7 +2,7 @@
 
 The state file uses the artifact format (:mod:`qcore.edge.artifact`), so a state can be
 inspected, exported or shipped like any artifact. Persistence is crash-safe: every save
-goes through :func:`qcore.edge.artifact.write_atomic` (temporary file in the same
+goes through :func:`qcore.core.fileio.write_atomic` (temporary file in the same
 folder, fsync, atomic rename, fsync of the folder), so ``path`` always holds either the
 previous or the new complete state, never a mixture. The only trace a crash can leave
 is a temporary ``.NAME.*.tmp`` file beside the state, which :func:`remove_stale_temps`
@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from qcore.edge.artifact import Artifact, encode_artifact, load_artifact, write_atomic
+from qcore.core.fileio import write_atomic
+from qcore.edge.artifact import Artifact, encode_artifact, load_artifact
 from qcore.errors import QCoreError
 
 

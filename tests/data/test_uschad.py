@@ -55,7 +55,7 @@ def _real_root() -> Path:
     try:
         return find_uschad_root()
     except QCoreError:
-        pytest.skip("USC-HAD not found at ../shared/data/USC-HAD (a fresh clone lacks it)")
+        pytest.skip("USC-HAD not found (not bundled: a fresh clone has no copy of it)")
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """A seeded end-to-end run on tiny synthetic data, through the library and the CLI."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from qcore.cli import main
 from qcore.config import RunConfig
 from qcore.edge.artifact import load_artifact
 from qcore.eval.runner import run
@@ -26,6 +27,23 @@ TINY = dict(
     source_calib_epochs=1,
     flip_steps=2,
 )
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``qcore ARGS`` in this process (the process boundary is not what these tests test):
+    exit status, stdout, stderr. ``qcore run`` sets the process's thread counts, which
+    change float results; they are restored so later tests see what they set."""
+    torch_threads = torch.get_num_threads()
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    finally:
+        torch.set_num_threads(torch_threads)
+        if blas:
+            threadpool_limits(blas[0], user_api="blas")
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +103,7 @@ def test_same_seed_same_numbers(result, tmp_path):
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
-def test_cli_errors_are_one_clear_line(tmp_path):
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     cases = [
         (["run", "--out", str(tmp_path), "--set", "bits=9"], "bit-width 9"),
         (["run", "--out", str(tmp_path), "--set", "dataset=nope"], "nope"),
@@ -109,71 +127,40 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         (["model", "info", "--channels", "0", "--classes", "3"], "n_channels"),
     ]
     for args, needle in cases:
-        proc = subprocess.run(
-            [sys.executable, "-m", "qcore.cli", *args], capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode != 0, args
-        assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        code, _, err = cli(capsys, *args)
+        assert code != 0, args
+        assert needle in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
 
 
-def test_cli_info_json():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qcore.cli",
-            "model",
-            "info",
-            "--channels",
-            "6",
-            "--classes",
-            "6",
-            "--filters",
-            "16",
-            "--depth",
-            "3",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert json.loads(out.stdout)["n_params"] == 57_030
-    out = subprocess.run(
-        [sys.executable, "-m", "qcore.cli", "data", "info", "synthetic", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    info = json.loads(out.stdout)
+def test_cli_info_json(capsys):
+    args = ["--channels", "6", "--classes", "6", "--filters", "16", "--depth", "3", "--json"]
+    code, out, _ = cli(capsys, "model", "info", *args)
+    assert code == 0 and json.loads(out)["n_params"] == 57_030
+    code, out, _ = cli(capsys, "data", "info", "synthetic", "--json")
+    info = json.loads(out)
     assert {"n_cases", "n_channels", "n_timepoints", "n_classes", "n_domains"} <= set(info)
     assert np.isfinite(info["n_cases"])
 
 
-def test_export_then_device_end_to_end(result, tmp_path):
+def test_help_lists_the_settings(capsys):
+    for command, setting in (("run", "flip_teacher_lr"), ("device", "guard_margin")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert f"  {setting} = " in text and "  flip_guard = pass" in text
+
+
+def test_export_then_device_end_to_end(result, tmp_path, capsys):
     from qcore.data.registry import load_dataset
 
     out, _ = result
     art = tmp_path / "model.qcore"
-    cli = [sys.executable, "-m", "qcore.cli"]
-    exp = subprocess.run(
-        [*cli, "export", str(out), "--bits", "4", "--out", str(art)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert exp.returncode == 0, exp.stderr
-    assert json.loads(exp.stdout)["total"] == art.stat().st_size
-    missing = subprocess.run(
-        [*cli, "export", str(out), "--bits", "8", "--out", str(art)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert missing.returncode != 0 and "8" in missing.stderr
+    code, stdout, err = cli(capsys, "export", str(out), "--bits", "4", "--out", str(art))
+    assert code == 0, err
+    assert json.loads(stdout)["total"] == art.stat().st_size
+    code, _, err = cli(capsys, "export", str(out), "--bits", "8", "--out", str(art))
+    assert code != 0 and "8" in err
     ds = load_dataset("synthetic")
     raw = ds.X[ds.domain == 1]
     labels = ds.y[ds.domain == 1]
@@ -181,25 +168,20 @@ def test_export_then_device_end_to_end(result, tmp_path):
     stream.mkdir()
     for i in range(3):
         np.savez(stream / f"b{i}.npz", X=raw[i * 8 : (i + 1) * 8], y=labels[i * 8 : (i + 1) * 8])
-    dev = subprocess.run(
-        [
-            *cli,
-            "device",
-            str(art),
-            "--stream",
-            str(stream),
-            "--state",
-            str(tmp_path / "state.qcore"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert dev.returncode == 0, dev.stderr
-    lines = [json.loads(line) for line in dev.stdout.strip().splitlines()]
+    state = str(tmp_path / "state.qcore")
+    code, stdout, err = cli(
+        capsys, "device", str(art), "--stream", str(stream), "--state", state,
+        "--set", "flip_guard=off", "--set", "guard_margin=1",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(line) for line in stdout.strip().splitlines()]
     assert len(lines) == 3
     for line in lines:
         assert {"step", "accuracy", "latency_ms", "rss_bytes"} <= set(line)
+    # the overrides are the state's device settings from now on
+    saved = load_artifact(state).device
+    assert saved.flip_guard == "off" and saved.guard_margin == 1.0
+    assert load_artifact(art).device.flip_guard == "pass"
 
 
 def test_a_bit_width_does_not_depend_on_the_others(result, tmp_path):

@@ -20,7 +20,7 @@ def load_dataset(name: str, path: str | Path | None = None, seed: int = 0) -> Da
     """Load dataset ``name`` (one of :data:`DATASETS`).
 
     ``path``: required for ``dsads`` (its root folder) and ``npz`` (the file); optional for
-    ``usc-had`` (default: ``../shared/data/USC-HAD`` next to the cwd or the repository),
+    ``usc-had`` (default: :func:`qcore.data.uschad.find_uschad_root`),
     ``hapt`` and ``watch`` (default: the file bundled with their pip package); not accepted
     by ``synthetic``. ``seed`` only matters for ``synthetic``; real data are deterministic.
     """

@@ -44,9 +44,11 @@ _TRIAL = re.compile(r"a(\d+)t(\d+)\.mat")
 
 
 def find_uschad_root() -> Path:
-    """The first existing ``shared/data/USC-HAD``: next to the cwd, then next to the repo.
+    """Where USC-HAD is when no path is given: a team data folder ``shared/data/USC-HAD``
+    in the folder that holds the working directory, else the one that holds the repository.
 
     ``Path(__file__).parents[3]`` is the repository root (``src/qcore/data/uschad.py``).
+    A fresh clone has neither: pass the dataset's root explicitly.
     """
     candidates = (
         Path.cwd().parent / "shared" / "data" / "USC-HAD",

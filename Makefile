@@ -14,6 +14,7 @@ test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(PY)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcore.config import CoreMode
 from qcore.core.rng import SeedLike, as_generator
 from qcore.core.types import validate_xy
 from qcore.coreset.scores import pass_misses
@@ -38,7 +39,7 @@ class Core:
 
 
 def build_core(
-    X: np.ndarray, y: np.ndarray, scores: np.ndarray, size: int, mode: str, seed: SeedLike
+    X: np.ndarray, y: np.ndarray, scores: np.ndarray, size: int, mode: CoreMode, seed: SeedLike
 ) -> Core:
     """Select the initial core from the source training set by its training-dynamics scores."""
     idx = select_core(scores, y, size, mode, seed)
@@ -58,7 +59,7 @@ def update_core(
     score_new: np.ndarray,
     step: int,
     seed: SeedLike,
-    mode: str = "proportional",
+    mode: CoreMode = "proportional",
     old_quota: float | None = None,
 ) -> Core:
     """Pool the old core and a new batch with fresh misses; keep ``len(core)`` of them.
@@ -97,7 +98,7 @@ def update_core_after_passes(
     correct: np.ndarray,
     step: int,
     seed: SeedLike,
-    mode: str = "proportional",
+    mode: CoreMode = "proportional",
     old_quota: float | None = None,
 ) -> Core:
     """:func:`update_core` scored by the misses over a calibration's passes.

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcore.config import CORE_MODES, CoreMode
 from qcore.core.rng import SeedLike, as_generator
 from qcore.errors import QCoreError
-
-MODES = ("proportional", "stratified", "balanced")
 
 
 def _proportional(scores: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,11 +41,11 @@ def _stratified(scores: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     return np.asarray(chosen)
 
 
-def _balanced(scores: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator):
+def _balanced(scores: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     classes = np.unique(y)
     quota = np.full(len(classes), size // len(classes))
     quota[rng.permutation(len(classes))[: size % len(classes)]] += 1
-    chosen = []
+    chosen: list[np.ndarray] = []
     spare = 0
     for c, k in zip(classes, quota, strict=True):
         members = np.flatnonzero(y == c)
@@ -66,7 +65,7 @@ def select_core(
     scores: np.ndarray,
     y: np.ndarray,
     size: int,
-    mode: str = "proportional",
+    mode: CoreMode = "proportional",
     seed: SeedLike = 0,
 ) -> np.ndarray:
     """Indices (int64, sorted) of a core of ``size`` samples chosen by ``scores``."""
@@ -85,7 +84,7 @@ def select_core(
     elif mode == "balanced":
         idx = _balanced(scores, np.asarray(y), size, rng)
     else:
-        raise QCoreError(f"unknown core mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise QCoreError(f"unknown core mode {mode!r}: choose one of {', '.join(CORE_MODES)}")
     return np.sort(idx.astype(np.int64))
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from qcore.config import BN_MODES, FLIP_GUARDS, BnMode, FlipGuard, check_choice
 from qcore.core.qmodel import QuantizedModel
-from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features
-from qcore.edge.infer import bn_reestimate, forward
+from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features, quantized_weight
+from qcore.edge.infer import Trace, bn_reestimate, forward
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,15 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-logp[np.arange(len(y)), y].mean())
+
+
+def _logits(trace: Trace) -> np.ndarray:
+    """The logits of a trace recorded by ``forward(..., record=True)``."""
+    # Every trace here comes from ``forward(..., record=True)``, which never returns one
+    # without logits: ``_Runner.run`` sets them on each chunk's trace and ``_merge``
+    # concatenates them (inputs are never empty). Only an unfilled ``Trace()`` has None.
+    assert trace.logits is not None
+    return trace.logits
 
 
 def propose_flips(
@@ -51,12 +60,15 @@ def propose_flips(
 
 def _budget_count(qm: QuantizedModel, flips: dict[str, np.ndarray], budget: float) -> int:
     """How many flips ``budget`` allows: that share of the flippable layers' codes."""
-    return int(budget * sum(qm.layers[n].weight.q.size for n in flips))
+    return int(budget * sum(quantized_weight(qm, n).q.size for n in flips))
 
 
-def _flips_and_confidence(qm, net, inputs, e):
+def _flips_and_confidence(
+    qm: QuantizedModel, net: FlipNet, inputs: dict[str, np.ndarray], e: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per layer: the network's flips and each code's confidence ``max(p(-1), p(+1))``."""
-    flips, conf = {}, {}
+    flips: dict[str, np.ndarray] = {}
+    conf: dict[str, np.ndarray] = {}
     for name, feedback in net.feedback.items():
         flips[name], conf[name] = net.flips_and_confidence(
             layer_features(qm, name, inputs[name], e, feedback)
@@ -64,7 +76,9 @@ def _flips_and_confidence(qm, net, inputs, e):
     return flips, conf
 
 
-def _most_confident(flips, conf, keep: int) -> dict[str, np.ndarray]:
+def _most_confident(
+    flips: dict[str, np.ndarray], conf: dict[str, np.ndarray], keep: int
+) -> dict[str, np.ndarray]:
     """The ``keep`` most confident of ``flips`` over all layers; ties go to the earlier
     layer and code, so exactly ``min(keep, proposed)`` flips survive."""
     moving = {n: np.flatnonzero(f) for n, f in flips.items()}
@@ -73,7 +87,8 @@ def _most_confident(flips, conf, keep: int) -> dict[str, np.ndarray]:
         return flips
     kept = np.zeros(len(ranked), dtype=bool)
     kept[np.argsort(-ranked, kind="stable")[: max(keep, 0)]] = True
-    out, start = {}, 0
+    out: dict[str, np.ndarray] = {}
+    start = 0
     for n, i in moving.items():
         sel = i[kept[start : start + len(i)]]
         f = np.zeros(flips[n].size, dtype=np.int16)
@@ -86,19 +101,27 @@ def _most_confident(flips, conf, keep: int) -> dict[str, np.ndarray]:
 def _with_flips(qm: QuantizedModel, flips: dict[str, np.ndarray]) -> tuple[QuantizedModel, int]:
     out = qm.copy()
     for name, f in flips.items():
-        out.layers[name].weight = apply_flips(qm.layers[name].weight, f)
+        out.layers[name].weight = apply_flips(quantized_weight(qm, name), f)
     return out, int(sum(np.count_nonzero(f) for f in flips.values()))
 
 
 BACKTRACK_HALVINGS = 4
 
 
-def _backtracked_pass(qm, net, trace, X, y, loss, budget):
+def _backtracked_pass(
+    qm: QuantizedModel,
+    net: FlipNet,
+    trace: Trace,
+    X: np.ndarray,
+    y: np.ndarray,
+    loss: float,
+    budget: float | None,
+) -> tuple[QuantizedModel, Trace, float, int, int]:
     """The pass's flips (at most ``budget`` of the codes), or if they raise the loss its
     most confident half, quarter, ... (up to ``BACKTRACK_HALVINGS`` halvings, one forward
     pass each): the largest share whose loss does not rise. Returns (model, trace, loss,
     flips applied, flips proposed)."""
-    flips, conf = _flips_and_confidence(qm, net, trace.inputs, error_signal(trace.logits, y))
+    flips, conf = _flips_and_confidence(qm, net, trace.inputs, error_signal(_logits(trace), y))
     proposed = int(sum(np.count_nonzero(f) for f in flips.values()))
     keep = proposed if budget is None else min(proposed, _budget_count(qm, flips, budget))
     for _ in range(BACKTRACK_HALVINGS + 1):
@@ -106,24 +129,26 @@ def _backtracked_pass(qm, net, trace, X, y, loss, budget):
             break
         candidate, n_flips = _with_flips(qm, _most_confident(flips, conf, keep))
         cand_trace = forward(candidate, X, record=True)
-        cand_loss = cross_entropy(cand_trace.logits, y)
+        cand_loss = cross_entropy(_logits(cand_trace), y)
         if cand_loss <= loss:
             return candidate, cand_trace, cand_loss, n_flips, proposed
         keep //= 2
     return qm, trace, loss, 0, proposed
 
 
-def _layer_guarded_pass(qm, net, trace, X, y, loss):
+def _layer_guarded_pass(
+    qm: QuantizedModel, net: FlipNet, trace: Trace, X: np.ndarray, y: np.ndarray, loss: float
+) -> tuple[QuantizedModel, int]:
     """Accept each layer's flips only if the calibration loss does not rise (one forward
     pass per layer with flips)."""
-    e = error_signal(trace.logits, y)
+    e = error_signal(_logits(trace), y)
     applied = 0
     for name, feedback in net.feedback.items():
         flips = net.predict_flips(layer_features(qm, name, trace.inputs[name], e, feedback))
         if not np.any(flips):
             continue
         candidate = qm.copy()
-        candidate.layers[name].weight = apply_flips(qm.layers[name].weight, flips)
+        candidate.layers[name].weight = apply_flips(quantized_weight(qm, name), flips)
         cand_logits = forward(candidate, X)
         cand_loss = cross_entropy(cand_logits, y)
         if cand_loss <= loss:
@@ -161,8 +186,8 @@ def flip_calibrate(
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
     trace = forward(qm, X, record=True)
-    loss = cross_entropy(trace.logits, y)
-    correct = [trace.logits.argmax(1) == y]
+    loss = cross_entropy(_logits(trace), y)
+    correct = [_logits(trace).argmax(1) == y]
     applied, rejected = 0, 0
     for _ in range(steps):
         if guard == "backtrack":
@@ -173,27 +198,27 @@ def flip_calibrate(
                 rejected += int(n_proposed > 0)
                 break
             applied += n_flips
-            correct.append(trace.logits.argmax(1) == y)
+            correct.append(_logits(trace).argmax(1) == y)
             continue
         if guard == "layer":
             qm, n_flips = _layer_guarded_pass(qm, net, trace, X, y, loss)
             if n_flips == 0:
                 break
             trace = forward(qm, X, record=True)
-            loss = cross_entropy(trace.logits, y)
+            loss = cross_entropy(_logits(trace), y)
             applied += n_flips
-            correct.append(trace.logits.argmax(1) == y)
+            correct.append(_logits(trace).argmax(1) == y)
             continue
-        e = error_signal(trace.logits, y)
+        e = error_signal(_logits(trace), y)
         candidate, n_flips = propose_flips(qm, net, trace.inputs, e, budget)
         if n_flips == 0:
             break
         cand_trace = forward(candidate, X, record=True)
-        cand_loss = cross_entropy(cand_trace.logits, y)
+        cand_loss = cross_entropy(_logits(cand_trace), y)
         if guard == "pass" and cand_loss > loss:
             rejected += 1
             break
         qm, trace, loss = candidate, cand_trace, cand_loss
         applied += n_flips
-        correct.append(trace.logits.argmax(1) == y)
+        correct.append(_logits(trace).argmax(1) == y)
     return FlipStepResult(qm, np.stack(correct), applied, rejected)

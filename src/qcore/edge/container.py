@@ -55,7 +55,11 @@ FIXED_SIZE = _FIXED.size  # 56
 _HASHED_FROM = 40  # the checksum covers the two lengths, the header and the payload
 
 # The only dtypes a file may declare (explicit little-endian, so files are portable).
-DTYPES = {"float32": np.dtype("<f4"), "int32": np.dtype("<i4"), "uint8": np.dtype("u1")}
+DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "int32": np.dtype("<i4"),
+    "uint8": np.dtype("u1"),
+}
 _MAX_NDIM = 4
 
 

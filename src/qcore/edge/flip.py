@@ -124,18 +124,22 @@ def dynamic_features(G: np.ndarray) -> np.ndarray:
     return np.stack([g, np.abs(g)], axis=1).astype(np.float32)
 
 
+def quantized_weight(qm: QuantizedModel, name: str) -> QuantizedTensor:
+    """Layer ``name``'s integer codes, or raise if the layer is float (nothing to flip)."""
+    weight = qm.layers[name].weight
+    if not isinstance(weight, QuantizedTensor):
+        raise QCoreError(f"layer {name} is float: flips need a quantized model")
+    return weight
+
+
 def layer_features(
     qm: QuantizedModel, name: str, x_in: np.ndarray, e: np.ndarray, feedback: np.ndarray
 ) -> np.ndarray:
     """All features of layer ``name``'s weights: ``(n_weights, N_FEATURES)`` float32."""
-    layer = qm.layers[name]
-    if not isinstance(layer.weight, QuantizedTensor):
-        raise QCoreError(f"layer {name} is float: flips need a quantized model")
-    S = window_sums(x_in, layer.kernel_size)
+    weight = quantized_weight(qm, name)
+    S = window_sums(x_in, qm.layers[name].kernel_size)
     G = gradient_proxy(S, e, feedback)
-    return np.concatenate(
-        [dynamic_features(G), static_features(layer.weight, name == "head")], axis=1
-    )
+    return np.concatenate([dynamic_features(G), static_features(weight, name == "head")], axis=1)
 
 
 def apply_flips(qt: QuantizedTensor, flips: np.ndarray) -> QuantizedTensor:

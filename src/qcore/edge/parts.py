@@ -128,7 +128,9 @@ def encode_model(w: Writer, qm: QuantizedModel) -> dict[str, Any]:
 def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
     """The model :func:`encode_model` stored, checked to form an InceptionTime."""
     m = get_field(header, "model", dict, source)
-    dims = [get_field(m, k, int, source) for k in ("n_channels", "n_classes", "filters", "depth")]
+    dims: list[int] = [
+        get_field(m, k, int, source) for k in ("n_channels", "n_classes", "filters", "depth")
+    ]
     if not all(v >= 1 for v in dims):
         raise corrupt(source, f"model dimensions {dims} must be positive")
     bits = m.get("bits")
@@ -146,13 +148,14 @@ def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
         if get_field(entry, "quantized", bool, source):
             codes = _rank23(r.take(f"{pre}/codes", "uint8"), name, source)
             n_out = codes.shape[0]
-            if r.bits_of(f"{pre}/codes") is None:
+            code_bits = r.bits_of(f"{pre}/codes")
+            if code_bits is None:
                 raise corrupt(source, f"codes of layer {name} are not packed")
             weight = QuantizedTensor(
                 codes,
                 r.take(f"{pre}/scale", "float32", (n_out,)),
                 r.take(f"{pre}/zero_point", "uint8", (n_out,)).astype(np.int32),
-                int(r.bits_of(f"{pre}/codes")),
+                int(code_bits),
             )
         else:
             weight = _rank23(r.take(f"{pre}/weight", "float32"), name, source)
@@ -165,18 +168,24 @@ def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
         layers[name] = QLayer(weight, act.pop(name, None), bias, k)
     if act:
         raise corrupt(source, f"activation parameters for unknown layers {sorted(act)}")
-    norms = {}
+    norms: dict[str, BatchNorm] = {}
     for entry in get_field(header, "norms", list, source):
         name = get_field(entry, "name", str, source)
         eps = float(get_field(entry, "eps", (int, float), source))
         if not eps > 0:
             raise corrupt(source, f"BatchNorm {name} has eps {eps}, expected > 0")
-        weight = r.take(f"norms/{name}/weight", "float32")
-        if weight.ndim != 1:
-            raise corrupt(source, f"BatchNorm {name} has rank {weight.ndim}, expected 1")
-        rest = [r.take(f"norms/{name}/{k}", "float32", weight.shape) for k in _BN_KEYS[1:]]
-        norms[name] = BatchNorm(weight, *rest, eps)
-    qm = QuantizedModel(*dims, bits, layers, norms)
+        gamma = r.take(f"norms/{name}/weight", "float32")
+        if gamma.ndim != 1:
+            raise corrupt(source, f"BatchNorm {name} has rank {gamma.ndim}, expected 1")
+        norms[name] = BatchNorm(
+            gamma,
+            r.take(f"norms/{name}/bias", "float32", gamma.shape),
+            r.take(f"norms/{name}/running_mean", "float32", gamma.shape),
+            r.take(f"norms/{name}/running_var", "float32", gamma.shape),
+            eps,
+        )
+    n_channels, n_classes, filters, depth = dims
+    qm = QuantizedModel(n_channels, n_classes, filters, depth, bits, layers, norms)
     check_structure(qm)  # before anything indexes layers by the model's dimensions
     return qm
 

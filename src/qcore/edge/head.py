@@ -1,0 +1,146 @@
+"""A streaming closed-form head: class means and a shared covariance of pooled features.
+
+Deep Streaming LDA (Hayes & Kanan, CVPR Workshops 2020) on the frozen quantized feature
+extractor. The device keeps, for its ``K`` classes and ``D`` pooled features,
+
+* ``count`` ``(K,)``: labelled samples seen per class;
+* ``mean`` ``(K, D)``: each class's mean feature vector;
+* ``scatter`` ``(D, D)``: the within-class scatter, the sum over every sample of
+  ``(x - mean[y]) (x - mean[y])^T`` about its class's *current* mean,
+
+and the head ``W = Λ mean^T``, ``b_c = -mean_c^T Λ mean_c / 2`` with
+``Λ = ((1 - ε) Σ + ε I)^-1`` and ``Σ = scatter / N``, recomputed once per batch (one
+``D x D`` solve). A batch is merged per class with Chan's parallel update, so the
+statistics after any sequence of batches equal those of one batch computation over all
+the samples, up to float rounding, whatever the batching. No gradient, no optimizer, no
+stored samples. The statistics are kept in float32 (``4 (K + K D + D^2)`` bytes: 17,304
+for 6 classes and 64 features) and every update and solve computes in float64. NumPy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcore.errors import QCoreError
+
+
+@dataclass(frozen=True)
+class HeadStats:
+    """Per-class counts and means, within-class scatter (float32), shrinkage ``ε``."""
+
+    count: np.ndarray  # float32 (K,)
+    mean: np.ndarray  # float32 (K, D)
+    scatter: np.ndarray  # float32 (D, D)
+    shrinkage: float
+
+    def __post_init__(self) -> None:
+        for name in ("count", "mean", "scatter"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float32))
+        k, d = self.mean.shape if self.mean.ndim == 2 else (-1, -1)
+        if k < 1 or d < 1:
+            raise QCoreError(
+                f"head means must have shape (classes, features), got {self.mean.shape}"
+            )
+        if self.count.shape != (k,) or self.scatter.shape != (d, d):
+            raise QCoreError(
+                f"head statistics disagree: count {self.count.shape}, mean {self.mean.shape}, "
+                f"scatter {self.scatter.shape}"
+            )
+        if not 0.0 < self.shrinkage <= 1.0:
+            raise QCoreError(f"head shrinkage must lie in (0, 1], got {self.shrinkage}")
+        arrays = (self.count, self.mean, self.scatter)
+        if not all(np.isfinite(a).all() for a in arrays) or (self.count < 0).any():
+            raise QCoreError("head statistics must be finite, with counts >= 0")
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes of the statistics."""
+        return int(self.count.nbytes + self.mean.nbytes + self.scatter.nbytes)
+
+
+UNSEEN = -1e30
+
+
+def empty_stats(n_classes: int, n_features: int, shrinkage: float) -> HeadStats:
+    return HeadStats(
+        np.zeros(n_classes),
+        np.zeros((n_classes, n_features)),
+        np.zeros((n_features, n_features)),
+        shrinkage,
+    )
+
+
+def batch_stats(features: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> HeadStats:
+    """The statistics of ``features`` float ``(n, D)`` with labels ``y`` in one computation."""
+    count, mean, scatter = _moments(features, y, n_classes)
+    return HeadStats(count, mean, scatter, shrinkage)
+
+
+def _moments(
+    features: np.ndarray, y: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts, class means and within-class scatter of one batch, in float64."""
+    x = np.asarray(features, dtype=np.float64)
+    count = np.bincount(y, minlength=n_classes).astype(np.float64)
+    mean = np.zeros((n_classes, x.shape[1]))
+    np.add.at(mean, y, x)
+    seen = count > 0
+    mean[seen] /= count[seen, None]
+    centred = x - mean[y]
+    return count, mean, centred.T @ centred
+
+
+def update(stats: HeadStats, features: np.ndarray, y: np.ndarray) -> HeadStats:
+    """``stats`` with one labelled batch merged in (Chan et al.'s pairwise update per class)."""
+    if features.ndim != 2 or features.shape[1] != stats.n_features or len(y) != len(features):
+        raise QCoreError(
+            f"head update needs features (n, {stats.n_features}) and n labels, got "
+            f"{features.shape} and {len(y)}"
+        )
+    if len(y) == 0:
+        return stats
+    if y.min() < 0 or y.max() >= stats.n_classes:
+        raise QCoreError(f"head labels must lie in 0..{stats.n_classes - 1}")
+    n_b, mean_b, scatter_b = _moments(features, y, stats.n_classes)
+    n_a = stats.count.astype(np.float64)
+    mean_a = stats.mean.astype(np.float64)
+    total = n_a + n_b
+    safe = np.where(total > 0, total, 1.0)
+    delta = mean_b - mean_a  # (K, D)
+    weight = n_a * n_b / safe  # 0 where either side is empty
+    scatter = stats.scatter.astype(np.float64) + scatter_b + (delta * weight[:, None]).T @ delta
+    mean = mean_a + delta * (n_b / safe)[:, None]
+    return HeadStats(total, mean, scatter, stats.shrinkage)
+
+
+def solve(stats: HeadStats) -> tuple[np.ndarray, np.ndarray]:
+    """The closed-form head: weights float32 ``(K, D)`` and bias float32 ``(K,)``.
+
+    A class never seen gets bias :data:`UNSEEN` (finite, far below any score), so it is
+    never predicted.
+    """
+    n = float(stats.count.sum())
+    d = stats.n_features
+    mean = stats.mean.astype(np.float64)
+    sigma = stats.scatter.astype(np.float64) / n if n > 0 else np.zeros((d, d))
+    eps = stats.shrinkage
+    precision_times_mean = np.linalg.solve((1.0 - eps) * sigma + eps * np.eye(d), mean.T)
+    weight = precision_times_mean.T  # (K, D): row c is Λ mean_c
+    bias = -0.5 * np.einsum("kd,kd->k", weight, mean)
+    bias = np.where(stats.count > 0, bias, UNSEEN)
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Scores float32 ``(n, K)`` of pooled ``features`` ``(n, D)``."""
+    return (np.asarray(features, dtype=np.float32) @ weight.T + bias).astype(np.float32)

@@ -66,7 +66,9 @@ def test_device_config_is_built_from_the_run_config():
         ("policy", "every:0", "unknown policy"),
         ("flip_budget", "1.5", "flip budget"),
         ("guard_margin", "-0.1", "guard_margin"),
-        ("flip_steps", "0", "flip_steps"),
+        ("flip_steps", "-1", "flip_steps"),
+        ("head", "lda", "unknown head"),
+        ("head_shrinkage", "0", "head_shrinkage"),
         ("epochs", "3", "unknown device setting"),
     ],
 )

@@ -26,9 +26,11 @@ from qcore.errors import QCoreError
 FlipGuard = Literal["pass", "backtrack", "layer", "off"]
 BnMode = Literal["reestimate", "frozen"]
 CoreMode = Literal["proportional", "stratified", "balanced"]
+HeadKind = Literal["model", "slda"]
 FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
 BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
+HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
 
 
@@ -93,7 +95,17 @@ class Settings:
 class DeviceConfig(Settings):
     """How a device calibrates; stored in the artifact's ``device`` section."""
 
-    flip_steps: int = setting(3, "flip passes per calibration step (each one forward pass)")
+    head: HeadKind = setting(
+        "model",
+        "model: predict with the deployed head; slda: with the streaming closed-form head "
+        "(class means and shared covariance of pooled features, updated by every label)",
+    )
+    head_shrinkage: float = setting(
+        1e-3, "slda head: covariance shrinkage towards the identity, in (0, 1]"
+    )
+    flip_steps: int = setting(
+        3, "flip passes per calibration step (each one forward pass; 0: no flips)"
+    )
     flip_guard: FlipGuard = setting(
         "pass",
         "pass: keep a pass only if the loss on core+batch does not rise; backtrack: retry a "
@@ -123,8 +135,13 @@ class DeviceConfig(Settings):
     def __post_init__(self) -> None:
         if isinstance(self.flip_steps, bool) or not isinstance(self.flip_steps, int):
             raise QCoreError(f"setting flip_steps must be an integer, got {self.flip_steps!r}")
-        if self.flip_steps < 1:
-            raise QCoreError(f"setting flip_steps must be >= 1, got {self.flip_steps}")
+        if self.flip_steps < 0:
+            raise QCoreError(f"setting flip_steps must be >= 0, got {self.flip_steps}")
+        check_choice("head", self.head, HEADS)
+        if not 0.0 < self.head_shrinkage <= 1.0:
+            raise QCoreError(
+                f"setting head_shrinkage must lie in (0, 1], got {self.head_shrinkage}"
+            )
         check_choice("flip_guard", self.flip_guard, FLIP_GUARDS)
         check_flip_budget(self.flip_budget)
         check_choice("bn_mode", self.bn_mode, BN_MODES)
@@ -178,6 +195,8 @@ class RunConfig(Settings):
         0.05, "flip teacher's Adam lr in units of each layer's quantization step"
     )
     # the device's settings, with DeviceConfig's defaults and help; seed also seeds the cloud
+    head: HeadKind = _DEVICE.head
+    head_shrinkage: float = _DEVICE.head_shrinkage
     flip_steps: int = _DEVICE.flip_steps
     flip_guard: FlipGuard = _DEVICE.flip_guard
     flip_budget: float | None = _DEVICE.flip_budget

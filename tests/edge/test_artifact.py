@@ -34,7 +34,8 @@ from qcore.edge.artifact import (
 )
 from qcore.edge.container import FIXED_SIZE
 from qcore.edge.flip import N_FEATURES, FlipNet
-from qcore.edge.infer import forward
+from qcore.edge.head import batch_stats
+from qcore.edge.infer import forward, forward_features
 from qcore.errors import QCoreError
 
 torch.set_num_threads(1)
@@ -76,7 +77,8 @@ def make_artifact(tiny_model, tiny_xy, bits: int | None = 4, core_size: int = 12
     )
     net = None if bits is None else random_flipnet(qm)
     config = {"bits": bits, "core_size": core_size, "tags": ["a", "b"]}
-    return build_artifact(qm, core, net, Norm(), CLASSES, config)
+    head = batch_stats(forward_features(qm, X)[1], y, qm.n_classes)
+    return build_artifact(qm, core, net, Norm(), CLASSES, config, head=head)
 
 
 @pytest.fixture

@@ -243,7 +243,7 @@ def test_bad_settings_rejected(parts) -> None:
     with pytest.raises(QCoreError, match="bn_mode"):
         make_device(art, bn_mode="train")
     with pytest.raises(QCoreError, match="steps"):
-        make_device(art, steps=0)
+        make_device(art, steps=-1)
     with pytest.raises(QCoreError, match="flip_guard"):
         make_device(art, guard="sometimes")
     for budget in (0.0, 1.5, -0.1):

@@ -32,6 +32,8 @@ from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact, build_artifact, decode_artifact, encode_artifact
 from qcore.edge.container import FIXED_SIZE
 from qcore.edge.flip import N_FEATURES, FlipNet
+from qcore.edge.head import batch_stats
+from qcore.edge.infer import forward_features
 from qcore.errors import QCoreError
 
 torch.set_num_threads(1)
@@ -62,7 +64,7 @@ class _File(bytes):
 
 @pytest.fixture(scope="module")
 def valid(tiny_model, tiny_xy) -> bytes:
-    """The bytes of a real 3-bit artifact with a core and a flip network."""
+    """The bytes of a real 3-bit artifact with a core, a flip network and head statistics."""
     X, y = tiny_xy
     qm = to_qmodel(quantize_model(tiny_model, 3, X, 0))
     rng = np.random.default_rng(0)
@@ -78,7 +80,8 @@ def valid(tiny_model, tiny_xy) -> bytes:
         0.5,
     )
     core = Core(X[:6], y[:6], np.arange(6) % 3, np.full(6, -1))
-    art = build_artifact(qm, core, net, _Norm(), ("a", "b", "c"), {"bits": 3})
+    head = batch_stats(forward_features(qm, X)[1], y, 3)
+    art = build_artifact(qm, core, net, _Norm(), ("a", "b", "c"), {"bits": 3}, head=head)
     return _File(encode_artifact(art))
 
 

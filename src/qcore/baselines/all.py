@@ -17,8 +17,10 @@ from qcore.baselines import (  # noqa: F401  (each import registers one method)
     joint,
     none,
     qcore_method,
+    qcore_slda,
     random_core_bp,
     random_core_flip,
+    slda,
     zo_spsa,
 )
 from qcore.baselines.registry import METHODS, Deployment, Factory

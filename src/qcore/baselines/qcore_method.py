@@ -1,4 +1,4 @@
-"""``qcore``: QCore's device step, run by a :class:`qcore.edge.device.Device`.
+"""``qcore``: the paper's recipe, run by a :class:`qcore.edge.device.Device`.
 
 The cloud trains the flip network for the QCore and builds the deployable artifact
 (model, core, flip network, normaliser, the device's settings); the stream then goes
@@ -16,11 +16,13 @@ import numpy as np
 
 from qcore.baselines.registry import Deployment, register
 from qcore.cloud.pipeline import device_artifact, train_flip_network
+from qcore.config import DeviceConfig
 from qcore.core.types import Batch, StepReport
 from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact
 from qcore.edge.device import Device
 from qcore.edge.step import CoreUpdate
+from qcore.errors import QCoreError
 
 
 class DeviceCalibrator:
@@ -48,14 +50,17 @@ class DeviceCalibrator:
         t0 = time.perf_counter()
         rep = self.device.step(batch.X, batch.y, normalized=True)
         seconds = time.perf_counter() - t0
-        extra = {k: rep[k] for k in ("flips", "passes_rejected", "rolled_back", "calibrated")}
+        keys = ("flips", "passes_rejected", "rolled_back", "calibrated", "head_samples")
+        extra = {k: rep[k] for k in keys}
         return StepReport(rep["accuracy"], seconds, extra)
 
     def device_bytes(self) -> int:
+        """Model, core (as float32 windows), flip network and head statistics."""
         art = self.device.art
-        assert art.flipnet is not None  # a Device needs one
         core = 0 if art.core is None else art.core.nbytes
-        return art.model.device_bytes()["total"] + core + art.flipnet.nbytes()
+        net = 0 if art.flipnet is None else art.flipnet.nbytes()
+        head = 0 if art.head is None else art.head.nbytes
+        return art.model.device_bytes()["total"] + core + net + head
 
 
 class IdentityNormalizer:
@@ -67,25 +72,38 @@ class IdentityNormalizer:
 
 
 def device_calibrator(
-    dep: Deployment, core: Core, update: CoreUpdate | None = None
+    dep: Deployment,
+    core: Core | None,
+    device: DeviceConfig,
+    update: CoreUpdate | None = None,
 ) -> DeviceCalibrator:
-    """Train the flip network for ``core`` in the cloud, build the artifact, start a device.
+    """Build in the cloud what ``device`` needs and start a :class:`Device` on it.
 
-    The flip network's held-out agreement report goes to ``dep.extras["flipnet"]``.
+    A flip network is trained for ``core`` when the device flips (its held-out agreement
+    report goes to ``dep.extras["flipnet"]``); the streaming head's statistics start from
+    the source training set when ``device.head`` is ``"slda"``.
     """
     c = dep.cfg
-    net, report = train_flip_network(
-        dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c
-    )
-    if report is not None:
-        dep.extras["flipnet"] = report
+    net = None
+    if device.flip_steps > 0:
+        if core is None:
+            raise QCoreError("flip passes need a core to train the flip network on")
+        net, report = train_flip_network(
+            dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c
+        )
+        if report is not None:
+            dep.extras["flipnet"] = report
     n_channels = dep.source_X.shape[1]
     normalizer = dep.normalizer or IdentityNormalizer(n_channels)  # data already normalised
     names = dep.class_names or tuple(str(k) for k in range(dep.n_classes))
-    art = device_artifact(dep.qmodel, core, net, normalizer, names, c)
+    head_data = (dep.source_X, dep.source_y) if device.head == "slda" else None
+    art = device_artifact(
+        dep.qmodel, core, net, normalizer, names, c, device, head_data, dep.source_X.shape[2]
+    )
     return DeviceCalibrator(art, update)
 
 
 @register("qcore")
 def _qcore(dep: Deployment) -> DeviceCalibrator:
-    return device_calibrator(dep, dep.core)
+    """The paper's recipe: the core, guarded flip passes, BatchNorm, the deployed head."""
+    return device_calibrator(dep, dep.core, dep.cfg.device_config().replace(head="model"))

@@ -46,4 +46,4 @@ def _random_core_flip(dep: Deployment) -> DeviceCalibrator:
     buffer = source_reservoir(dep.source_X, dep.source_y, len(dep.core), rng)  # QCore's size
     core = buffer.as_core()
     update = ReservoirUpdate(buffer.n_seen, c.seed)
-    return device_calibrator(dep, core, update)
+    return device_calibrator(dep, core, c.device_config().replace(head="model"), update)

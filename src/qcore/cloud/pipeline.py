@@ -1,5 +1,6 @@
 """The cloud side of a run, written once: train, quantize, calibrate on the source,
-select the QCore, train the flip network, build the device artifact.
+select the QCore, train the flip network, start the streaming head's statistics, build
+the device artifact.
 
 The runner (``qcore run``/``qcore bench``), the benchmarks and the tests' artifact kit
 all call these functions, each configured by a :class:`RunConfig`.
@@ -19,12 +20,14 @@ from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.cloud.train import CALIB_WINDOWS, Dynamics, train_float
-from qcore.config import RunConfig
+from qcore.config import DeviceConfig, RunConfig
 from qcore.coreset.core import Core, build_core
 from qcore.coreset.scores import qcore_scores
 from qcore.coreset.select import core_size_from
 from qcore.edge.artifact import Artifact, build_artifact
 from qcore.edge.flip import FlipNet
+from qcore.edge.head import batch_stats
+from qcore.edge.infer import forward_features
 
 
 def train_model(
@@ -136,15 +139,21 @@ def device_artifact(
     normalizer: Any,
     class_names: tuple[str, ...] | list[str],
     cfg: RunConfig,
+    device: DeviceConfig | None = None,
+    head_data: tuple[np.ndarray, np.ndarray] | None = None,
+    window_length: int | None = None,
 ) -> Artifact:
-    """What ships to a device: the integer model, core, flip network, normaliser, class
-    names, the run's settings and the device's (``cfg.device_config()``), at step 0."""
+    """What ships to a device, at step 0: the integer model, core, flip network,
+    normaliser, class names, the run's settings and the device's (``device``, default
+    ``cfg.device_config()``). With ``head_data`` (source windows and labels) the streaming
+    head's statistics start from the deployed model's pooled features of those windows.
+    ``window_length`` is needed when there is no core to take it from."""
+    qm = to_qmodel(qmodel)
+    head = None
+    if head_data is not None:
+        X, y = head_data
+        head = batch_stats(forward_features(qm, X)[1], y, qm.n_classes)
+    device = cfg.device_config() if device is None else device
     return build_artifact(
-        to_qmodel(qmodel),
-        core,
-        net,
-        normalizer,
-        class_names,
-        cfg.to_dict(),
-        device=cfg.device_config(),
+        qm, core, net, normalizer, class_names, cfg.to_dict(), window_length, device, head
     )

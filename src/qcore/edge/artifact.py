@@ -55,15 +55,18 @@ from qcore.edge.container import (
     get_field,
 )
 from qcore.edge.flip import FlipNet
+from qcore.edge.head import HeadStats
 from qcore.edge.parts import (
     SIZE_GROUP,
     check_flipnet,
     decode_core,
     decode_flipnet,
+    decode_head,
     decode_model,
     decode_normalizer,
     encode_core,
     encode_flipnet,
+    encode_head,
     encode_model,
     encode_normalizer,
 )
@@ -80,7 +83,8 @@ class Artifact:
     was trained on is ``config["window_length"]`` or, if absent, the core's. ``step``:
     stream batches the device has processed. ``device``: how the device calibrates (its
     own header section). ``runtime``: the device's running state besides model and core
-    (JSON-serialisable, e.g. the drift detector's sums).
+    (JSON-serialisable, e.g. the drift detector's sums). ``head``: the streaming head's
+    statistics over the model's pooled features, when the device has one.
     """
 
     model: QuantizedModel
@@ -93,6 +97,7 @@ class Artifact:
     step: int = 0
     device: DeviceConfig = field(default_factory=DeviceConfig)
     runtime: dict = field(default_factory=dict)
+    head: HeadStats | None = None
 
     def __post_init__(self) -> None:
         check_structure(self.model)
@@ -136,6 +141,10 @@ class Artifact:
         _ = self.window_length  # raises when neither the config nor a core defines it
         if self.flipnet is not None:
             self.flipnet = check_flipnet(self.flipnet, self.model)
+        if self.head is not None:
+            want = (self.model.n_classes, 4 * self.model.filters)
+            if not isinstance(self.head, HeadStats) or self.head.mean.shape != want:
+                raise QCoreError(f"head statistics must be HeadStats for {want} classes x features")
 
     def _check_core(self, core: Core) -> None:
         n, c, _ = core.X.shape
@@ -171,6 +180,7 @@ def build_artifact(
     config: dict,
     window_length: int | None = None,
     device: DeviceConfig | None = None,
+    head: HeadStats | None = None,
 ) -> Artifact:
     """An :class:`Artifact` at step 0 from the cloud side's pieces.
 
@@ -178,7 +188,7 @@ def build_artifact(
     (e.g. :class:`qcore.data.scenario.Normalizer`). ``config`` is copied; the window length
     (``window_length``, else the core's) is recorded in it so a device without a core
     can still validate its input. ``device``: the device's settings (default: every
-    device setting at its default).
+    device setting at its default); ``head``: the streaming head's initial statistics.
     """
     cfg = dict(config)
     if window_length is not None:
@@ -203,6 +213,7 @@ def build_artifact(
         class_names=tuple(class_names),
         config=cfg,
         device=DeviceConfig() if device is None else device,
+        head=head,
     )
 
 
@@ -217,6 +228,7 @@ def _encode(art: Artifact) -> tuple[bytes, list[dict[str, Any]], int]:
         **encode_normalizer(w, art.normalizer_mean, art.normalizer_std),
         **encode_flipnet(w, art.flipnet),
         **encode_core(w, art.core),
+        **encode_head(w, art.head),
         "class_names": list(art.class_names),
         "config": art.config,
         "device": art.device.to_dict(),
@@ -238,10 +250,11 @@ def artifact_sizes(art: Artifact) -> dict[str, int]:
     ``weights``: packed codes, scales, zero points and the head bias; ``norms``: BatchNorm
     parameters and statistics plus the input normaliser; ``act``: activation parameters;
     ``flipnet``: feedback matrices and MLP; ``core``: compressed windows, labels, scores
-    and origins; ``meta``: fixed header and JSON header.
+    and origins; ``head``: the streaming head's statistics; ``meta``: fixed header and
+    JSON header.
     """
     data, entries, header_len = _encode(art)
-    sizes = dict.fromkeys(("weights", "norms", "act", "flipnet", "core"), 0)
+    sizes = dict.fromkeys(("weights", "norms", "act", "flipnet", "core", "head"), 0)
     for e in entries:
         sizes[SIZE_GROUP[e["name"].split("/", 1)[0]]] += e["nbytes"]
     sizes["meta"] = FIXED_SIZE + header_len
@@ -269,6 +282,7 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
         mean, std = decode_normalizer(reader, qm.n_channels)
         net = decode_flipnet(header, reader, qm, source)
         core = decode_core(header, reader, source)
+        head = decode_head(header, reader, qm, source) if version > 1 else None
         names = get_field(header, "class_names", list, source)
         step = get_field(header, "step", int, source)
         config = get_field(header, "config", dict, source)
@@ -277,7 +291,7 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
         else:
             device = DeviceConfig.from_dict(get_field(header, "device", dict, source))
             runtime = get_field(header, "runtime", dict, source)
-        art = Artifact(qm, core, net, mean, std, tuple(names), config, step, device, runtime)
+        art = Artifact(qm, core, net, mean, std, tuple(names), config, step, device, runtime, head)
     except FileError:
         raise
     except QCoreError as exc:  # a constructor's own check: say which file it was

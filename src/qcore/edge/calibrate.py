@@ -15,6 +15,7 @@ from qcore.config import BN_MODES, FLIP_GUARDS, BnMode, FlipGuard, check_choice
 from qcore.core.qmodel import QuantizedModel
 from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features, quantized_weight
 from qcore.edge.infer import Trace, bn_reestimate, forward
+from qcore.errors import QCoreError
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def flip_calibrate(
     qm: QuantizedModel,
     X: np.ndarray,
     y: np.ndarray,
-    net: FlipNet,
+    net: FlipNet | None,
     *,
     steps: int,
     guard: FlipGuard,
@@ -183,6 +184,8 @@ def flip_calibrate(
     """
     check_choice("flip_guard", guard, FLIP_GUARDS)
     check_choice("bn_mode", bn_mode, BN_MODES)
+    if steps > 0 and net is None:
+        raise QCoreError("flip passes need a flip network")
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
     trace = forward(qm, X, record=True)
@@ -190,6 +193,7 @@ def flip_calibrate(
     correct = [_logits(trace).argmax(1) == y]
     applied, rejected = 0, 0
     for _ in range(steps):
+        assert net is not None  # checked above
         if guard == "backtrack":
             qm, trace, loss, n_flips, n_proposed = _backtracked_pass(
                 qm, net, trace, X, y, loss, budget

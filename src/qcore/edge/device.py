@@ -10,8 +10,11 @@ their labels:
 3. decide by policy whether to calibrate: ``every`` batch, ``every:N`` (the N-th, 2N-th,
    ... batch) or ``drift`` (when a Page-Hinkley test on the batch's mean max-softmax
    confidence fires, see :mod:`qcore.edge.drift`);
-4. run the one calibration step, :func:`qcore.edge.step.calibration_step` (flip passes,
-   rollback guard, core update), configured by the artifact's :class:`DeviceConfig`.
+4. run the one calibration step, :func:`qcore.edge.step.calibration_step` (BatchNorm,
+   flip passes, rollback guard, core update), configured by the artifact's
+   :class:`DeviceConfig`, then, with ``head=slda``, add the batch to the streaming head's
+   statistics (reusing the prediction's features when the backbone did not move) and
+   recompute the head (:mod:`qcore.edge.head`). Predictions come from that head.
 
 The step works on copies and commits them in one assignment at the end, so an
 exception anywhere leaves the device exactly as it was. NumPy only.
@@ -30,8 +33,10 @@ import numpy as np
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import Artifact
 from qcore.edge.drift import PageHinkley
-from qcore.edge.infer import forward, predict
-from qcore.edge.step import CoreUpdate, calibration_step
+from qcore.edge.head import logits as head_logits
+from qcore.edge.head import update as update_head
+from qcore.edge.infer import forward, forward_features, predict
+from qcore.edge.step import CoreUpdate, calibration_step, moves_backbone, solve_head
 from qcore.errors import QCoreError
 
 DRIFT_KEY = "drift"  # artifact.runtime[DRIFT_KEY]: the detector's state between runs
@@ -92,9 +97,14 @@ class Device:
             raise QCoreError(
                 "the device calibrates by flipping integer codes: need a quantized model"
             )
-        if art.flipnet is None:
-            raise QCoreError("the artifact has no flip network: the device cannot calibrate")
+        if art.flipnet is None and config.flip_steps > 0:
+            raise QCoreError(
+                "the artifact has no flip network: the device cannot flip (set flip_steps=0)"
+            )
+        if config.head == "slda" and art.head is None:
+            raise QCoreError("the artifact has no streaming head statistics: set head=model")
         self.config, self.policy, self.update = config, config.schedule, update
+        self.head = None if config.head == "model" else solve_head(art.head, config)
         self.art = replace(art, device=config, runtime=copy.deepcopy(art.runtime))
         saved = art.runtime.get(DRIFT_KEY) if self.policy.kind == "drift" else None
         if drift is not None:
@@ -142,8 +152,21 @@ class Device:
         return new_step % self.policy.every == 0, False
 
     def predict(self, X: np.ndarray, *, normalized: bool = False) -> np.ndarray:
-        """Class indices int64 ``(n,)`` of the current model for windows ``X``."""
-        return predict(self.art.model, X if normalized else self.normalize(X))
+        """Class indices int64 ``(n,)`` the device predicts for windows ``X``."""
+        Xn = X if normalized else self.normalize(X)
+        if self.head is None:
+            return predict(self.art.model, Xn)
+        return np.concatenate(
+            [self._scores(Xn[i : i + 256])[0].argmax(1) for i in range(0, len(Xn), 256)]
+        ).astype(np.int64)
+
+    def _scores(self, Xn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(the device's scores, the model head's logits, pooled features or None)."""
+        if self.head is None:
+            logits = forward(self.art.model, Xn)
+            return logits, logits, None
+        model_logits, features = forward_features(self.art.model, Xn)
+        return head_logits(*self.head, features), model_logits, features
 
     def normalize(self, X: np.ndarray) -> np.ndarray:
         """Raw sensor windows -> the model's input (the artifact's normaliser)."""
@@ -160,14 +183,16 @@ class Device:
         ``n``, ``accuracy`` (before calibration), ``confidence``, ``latency_ms``
         (inference per window), ``calibrated``, ``drift``, ``rolled_back``, ``calib_ms``,
         ``flips``, ``passes_rejected``, ``core_acc_before``/``core_acc_after``/
-        ``batch_acc_after`` (the guard's view; None when not calibrated), ``rss_bytes``,
+        ``batch_acc_after`` (the guard's view of the model's own head; None when not
+        calibrated), ``head_samples`` (labelled windows added to the streaming head's
+        statistics) and ``head_solved`` (its weights recomputed), ``rss_bytes``,
         ``peak_rss_bytes``.
         """
         X, y = self.validate(X, y)
         art = self.art
         Xn = X if normalized else self.normalize(X)
         t0 = time.perf_counter()
-        logits = forward(art.model, Xn)
+        logits, model_logits, features = self._scores(Xn)
         latency_ms = (time.perf_counter() - t0) * 1e3 / len(y)
         batch_before = logits.argmax(1) == y
         confidence = _confidence(logits)
@@ -189,22 +214,41 @@ class Device:
             "core_acc_before": None,
             "core_acc_after": None,
             "batch_acc_after": None,
+            "head_samples": 0,
+            "head_solved": False,
         }
-        model, core = art.model, art.core
+        model, core, stats, head = art.model, art.core, art.head, self.head
         if calibrate:
             t1 = time.perf_counter()
-            assert art.flipnet is not None  # checked in __init__
-            res = calibration_step(
-                model, core, art.flipnet, Xn, y, batch_before, new_step, self.config, self.update
-            )
-            model, core = res.model, res.core
-            report.update(res.report(), calib_ms=(time.perf_counter() - t1) * 1e3)
+            if moves_backbone(self.config) or core is not None:
+                model_correct = model_logits.argmax(1) == y
+                res = calibration_step(
+                    model,
+                    core,
+                    art.flipnet,
+                    Xn,
+                    y,
+                    model_correct,
+                    new_step,
+                    self.config,
+                    self.update,
+                )
+                model, core = res.model, res.core
+                report.update(res.report())
+            if stats is not None and head is not None:
+                if model is not art.model or features is None:  # the backbone moved
+                    features = forward_features(model, Xn)[1]
+                stats = update_head(stats, features, y)
+                head = solve_head(stats, self.config)
+                report.update(head_samples=int(len(y)), head_solved=True)
+            report["calib_ms"] = (time.perf_counter() - t1) * 1e3
         runtime = art.runtime
         if self.policy.kind == "drift":
             runtime = {**runtime, DRIFT_KEY: detector.to_dict()}
-        self.art, self.detector = (
-            replace(art, model=model, core=core, runtime=runtime, step=new_step),
+        self.art, self.detector, self.head = (
+            replace(art, model=model, core=core, runtime=runtime, step=new_step, head=stats),
             detector,
+            head,
         )
         report["rss_bytes"] = rss_bytes()
         report["peak_rss_bytes"] = peak_rss_bytes()

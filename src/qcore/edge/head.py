@@ -28,12 +28,11 @@ from qcore.errors import QCoreError
 
 @dataclass(frozen=True)
 class HeadStats:
-    """Per-class counts and means, within-class scatter (float32), shrinkage ``ε``."""
+    """Per-class counts and means, within-class scatter (float32)."""
 
     count: np.ndarray  # float32 (K,)
     mean: np.ndarray  # float32 (K, D)
     scatter: np.ndarray  # float32 (D, D)
-    shrinkage: float
 
     def __post_init__(self) -> None:
         for name in ("count", "mean", "scatter"):
@@ -48,8 +47,6 @@ class HeadStats:
                 f"head statistics disagree: count {self.count.shape}, mean {self.mean.shape}, "
                 f"scatter {self.scatter.shape}"
             )
-        if not 0.0 < self.shrinkage <= 1.0:
-            raise QCoreError(f"head shrinkage must lie in (0, 1], got {self.shrinkage}")
         arrays = (self.count, self.mean, self.scatter)
         if not all(np.isfinite(a).all() for a in arrays) or (self.count < 0).any():
             raise QCoreError("head statistics must be finite, with counts >= 0")
@@ -71,19 +68,16 @@ class HeadStats:
 UNSEEN = -1e30
 
 
-def empty_stats(n_classes: int, n_features: int, shrinkage: float) -> HeadStats:
+def empty_stats(n_classes: int, n_features: int) -> HeadStats:
     return HeadStats(
-        np.zeros(n_classes),
-        np.zeros((n_classes, n_features)),
-        np.zeros((n_features, n_features)),
-        shrinkage,
+        np.zeros(n_classes), np.zeros((n_classes, n_features)), np.zeros((n_features, n_features))
     )
 
 
-def batch_stats(features: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> HeadStats:
+def batch_stats(features: np.ndarray, y: np.ndarray, n_classes: int) -> HeadStats:
     """The statistics of ``features`` float ``(n, D)`` with labels ``y`` in one computation."""
     count, mean, scatter = _moments(features, y, n_classes)
-    return HeadStats(count, mean, scatter, shrinkage)
+    return HeadStats(count, mean, scatter)
 
 
 def _moments(
@@ -120,12 +114,13 @@ def update(stats: HeadStats, features: np.ndarray, y: np.ndarray) -> HeadStats:
     weight = n_a * n_b / safe  # 0 where either side is empty
     scatter = stats.scatter.astype(np.float64) + scatter_b + (delta * weight[:, None]).T @ delta
     mean = mean_a + delta * (n_b / safe)[:, None]
-    return HeadStats(total, mean, scatter, stats.shrinkage)
+    return HeadStats(total, mean, scatter)
 
 
-def solve(stats: HeadStats) -> tuple[np.ndarray, np.ndarray]:
+def solve(stats: HeadStats, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
     """The closed-form head: weights float32 ``(K, D)`` and bias float32 ``(K,)``.
 
+    ``shrinkage`` ``ε`` in (0, 1] pulls the covariance towards the identity.
     A class never seen gets bias :data:`UNSEEN` (finite, far below any score), so it is
     never predicted.
     """
@@ -133,7 +128,9 @@ def solve(stats: HeadStats) -> tuple[np.ndarray, np.ndarray]:
     d = stats.n_features
     mean = stats.mean.astype(np.float64)
     sigma = stats.scatter.astype(np.float64) / n if n > 0 else np.zeros((d, d))
-    eps = stats.shrinkage
+    if not 0.0 < shrinkage <= 1.0:
+        raise QCoreError(f"head shrinkage must lie in (0, 1], got {shrinkage}")
+    eps = shrinkage
     precision_times_mean = np.linalg.solve((1.0 - eps) * sigma + eps * np.eye(d), mean.T)
     weight = precision_times_mean.T  # (K, D): row c is Λ mean_c
     bias = -0.5 * np.einsum("kd,kd->k", weight, mean)

@@ -125,6 +125,7 @@ class _Runner:
         trace: Trace | None,
     ) -> None:
         self.qm, self.mats, self.norm, self.trace = qm, mats, norm, trace
+        self.features: np.ndarray | None = None  # pooled features of the last run
 
     def convs(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         """Outputs ``(n, t, c_out)`` of the convolutions ``names`` that all read ``x``."""
@@ -189,6 +190,7 @@ class _Runner:
                 res = y
             x = y
         features = x.mean(axis=1, dtype=np.float32)
+        self.features = features
         head = layers["head"]
         fq = features if head.act is None else fake_quant_act(features, head.act)
         logits = fq @ self.mats["head"]
@@ -283,6 +285,25 @@ def forward(
     the largest im2col buffer near 8 MiB); results agree across chunk sizes up to float32
     summation order.
     """
+    logits, features, traces = _passes(qm, X, record, chunk_size)
+    if not record:
+        return np.concatenate(logits) if len(logits) > 1 else logits[0]
+    return _to_torch_layout(_merge(traces))
+
+
+def forward_features(
+    qm: QuantizedModel, X: np.ndarray, *, chunk_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits float32 ``(n, n_classes)`` and pooled features float32 ``(n, 4 * filters)``
+    (before the head's input quantization) of windows ``X``, from one forward pass."""
+    logits, features, _ = _passes(qm, X, False, chunk_size)
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def _passes(
+    qm: QuantizedModel, X: np.ndarray, record: bool, chunk_size: int | None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[Trace]]:
+    """Per chunk of windows: logits, pooled features and (when ``record``) the trace."""
     x = _check_input(qm, X)
     if chunk_size is None:
         chunk_size = auto_chunk_size(qm, x.shape[1])
@@ -297,15 +318,16 @@ def forward(
         y += beta
         return y
 
-    logits, traces = [], []
+    logits, features, traces = [], [], []
     for start in range(0, x.shape[0], chunk_size):
         trace = Trace() if record else None
-        logits.append(_Runner(qm, mats, norm, trace).run(x[start : start + chunk_size]))
+        runner = _Runner(qm, mats, norm, trace)
+        logits.append(runner.run(x[start : start + chunk_size]))
+        assert runner.features is not None  # set by every run
+        features.append(runner.features)
         if trace is not None:
             traces.append(trace)
-    if not record:
-        return np.concatenate(logits) if len(logits) > 1 else logits[0]
-    return _to_torch_layout(_merge(traces))
+    return logits, features, traces
 
 
 def predict(qm: QuantizedModel, X: np.ndarray, batch_size: int = 256) -> np.ndarray:

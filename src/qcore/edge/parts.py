@@ -1,7 +1,8 @@
 """How each part of an artifact is stored in the container (:mod:`qcore.edge.container`).
 
 One encoder and one decoder per part: the model (weights, activation parameters,
-BatchNorm), the input normaliser, the flip network and the core. An encoder appends the
+BatchNorm), the input normaliser, the flip network, the core and the streaming head's
+statistics. An encoder appends the
 part's arrays to a :class:`Writer`, named ``PREFIX/...`` with the prefixes of
 :data:`SIZE_GROUP`, and returns the part's JSON header fields; the decoder reads them
 back, checks them against the header and the model, and names the file in every error.
@@ -23,6 +24,8 @@ Design decisions:
   the window and channel's range), and idempotent, so the state rewritten after every
   step re-encodes the samples that stay in the core to exactly the same codes. Labels,
   scores and origins are int32.
+* **Streaming head**: its statistics (class counts, class means, within-class scatter)
+  as float32; the head's weights are derived from them (one solve) and never stored.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from qcore.coreset.core import Core
 from qcore.coreset.storage import compress_windows, decompress_windows
 from qcore.edge.container import Reader, Writer, corrupt, get_field, is_count
 from qcore.edge.flip import N_FEATURES, FlipNet
+from qcore.edge.head import HeadStats
 from qcore.errors import QCoreError
 
 # array name prefix -> part it is counted in by ``artifact_sizes``
@@ -49,6 +53,7 @@ SIZE_GROUP = {
     "normalizer": "norms",
     "flipnet": "flipnet",
     "core": "core",
+    "head": "head",
 }
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -327,4 +332,29 @@ def decode_core(header: Any, r: Reader, source: str) -> Core | None:
         r.take("core/y", "int32", (n,)).astype(np.int64),
         r.take("core/score", "int32", (n,)).astype(np.int64),
         r.take("core/origin", "int32", (n,)).astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------------- head
+
+
+def encode_head(w: Writer, head: HeadStats | None) -> dict[str, Any]:
+    """Append the streaming head's statistics; return the header field ``head``."""
+    if head is not None:
+        w.add("head/count", head.count, "float32")
+        w.add("head/mean", head.mean, "float32")
+        w.add("head/scatter", head.scatter, "float32")
+    return {"head": head is not None}
+
+
+def decode_head(header: Any, r: Reader, qm: QuantizedModel, source: str) -> HeadStats | None:
+    """The statistics :func:`encode_head` stored for ``qm``'s classes and features (a
+    header without the field has no head)."""
+    if "head" not in header or not get_field(header, "head", bool, source):
+        return None
+    k, d = qm.n_classes, 4 * qm.filters
+    return HeadStats(
+        r.take("head/count", "float32", (k,)),
+        r.take("head/mean", "float32", (k, d)),
+        r.take("head/scatter", "float32", (d, d)),
     )

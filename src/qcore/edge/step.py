@@ -31,7 +31,9 @@ from qcore.coreset.core import Core, update_core_after_passes
 from qcore.coreset.storage import roundtrip
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.flip import FlipNet
+from qcore.edge.head import HeadStats, solve
 from qcore.edge.infer import predict
+from qcore.errors import QCoreError
 
 
 class CoreUpdate(Protocol):
@@ -72,6 +74,18 @@ class QCoreUpdate:
         )
 
 
+def moves_backbone(cfg: DeviceConfig) -> bool:
+    """Whether a step can change the feature extractor (flips or BatchNorm statistics)."""
+    return cfg.flip_steps > 0 or cfg.bn_mode == "reestimate"
+
+
+def solve_head(stats: HeadStats | None, cfg: DeviceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The streaming head's weights and bias from its statistics (``cfg.head_shrinkage``)."""
+    if stats is None:
+        raise QCoreError("the streaming head needs its statistics")
+    return solve(stats, cfg.head_shrinkage)
+
+
 def step_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of stream step ``step`` (1-based): the one RNG rule of the device."""
     return np.random.default_rng([seed, step])
@@ -104,7 +118,7 @@ class StepResult:
 def calibration_step(
     model: QuantizedModel,
     core: Core | None,
-    net: FlipNet,
+    net: FlipNet | None,
     X: np.ndarray,
     y: np.ndarray,
     batch_correct: np.ndarray,
@@ -115,8 +129,9 @@ def calibration_step(
     """Calibrate on ``core`` plus ``(X, y)``, guard, update the core (see module doc).
 
     ``X``: normalised float32 ``(n, c, t)``; ``y``: int64 ``(n,)``; ``batch_correct``: bool
-    ``(n,)``, the current model's correctness on the batch; ``step``: this batch's number
-    (1-based); ``update``: default :class:`QCoreUpdate` from ``cfg``.
+    ``(n,)``, the current model's (its own head's) correctness on the batch; ``step``: this
+    batch's number (1-based); ``update``: default :class:`QCoreUpdate` from ``cfg``;
+    ``net`` may be None when ``cfg.flip_steps`` is 0.
     """
     n_core = 0 if core is None else len(core)
     X_cal = X if core is None else np.concatenate([core.X, X])

@@ -99,6 +99,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
         origin=core.origin,
         train_scores=scores,
     )
+    saved: set[int] = set()  # bit-widths whose device artifacts are written
     for bits in cfg.bits:
         t0 = time.perf_counter()
         qmodel = pipeline.quantize(model, bits, Xs, cfg)
@@ -127,7 +128,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
         )
         for method in cfg.methods:
             rows.append(
-                _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir)
+                _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved)
             )
         write_json_atomic(out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
     result = {
@@ -156,7 +157,9 @@ def _save(out_dir: Path, bits: int, art: Artifact) -> None:
     save_artifact(out_dir / f"{name}-{bits}bit.qcore", art)
 
 
-def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir) -> dict:
+def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved) -> dict:
+    """Stream one method; the first device method of the run (``saved`` records it) writes
+    its deployed artifact and its state after the stream."""
     dep = Deployment(
         cfg=cfg,
         bits=bits,
@@ -171,7 +174,9 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
     )
     cloud_t0 = time.perf_counter()
     cal = make_method(method, dep)
-    if method == "qcore":  # the deployable file: model, core and the trained flip network
+    save = isinstance(cal, DeviceCalibrator) and bits not in saved
+    if save:  # the deployable file: model, core, flip network, head statistics
+        saved.add(bits)
         _save(out_dir, bits, cal.deployed)
     row: dict = {
         "method": method,
@@ -182,7 +187,7 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
         **dep.extras,
     }
     steps = stream(cal, sc, progress)
-    if method == "qcore" and isinstance(cal, DeviceCalibrator):
+    if save:
         _save(out_dir, bits, cal.art)
     last = steps[-1]
     row.update(

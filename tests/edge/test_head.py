@@ -1,0 +1,178 @@
+"""The streaming closed-form head: statistics, the solve, and the device step with it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import edge_kit as B
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcore.config import DeviceConfig
+from qcore.edge.artifact import decode_artifact, encode_artifact
+from qcore.edge.device import Device
+from qcore.edge.head import HeadStats, batch_stats, empty_stats, logits, solve, update
+from qcore.edge.infer import forward_features
+from qcore.errors import QCoreError
+
+
+def _data(seed: int, n: int = 90, k: int = 4, d: int = 12):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    X = (rng.normal(size=(n, d)) + 3.0 * rng.normal(size=(k, d))[y]).astype(np.float32)
+    return X, y
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 10_000), st.lists(st.integers(1, 30), min_size=1, max_size=8))
+def test_streaming_update_equals_the_batch_computation(seed, sizes):
+    X, y = _data(seed, n=sum(sizes))
+    stats = empty_stats(4, X.shape[1])
+    start = 0
+    for size in sizes:
+        stats = update(stats, X[start : start + size], y[start : start + size])
+        start += size
+    ref = batch_stats(X, y, 4)
+    np.testing.assert_array_equal(stats.count, ref.count)
+    np.testing.assert_allclose(stats.mean, ref.mean, rtol=1e-5, atol=1e-5)
+    scale = float(np.abs(ref.scatter).max()) or 1.0
+    np.testing.assert_allclose(stats.scatter, ref.scatter, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_batch_statistics_are_means_and_within_class_scatter():
+    X, y = _data(1)
+    stats = batch_stats(X, y, 4)
+    for c in range(4):
+        np.testing.assert_allclose(stats.mean[c], X[y == c].mean(0), rtol=1e-5, atol=1e-5)
+    centred = X - stats.mean[y]
+    np.testing.assert_allclose(stats.scatter, centred.T @ centred, rtol=1e-4, atol=1e-3)
+    assert stats.nbytes == 4 * (4 + 4 * 12 + 12 * 12)
+
+
+def test_solve_is_the_shrunk_lda_closed_form():
+    X, y = _data(2)
+    stats = batch_stats(X, y, 4)
+    eps = 0.1
+    W, b = solve(stats, eps)
+    sigma = stats.scatter.astype(np.float64) / len(y)
+    lam = np.linalg.inv((1 - eps) * sigma + eps * np.eye(12))
+    mu = stats.mean.astype(np.float64)
+    np.testing.assert_allclose(W, mu @ lam, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, -0.5 * np.einsum("kd,de,ke->k", mu, lam, mu), rtol=1e-4)
+    assert (logits(W, b, X).argmax(1) == y).mean() > 0.9  # separable classes
+
+
+def test_unseen_classes_are_never_predicted_and_bad_input_is_refused():
+    X, y = _data(3)
+    stats = batch_stats(X[y < 3], y[y < 3], 4)
+    W, b = solve(stats, 1e-2)
+    assert (logits(W, b, X).argmax(1) < 3).all()
+    with pytest.raises(QCoreError, match="shrinkage"):
+        solve(stats, 0.0)
+    with pytest.raises(QCoreError, match="labels"):
+        update(stats, X[:2], np.array([0, 4]))
+    with pytest.raises(QCoreError, match="features"):
+        update(stats, X[:2, :5], y[:2])
+    with pytest.raises(QCoreError, match="finite"):
+        HeadStats(stats.count, stats.mean * np.nan, stats.scatter)
+
+
+# ------------------------------------------------------------------------ on the device
+
+
+@pytest.fixture(scope="module")
+def head_artifact(tiny_model, tiny_xy):
+    """The kit's artifact with head statistics from the deployed model's source features."""
+    X, y = tiny_xy
+    art = B.small_artifact(tiny_model, X, y)
+    stats = batch_stats(forward_features(art.model, X)[1], y, art.model.n_classes)
+    return replace(art, head=stats), X, y
+
+
+def _slda(art, **changes) -> Device:
+    cfg = art.device.replace(head="slda", flip_steps=0, bn_mode="frozen", **changes)
+    return Device(art, cfg)
+
+
+def test_the_head_equals_the_closed_form_after_every_step(head_artifact):
+    art, X, y = head_artifact
+    dev = _slda(art, head_shrinkage=0.05)
+    seen_f, seen_y = [forward_features(art.model, X)[1]], [y]
+    for Xb, yb in B.stream_batches(X, y, 4):
+        report = dev.step(Xb, yb)
+        assert report["head_samples"] == len(yb) and report["head_solved"]
+        assert report["flips"] == 0 and not report["rolled_back"]
+        seen_f.append(forward_features(art.model, dev.normalize(Xb))[1])
+        seen_y.append(yb)
+        ref = batch_stats(np.concatenate(seen_f), np.concatenate(seen_y), 3)
+        W, b = solve(ref, 0.05)
+        assert dev.head is not None
+        np.testing.assert_allclose(dev.head[0], W, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dev.head[1], b, rtol=1e-4, atol=1e-4)
+        json.dumps(report, allow_nan=False)
+    # the backbone never moved: only statistics changed
+    for name, layer in art.model.layers.items():
+        np.testing.assert_array_equal(dev.art.model.layers[name].weight.q, layer.weight.q)
+
+
+def test_predictions_come_from_the_head_and_survive_a_restart(head_artifact):
+    art, X, y = head_artifact
+    dev = _slda(art)
+    for Xb, yb in B.stream_batches(X, y, 3):
+        dev.step(Xb, yb)
+    Xr = B.raw(X)
+    feats = forward_features(dev.art.model, dev.normalize(Xr))[1]
+    assert dev.head is not None
+    np.testing.assert_array_equal(dev.predict(Xr), logits(*dev.head, feats).argmax(1))
+    again = Device(decode_artifact(encode_artifact(dev.art)))
+    np.testing.assert_array_equal(again.predict(Xr), dev.predict(Xr))
+    assert again.art.head is not None
+    np.testing.assert_array_equal(again.art.head.scatter, dev.art.head.scatter)
+
+
+def test_head_with_flips_and_batchnorm_updates_from_the_moved_backbone(head_artifact):
+    art, X, y = head_artifact
+    cfg = art.device.replace(head="slda", flip_guard="off", guard_margin=1.0, flip_budget=0.2)
+    dev = Device(art, cfg)
+    Xb, yb = B.stream_batches(X, y, 1)[0]
+    report = dev.step(Xb, yb)
+    assert report["flips"] > 0 and report["head_samples"] == len(yb)
+    # the statistics took the batch's features from the backbone after the step
+    moved = forward_features(dev.art.model, dev.normalize(Xb))[1]
+    start = art.head
+    assert start is not None and dev.art.head is not None
+    want = update(start, moved, yb)
+    np.testing.assert_allclose(dev.art.head.scatter, want.scatter, rtol=1e-5, atol=1e-4)
+
+
+def test_a_device_without_head_statistics_refuses_the_slda_head(tiny_model, tiny_xy):
+    X, y = tiny_xy
+    art = B.small_artifact(tiny_model, X, y)
+    with pytest.raises(QCoreError, match="streaming head"):
+        Device(art, art.device.replace(head="slda"))
+    no_net = replace(art, flipnet=None)
+    with pytest.raises(QCoreError, match="flip network"):
+        Device(no_net)
+    Device(no_net, no_net.device.replace(flip_steps=0))  # no flips, no network needed
+
+
+def test_head_step_needs_no_autograd(head_artifact, monkeypatch):
+    art, X, y = head_artifact
+
+    def forbidden(*a, **k):
+        raise AssertionError("back-propagation or an optimizer ran on the device")
+
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    monkeypatch.setattr(torch.optim.Optimizer, "step", forbidden)
+    dev = Device(art, art.device.replace(head="slda", guard_margin=1.0))
+    for Xb, yb in B.stream_batches(X, y, 2):
+        assert dev.step(Xb, yb)["head_solved"]
+
+
+def test_device_config_defaults_name_the_head():
+    assert DeviceConfig().head in ("model", "slda")

@@ -7,11 +7,13 @@ windows and a flip network per bit-width (the cloud side). Then, per bit-width:
 * inference latency per window: edge ``forward`` vs the torch simulation, for single
   windows (median of repeats) and for the whole target test split;
 * calibration step time: the edge flip step (3 guarded flip passes on core + batch),
-  the full device step (inference, flip step, guard, core update), and the torch
-  back-prop reference (10 Adam steps on core + batch);
+  the full QCore device step (inference, flip step, guard, core update), the full
+  streaming-head device step (``slda``: inference, statistics update, one solve), and
+  the torch back-prop reference (10 Adam steps on core + batch);
 * peak resident memory of a device process (``qcore device`` on 3 batches, its own
-  ``peak_rss_bytes``) vs a process doing the torch back-prop step (its own ``VmHWM``),
-  and a bare ``python -c "import numpy"`` for scale;
+  ``peak_rss_bytes``; with the QCore artifact and with the streaming-head artifact) vs a
+  process doing the torch back-prop step (its own ``VmHWM``), and a bare
+  ``python -c "import numpy"`` for scale;
 * artifact bytes per part, and the code a device needs (qcore/edge + qcore/core sources;
   also every qcore module the device process really loads) vs the PyTorch install.
 
@@ -183,6 +185,13 @@ def main() -> None:
         qm, d = art.model, art.device
         path = out / f"deployed-{bits}bit.qcore"
         save_artifact(path, art)
+        head_cfg = bcfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+        head_art = pipeline.device_artifact(
+            qmodel, None, None, sc.normalizer, sc.class_names, bcfg, head_cfg, (Xs, ys),
+            Xs.shape[2],
+        )  # fmt: skip
+        head_path = out / f"slda-{bits}bit.qcore"
+        save_artifact(head_path, head_art)
 
         one = X_test[:1]
         edge_1 = median_ms(lambda: forward(qm, one), 30)  # noqa: B023
@@ -199,6 +208,7 @@ def main() -> None:
         raw = (batch.X * std + mean).astype(np.float32)
         free = d.replace(guard_margin=1.0)  # never rolled back: the full step's cost
         device_ms = median_ms(lambda: Device(art, free).step(raw, batch.y), 3)  # noqa: B023
+        slda_ms = median_ms(lambda: Device(head_art).step(raw, batch.y), 3)  # noqa: B023
 
         def bp_step(m=qmodel) -> None:
             work = copy.deepcopy(m)  # each repeat starts from the deployed model
@@ -216,6 +226,14 @@ def main() -> None:
             check=True,
         )
         edge_peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+        state.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [*device_command(), str(head_path), "--stream", str(stream_dir), "--state", str(state)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        slda_peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
         torch_peak = peak_of_command(
             [sys.executable, "-c", TORCH_STEP, str(path), str(stream_dir / "b0.npz")]
         )
@@ -230,6 +248,9 @@ def main() -> None:
                 "torch_n": torch_n,
                 "flip_ms": flip_ms,
                 "device_ms": device_ms,
+                "slda_ms": slda_ms,
+                "slda_peak": slda_peak,
+                "slda_sizes": artifact_sizes(head_art),
                 "bp_ms": bp_ms,
                 "edge_peak": edge_peak,
                 "torch_peak": torch_peak,
@@ -264,34 +285,39 @@ def main() -> None:
         )
     n_cal = len(y_cal)
     print(f"\n### Calibration step on core + batch ({n_cal} windows), ms\n")
-    print("| bits | edge flip step (3 passes) | edge full device step | torch back-prop "
-          "(10 Adam steps) | back-prop / flip |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| bits | edge flip step (3 passes) | QCore device step | slda device step "
+          "| torch back-prop (10 Adam steps) | back-prop / flip "
+          "| back-prop / slda step |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['bits']} | {r['flip_ms']:.1f} | {r['device_ms']:.1f} | {r['bp_ms']:.1f} | "
-            f"{r['bp_ms'] / r['flip_ms']:.2f}x |"
+            f"| {r['bits']} | {r['flip_ms']:.1f} | {r['device_ms']:.1f} | {r['slda_ms']:.1f} | "
+            f"{r['bp_ms']:.1f} | {r['bp_ms'] / r['flip_ms']:.2f}x | "
+            f"{r['bp_ms'] / r['slda_ms']:.1f}x |"
         )
     print("\n### Peak resident memory of a process (MiB)\n")
-    print("| bits | edge device (`qcore device`, 3 batches) | torch back-prop step | ratio |")
-    print("|---|---|---|---|")
+    print("| bits | QCore device (`qcore device`, 3 batches) | slda device | torch back-prop "
+          "step | back-prop / QCore | back-prop / slda |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['bits']} | {r['edge_peak'] / mib:.1f} | {r['torch_peak'] / mib:.1f} | "
-            f"{r['torch_peak'] / r['edge_peak']:.2f}x |"
+            f"| {r['bits']} | {r['edge_peak'] / mib:.1f} | {r['slda_peak'] / mib:.1f} | "
+            f"{r['torch_peak'] / mib:.1f} | {r['torch_peak'] / r['edge_peak']:.2f}x | "
+            f"{r['torch_peak'] / r['slda_peak']:.2f}x |"
         )
     print(f"\n(`python -c 'import numpy'` alone: {numpy_peak / mib:.1f} MiB)")
     float_bytes = 4 * count_params(model)
     print("\n### Bytes per part\n")
-    print("| bits | weights | norms | act | flip network | core | meta | artifact total "
-          "| float32 weights |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| bits | artifact | weights | norms | act | flip network | core | head statistics "
+          "| meta | total | float32 weights |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        s = r["sizes"]
-        print(
-            f"| {r['bits']} | {s['weights']} | {s['norms']} | {s['act']} | {s['flipnet']} | "
-            f"{s['core']} | {s['meta']} | {s['total']} | {float_bytes} |"
-        )
+        for kind, s in (("QCore", r["sizes"]), ("slda", r["slda_sizes"])):
+            print(
+                f"| {r['bits']} | {kind} | {s['weights']} | {s['norms']} | {s['act']} | "
+                f"{s['flipnet']} | {s['core']} | {s['head']} | {s['meta']} | {s['total']} | "
+                f"{float_bytes} |"
+            )
     print(
         f"\nCode: qcore/edge + qcore/core sources {edge_core_code} bytes; every qcore module "
         f"a device process loads {loaded_code} bytes; the PyTorch install "

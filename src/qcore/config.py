@@ -103,6 +103,9 @@ class DeviceConfig(Settings):
     head_shrinkage: float = setting(
         1e-3, "slda head: covariance shrinkage towards the identity, in (0, 1]"
     )
+    head_bits: int | None = setting(
+        None, "slda head: weights rounded to this many bits per class (none: float32)"
+    )
     flip_steps: int = setting(
         3, "flip passes per calibration step (each one forward pass; 0: no flips)"
     )
@@ -138,6 +141,8 @@ class DeviceConfig(Settings):
         if self.flip_steps < 0:
             raise QCoreError(f"setting flip_steps must be >= 0, got {self.flip_steps}")
         check_choice("head", self.head, HEADS)
+        if self.head_bits is not None:
+            check_bits(self.head_bits)
         if not 0.0 < self.head_shrinkage <= 1.0:
             raise QCoreError(
                 f"setting head_shrinkage must lie in (0, 1], got {self.head_shrinkage}"
@@ -197,6 +202,7 @@ class RunConfig(Settings):
     # the device's settings, with DeviceConfig's defaults and help; seed also seeds the cloud
     head: HeadKind = _DEVICE.head
     head_shrinkage: float = _DEVICE.head_shrinkage
+    head_bits: int | None = _DEVICE.head_bits
     flip_steps: int = _DEVICE.flip_steps
     flip_guard: FlipGuard = _DEVICE.flip_guard
     flip_budget: float | None = _DEVICE.flip_budget
@@ -312,7 +318,9 @@ def _coerce(key: str, value: Any, hint: object) -> object:
         if type(None) in args:  # optional value
             if value in (None, "", "none", "None"):
                 return None
-            return float(value) if float in args else str(value)
+            if float in args:
+                return float(value)
+            return int(value) if int in args else str(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

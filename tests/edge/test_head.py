@@ -176,3 +176,18 @@ def test_head_step_needs_no_autograd(head_artifact, monkeypatch):
 
 def test_device_config_defaults_name_the_head():
     assert DeviceConfig().head in ("model", "slda")
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
+    from qcore.edge.step import solve_head
+
+    art, _, _ = head_artifact
+    cfg = art.device.replace(head="slda", head_bits=bits)
+    W, b = solve_head(art.head, cfg)
+    W_float, b_float = solve_head(art.head, cfg.replace(head_bits=None))
+    np.testing.assert_array_equal(b, b_float)
+    for row, ref in zip(W, W_float, strict=True):
+        assert len(np.unique(row)) <= 2**bits
+        step = (max(ref.max(), 0) - min(ref.min(), 0)) / (2**bits - 1)
+        assert np.abs(row - ref).max() <= step / 2 + 1e-6

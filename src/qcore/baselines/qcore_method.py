@@ -103,7 +103,7 @@ def device_calibrator(
     return DeviceCalibrator(art, update)
 
 
-@register("qcore")
+@register("qcore", uses_qcore=True)
 def _qcore(dep: Deployment) -> DeviceCalibrator:
     """The paper's recipe: the core, guarded flip passes, BatchNorm, the deployed head."""
     return device_calibrator(dep, dep.core, dep.cfg.device_config().replace(head="model"))

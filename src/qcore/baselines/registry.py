@@ -19,13 +19,19 @@ from qcore.coreset.core import Core
 
 Factory = Callable[["Deployment"], Any]
 METHODS: dict[str, Factory] = {}
+USES_QCORE: set[str] = set()  # methods that need the core chosen from training dynamics
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
+def register(name: str, *, uses_qcore: bool = False) -> Callable[[Factory], Factory]:
+    """Register ``factory`` as method ``name``; ``uses_qcore``: it starts from the QCore
+    (so the cloud must record training dynamics for it)."""
+
     def deco(factory: Factory) -> Factory:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
         METHODS[name] = factory
+        if uses_qcore:
+            USES_QCORE.add(name)
         return factory
 
     return deco

@@ -152,7 +152,7 @@ class ZOSPSA(CoreCalibrator):
         return self.qm.device_bytes()["total"] + self.core.nbytes
 
 
-@register("zo-spsa")
+@register("zo-spsa", uses_qcore=True)
 def _zo_spsa(dep: Deployment) -> ZOSPSA:
     from qcore.cloud.export import to_qmodel  # cloud side: the hand-over only
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from qcore.config import CoreMode, DeviceConfig
 from qcore.core.qmodel import QuantizedModel
-from qcore.core.quant import QuantizedTensor
+from qcore.core.quant import QuantizedTensor, dequantize, quantize_weight
 from qcore.coreset.core import Core, update_core_after_passes
 from qcore.coreset.storage import roundtrip
 from qcore.edge.calibrate import flip_calibrate
@@ -80,10 +80,16 @@ def moves_backbone(cfg: DeviceConfig) -> bool:
 
 
 def solve_head(stats: HeadStats | None, cfg: DeviceConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The streaming head's weights and bias from its statistics (``cfg.head_shrinkage``)."""
+    """The streaming head's weights and bias from its statistics (``cfg.head_shrinkage``);
+    with ``cfg.head_bits`` the weights are rounded to that many bits per class (asymmetric,
+    as the model's weights), as a device computing the head in integers would use them."""
     if stats is None:
         raise QCoreError("the streaming head needs its statistics")
-    return solve(stats, cfg.head_shrinkage)
+    weight, bias = solve(stats, cfg.head_shrinkage)
+    if cfg.head_bits is not None:
+        qt = quantize_weight(weight, cfg.head_bits)
+        weight = dequantize(qt.q, qt.scale[:, None], qt.zero_point[:, None]).astype(np.float32)
+    return weight, bias
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

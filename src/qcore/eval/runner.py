@@ -18,7 +18,7 @@ import numpy as np
 from qcore.baselines.all import available
 from qcore.baselines.all import make as make_method
 from qcore.baselines.qcore_method import DeviceCalibrator
-from qcore.baselines.registry import Deployment
+from qcore.baselines.registry import USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import accuracy
@@ -76,7 +76,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     Xs, ys = sc.source_train.X, sc.source_train.y
     t0 = time.perf_counter()
     model, dyn = pipeline.train_model(
-        cfg, Xs, ys, sc.n_classes, dynamics=set(cfg.methods) != {"none"}, progress=progress
+        cfg, Xs, ys, sc.n_classes, dynamics=bool(USES_QCORE & set(cfg.methods)), progress=progress
     )
     train_seconds = time.perf_counter() - t0
     rows: list[dict] = [

@@ -10,6 +10,7 @@ method is therefore the device's own step (flip passes, rollback guard, core upd
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -88,9 +89,13 @@ def device_calibrator(
     if device.flip_steps > 0:
         if core is None:
             raise QCoreError("flip passes need a core to train the flip network on")
-        net, report = train_flip_network(
-            dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c
-        )
+        # the same core gives the same network: train it once per bit-width
+        key = ("flipnet", hashlib.sha256(core.X.tobytes() + core.y.tobytes()).hexdigest())
+        if key not in dep.shared:
+            dep.shared[key] = train_flip_network(
+                dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c
+            )
+        net, report = dep.shared[key]
         if report is not None:
             dep.extras["flipnet"] = report
     n_channels = dep.source_X.shape[1]

@@ -46,8 +46,9 @@ class Deployment:
     ``source_X``/``source_y``: the source training set, for methods that fill their own
     buffer in the cloud; ``normalizer``/``class_names``: what an artifact records;
     ``extras``: cloud-side results a method adds (e.g. the flip network's agreement
-    report), copied into the results row; ``artifacts``: device artifacts a method built
-    (name -> :class:`qcore.edge.artifact.Artifact`), which the runner saves.
+    report), copied into the results row; ``shared``: cloud products that several methods
+    of the same bit-width would otherwise compute again (e.g. the flip network of a core),
+    one dict per bit-width handed to every method's deployment.
     """
 
     cfg: RunConfig
@@ -61,3 +62,4 @@ class Deployment:
     normalizer: Any = None
     class_names: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
+    shared: dict[Any, Any] = field(default_factory=dict)

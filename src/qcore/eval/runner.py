@@ -101,6 +101,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     )
     saved: set[int] = set()  # bit-widths whose device artifacts are written
     for bits in cfg.bits:
+        shared: dict = {}  # cloud products the methods of this bit-width share
         t0 = time.perf_counter()
         qmodel = pipeline.quantize(model, bits, Xs, cfg)
         rows.append(
@@ -128,7 +129,9 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
         )
         for method in cfg.methods:
             rows.append(
-                _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved)
+                _stream_row(
+                    cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved, shared
+                )
             )
         write_json_atomic(out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
     result = {
@@ -157,7 +160,9 @@ def _save(out_dir: Path, bits: int, art: Artifact) -> None:
     save_artifact(out_dir / f"{name}-{bits}bit.qcore", art)
 
 
-def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved) -> dict:
+def _stream_row(
+    cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved, shared
+) -> dict:
     """Stream one method; the first device method of the run (``saved`` records it) writes
     its deployed artifact and its state after the stream."""
     dep = Deployment(
@@ -171,6 +176,7 @@ def _stream_row(cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir
         batch_len=len(sc.stream[0]),
         normalizer=sc.normalizer,
         class_names=tuple(sc.class_names),
+        shared=shared,
     )
     cloud_t0 = time.perf_counter()
     cal = make_method(method, dep)

@@ -101,3 +101,16 @@ def test_help_lists_every_setting_with_its_default():
         lines = text.splitlines()
         helps = [lines[i + 1].strip() for i, ln in enumerate(lines) if " = " in ln]
         assert all(helps), f"a {cls.__name__} setting has no help line"
+
+
+def test_results_made_before_a_setting_existed_still_match():
+    cfg = RunConfig(bits=(2,), seed=1)
+    stored = cfg.to_dict()
+    assert cfg.made_with(stored)
+    older = {k: v for k, v in stored.items() if k not in ("head", "head_bits")}
+    assert cfg.made_with(older)  # head and head_bits at their defaults
+    assert not cfg.replace(head="slda").made_with(older)  # a non-default new setting
+    assert not cfg.made_with({**stored, "seed": 2})
+    assert not cfg.made_with({**stored, "retired_setting": 1})
+    # a setting not listed as added (its absence means other code) never matches
+    assert not cfg.made_with({k: v for k, v in stored.items() if k != "guard_margin"})

@@ -32,6 +32,10 @@ BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
 HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
+# Settings added after results were first recorded, with the value that reproduces what
+# qcore did before each existed: results stored without the key are valid at that value.
+ADDED_SETTINGS: dict[str, object] = {"head": "model", "head_shrinkage": 1e-3, "head_bits": None}
+_NO_VALUE = object()
 
 
 def setting(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word)
@@ -89,6 +93,21 @@ class Settings:
 
     def replace(self, **changes: object) -> Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def made_with(self, stored: dict[str, object]) -> bool:
+        """Whether results recorded with the settings ``stored`` are this config's.
+
+        Every stored key must be a setting with this config's value. A setting the stored
+        dict lacks matches only if it is in :data:`ADDED_SETTINGS` (added without changing
+        what the other settings do) and this config has it at the value listed there.
+        """
+        mine = self.to_dict()
+        if set(stored) - set(mine):
+            return False
+        return all(
+            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) == v
+            for k, v in mine.items()
+        )
 
 
 @dataclass(frozen=True)

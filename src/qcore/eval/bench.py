@@ -30,14 +30,16 @@ from qcore.eval.report import collect, write_report
 
 
 def _is_done(path: Path, cfg: RunConfig) -> bool:
-    """Complete results (``scenario`` is written last) made with exactly ``cfg``."""
+    """Complete results (``scenario`` is written last) made with ``cfg``'s settings
+    (:meth:`RunConfig.made_with`)."""
     if not path.is_file():
         return False
     try:
         res = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return "scenario" in res and res.get("config") == cfg.to_dict()
+    stored = res.get("config")
+    return "scenario" in res and isinstance(stored, dict) and cfg.made_with(stored)
 
 
 def _init_worker() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     minfo = model.add_parser("info", help="parameter count of InceptionTime")
     minfo.add_argument("--channels", type=int, required=True)
     minfo.add_argument("--classes", type=int, required=True)
-    minfo.add_argument("--filters", type=int, default=32)
-    minfo.add_argument("--depth", type=int, default=6)
+    from qcore.config import RunConfig
+
+    defaults = RunConfig()  # the model `qcore run` trains unless told otherwise
+    minfo.add_argument("--filters", type=int, default=defaults.filters)
+    minfo.add_argument("--depth", type=int, default=defaults.depth)
     minfo.add_argument("--json", action="store_true")
     minfo.set_defaults(func=_cmd_model_info)
 
@@ -109,16 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that ``main`` ends like on Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``qcore`` command. Errors print one line (exit 2); Ctrl-C (SIGINT) and
+    SIGTERM print one line and exit 130 and 143. Saved files are written atomically, so
+    an interruption leaves each one as it was or complete."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print("qcore: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("qcore: terminated", file=sys.stderr)
+        return 143
     except QCoreError as exc:
         print(f"qcore: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"qcore: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -93,7 +93,10 @@ def _bad_batches(good: list, marker: Path) -> dict[str, tuple[bytes | None, str]
         "two-d": (npz(X=X[:, 0], y=y), "rank 2"),
         "float-y": (npz(X=X, y=y.astype(np.float32)), "integer labels"),
         "y-length": (npz(X=X, y=y[:-1]), "labels"),
-        "random-bytes": (rng.bytes(300), "not a readable .npz"),
+        "random-bytes": (b"\x00" + rng.bytes(300), "not an .npz archive"),
+        "csv-named-npz": (b"x,y\n1.0,2\n", "a text or CSV file"),
+        "bare-pickle": (b"\x80\x04\x95" + rng.bytes(40), "pickled Python data"),
+        "zip-not-npz": (b"PK\x03\x04" + rng.bytes(60), "not a readable .npz"),
         "missing-y": (npz(X=X), "no array 'y'"),
         "pickle": (npz(X=trap, y=y), "Python objects"),
         "huge-shape": (_huge_member_npz(y), "exceeds"),
@@ -118,6 +121,7 @@ def test_bad_batches_in_a_folder_are_reported_skipped_and_change_nothing(setup, 
     names = list(bad)
     # good batches first, last and in between; bad ones around them
     order = ["good0", *names[:5], "good1", *names[5:11], "good2", *names[11:], "good3"]
+    assert len(order) < 50  # 50-notes.csv sorts after them
     expected: dict[str, str] = {}
     for k, name in enumerate(order):
         fname = f"{k:02d}-{name}.npz"
@@ -134,12 +138,15 @@ def test_bad_batches_in_a_folder_are_reported_skipped_and_change_nothing(setup, 
     if hasattr(os, "mkfifo"):  # a FIFO must be refused, not read forever
         os.mkfifo(stream / "99-fifo.npz")
         expected["99-fifo.npz"] = "not a regular file"
+    (stream / "50-notes.csv").write_text("x,y\n")  # not a batch: reported, never silent
+    expected["50-notes.csv"] = "not an .npz batch"
+    (stream / ".hidden").write_text("editor swap file")  # hidden names are not batches
 
     state = tmp_path / "state.qcore"
     lines, summary = _run([*CLI, str(art_path), "--stream", str(stream), "--state", str(state)])
 
     by_batch = {r["batch"]: r for r in lines}
-    assert len(by_batch) == len(lines) == len(order) + hasattr(os, "mkfifo")
+    assert len(by_batch) == len(lines) == len(order) + hasattr(os, "mkfifo") + 1
     for fname, want in expected.items():
         row = by_batch[fname]
         assert set(row) == {"batch", "error"}, row
@@ -217,3 +224,25 @@ def test_finite_glitch_cannot_poison_model_or_core(setup, tmp_path):
         dev.step(Xb, yb)
     assert dev.art.step == len(good)
     assert all(np.isfinite(bn.running_var).all() for bn in dev.art.model.norms.values())
+
+
+def test_every_batch_skipped_is_an_error_and_a_file_is_not_a_folder(setup, tmp_path):
+    art_path, _, _ = setup
+    stream = tmp_path / "junk"
+    stream.mkdir()
+    (stream / "a.npz").write_bytes(b"x,y\n1,2\n")
+    state = tmp_path / "state.qcore"
+    proc = subprocess.run(
+        [*CLI, str(art_path), "--stream", str(stream), "--state", str(state)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "all 1 batch(es) were skipped" in proc.stderr.decode()
+    assert not state.exists()
+    proc = subprocess.run(
+        [*CLI, str(art_path), "--stream", str(stream / "a.npz"), "--state", str(state)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "is a file" in proc.stderr.decode()

@@ -45,15 +45,30 @@ def _check_member(npz: Any, key: str, name: str) -> None:
         else:
             raise QCoreError(f"batch {name}: array {key} uses unsupported .npy format {version}")
     if dtype.hasobject:
-        raise QCoreError(f"batch {name}: array {key} holds Python objects")
+        raise QCoreError(
+            f"batch {name}: array {key} holds Python objects (pickled data, which qcore "
+            "refuses to load)"
+        )
     if math.prod(shape) * dtype.itemsize > MAX_BATCH_BYTES:
         raise QCoreError(
             f"batch {name}: array {key} of shape {shape} exceeds {MAX_BATCH_BYTES} bytes"
         )
 
 
+def _not_npz(data: bytes) -> str | None:
+    """Why ``data`` cannot be an ``.npz`` archive, judged by its first bytes, or None."""
+    if data.startswith((b"PK", b"\x93NUMPY")):
+        return None
+    if data[:1] == b"\x80":
+        return "holds pickled Python data, which qcore refuses to load"
+    return "is not an .npz archive (a text or CSV file? qcore reads .npz batches only)"
+
+
 def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(X, y)`` from the bytes of one ``.npz`` archive (no pickle, bounded allocation)."""
+    why = _not_npz(data)
+    if why is not None:
+        raise QCoreError(f"batch {name} {why}")
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -119,10 +134,19 @@ def read_frames(stream: IO[bytes]) -> Iterator[tuple[str, bytes | QCoreError]]:
 
 
 def folder_batches(folder: Path) -> Iterator[tuple[str, bytes | QCoreError]]:
-    """``(name, payload or error)`` per ``*.npz`` file of ``folder``, in sorted name order."""
+    """``(name, payload or error)`` per file of ``folder``, in sorted name order: the
+    ``*.npz`` batches, and an error for every other visible file (nothing is skipped
+    silently; names starting with ``.`` are ignored)."""
+    if folder.is_file():
+        raise QCoreError(
+            f"stream {folder} is a file: give a folder of .npz batches, or - for stdin"
+        )
     if not folder.is_dir():
         raise QCoreError(f"stream folder {folder} does not exist")
-    for path in sorted(folder.glob("*.npz")):
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.suffix != ".npz":
+            yield path.name, QCoreError(f"{path.name} is not an .npz batch: not read")
+            continue
         try:
             if path.stat().st_size > MAX_BATCH_BYTES:
                 raise QCoreError(f"batch file exceeds {MAX_BATCH_BYTES} bytes")

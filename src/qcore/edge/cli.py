@@ -72,6 +72,8 @@ def _cmd_device(args: argparse.Namespace) -> None:
         print(json.dumps({"batch": name, **report}), flush=True)
     summary = {"processed": processed, "skipped": skipped, "resumed": resumed, "state": args.state}
     print(json.dumps(summary), file=sys.stderr, flush=True)
+    if skipped and not processed:
+        raise QCoreError(f"all {skipped} batch(es) were skipped: nothing was processed")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print("qcore: interrupted", file=sys.stderr)
+        return 130
     except QCoreError as exc:
         print(f"qcore: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -43,8 +44,11 @@ def _is_done(path: Path, cfg: RunConfig) -> bool:
 
 
 def _init_worker() -> None:
+    """One thread per worker; Ctrl-C is the parent's to handle (it stops the grid, a
+    cell's results are written atomically, so an interrupted cell is simply redone)."""
     from qcore.threads import limit_threads
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads(1)
 
 

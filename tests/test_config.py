@@ -107,9 +107,10 @@ def test_results_made_before_a_setting_existed_still_match():
     cfg = RunConfig(bits=(2,), seed=1)
     stored = cfg.to_dict()
     assert cfg.made_with(stored)
-    older = {k: v for k, v in stored.items() if k not in ("head", "head_bits")}
+    older = {k: v for k, v in stored.items() if k not in ("head", "head_bits", "head_shrinkage")}
     assert cfg.made_with(older)  # head and head_bits at their defaults
     assert not cfg.replace(head="slda").made_with(older)  # a non-default new setting
+    assert cfg.replace(head_shrinkage=0.1).made_with(older)  # no head existed: any value
     assert not cfg.made_with({**stored, "seed": 2})
     assert not cfg.made_with({**stored, "retired_setting": 1})
     # a setting not listed as added (its absence means other code) never matches

@@ -33,8 +33,10 @@ CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
 HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
 # Settings added after results were first recorded, with the value that reproduces what
-# qcore did before each existed: results stored without the key are valid at that value.
-ADDED_SETTINGS: dict[str, object] = {"head": "model", "head_shrinkage": 1e-3, "head_bits": None}
+# qcore did before each existed: results stored without the key are valid at that value
+# (ANY: at every value, as the shrinkage of a head that did not exist).
+ANY = object()
+ADDED_SETTINGS: dict[str, object] = {"head": "model", "head_shrinkage": ANY, "head_bits": None}
 _NO_VALUE = object()
 
 
@@ -105,7 +107,7 @@ class Settings:
         if set(stored) - set(mine):
             return False
         return all(
-            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) == v
+            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) in (v, ANY)
             for k, v in mine.items()
         )
 

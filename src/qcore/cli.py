@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -113,37 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that ``main`` ends like on Ctrl-C."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``qcore`` command. Errors print one line (exit 2); Ctrl-C (SIGINT) and
-    SIGTERM print one line and exit 130 and 143. Saved files are written atomically, so
-    an interruption leaves each one as it was or complete."""
-    args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("qcore: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("qcore: terminated", file=sys.stderr)
-        return 143
-    except QCoreError as exc:
-        print(f"qcore: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"qcore: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 0
+    """Run one ``qcore`` command (see :func:`qcore.edge.cli.run_command` for exit codes)."""
+    from qcore.edge.cli import run_command
+
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -68,11 +68,10 @@ def test_update_keeps_size_and_tracks_hard_samples():
     core = _core()
     X_new = np.ones((10, 2, 4), np.float32)
     y_new = np.arange(10) % 2
-    new = update_core(core, X_new, y_new, np.zeros(6, int), np.ones(10, int), step=1, seed=0)
+    score = np.r_[np.zeros(6, int), np.ones(10, int)]
+    new = update_core(core, X_new, y_new, score, step=1, seed=0)
     assert len(new) == 6 and np.all(new.origin == 1)  # old samples were all right: dropped
-    kept = update_core(
-        core, X_new, y_new, np.zeros(6, int), np.ones(10, int), step=1, seed=0, old_quota=0.5
-    )
+    kept = update_core(core, X_new, y_new, score, step=1, seed=0, old_quota=0.5)
     assert len(kept) == 6 and np.sum(kept.origin == -1) == 3
 
 
@@ -86,8 +85,7 @@ def test_build_core_validates():
             core,
             np.full((2, 2, 4), np.nan, np.float32),
             np.zeros(2, int),
-            np.zeros(5),
-            np.zeros(2),
+            np.zeros(7),
             step=1,
             seed=0,
         )

@@ -15,7 +15,8 @@ import numpy as np
 
 from qcore.core.metrics import accuracy
 from qcore.core.types import Batch, StepReport
-from qcore.coreset.core import Core, update_core_after_passes
+from qcore.coreset.core import Core, update_core
+from qcore.coreset.scores import pass_misses
 from qcore.edge.step import step_rng
 from qcore.errors import QCoreError
 
@@ -82,11 +83,11 @@ class CoreCalibrator:
         X = np.concatenate([self.core.X, batch.X])
         y = np.concatenate([self.core.y, batch.y])
         correct, extra = self.calibrate(X, y)
-        self.core = update_core_after_passes(
+        self.core = update_core(
             self.core,
             batch.X,
             batch.y,
-            correct,
+            pass_misses(correct),
             step=self.n_steps,
             seed=self.rng,
             mode=self.core_mode,

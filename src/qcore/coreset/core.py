@@ -9,7 +9,6 @@ import numpy as np
 from qcore.config import CoreMode
 from qcore.core.rng import SeedLike, as_generator
 from qcore.core.types import validate_xy
-from qcore.coreset.scores import pass_misses
 from qcore.coreset.select import select_core
 from qcore.errors import QCoreError
 
@@ -55,18 +54,19 @@ def update_core(
     core: Core,
     X_new: np.ndarray,
     y_new: np.ndarray,
-    score_core: np.ndarray,
-    score_new: np.ndarray,
+    score: np.ndarray,
     step: int,
     seed: SeedLike,
     mode: CoreMode = "proportional",
     old_quota: float | None = None,
 ) -> Core:
-    """Pool the old core and a new batch with fresh misses; keep ``len(core)`` of them.
+    """Pool the old core and a new batch with fresh scores; keep ``len(core)`` of them.
 
-    Default (the released code's rule): draw proportional to the misses observed during
-    the device's calibration passes, so samples the model always gets right leave the
-    core. ``old_quota`` (0..1) reserves that share of the core for old samples, an option
+    ``score``: int ``(len(core) + len(y_new),)``, old core first, then the batch: on the
+    device the misses observed over the calibration's passes
+    (:func:`qcore.coreset.scores.pass_misses`). Default (the released code's rule): draw
+    proportional to them, so samples the model always gets right leave the core.
+    ``old_quota`` (0..1) reserves that share of the core for old samples, an option
     against forgetting the source domain.
     """
     validate_xy(X_new, y_new, "stream batch")
@@ -74,7 +74,9 @@ def update_core(
     rng = as_generator(seed)
     X = np.concatenate([core.X, X_new.astype(np.float32)])
     y = np.concatenate([core.y, y_new.astype(np.int64)])
-    score = np.concatenate([score_core, score_new]).astype(np.int64)
+    score = np.asarray(score, dtype=np.int64)
+    if score.shape != (len(y),):
+        raise QCoreError(f"need one score per old and new sample ({len(y)}), got {score.shape}")
     origin = np.concatenate([core.origin, np.full(len(y_new), step, dtype=np.int64)])
     if old_quota is None:
         idx = select_core(score, y, size, mode, rng)
@@ -89,23 +91,3 @@ def update_core(
         new = size + select_core(score[size:], y[size:], n_new, mode, rng) if n_new else none
         idx = np.sort(np.concatenate([old, new]).astype(np.int64))
     return Core(X[idx], y[idx], score[idx], origin[idx])
-
-
-def update_core_after_passes(
-    core: Core,
-    X_new: np.ndarray,
-    y_new: np.ndarray,
-    correct: np.ndarray,
-    step: int,
-    seed: SeedLike,
-    mode: CoreMode = "proportional",
-    old_quota: float | None = None,
-) -> Core:
-    """:func:`update_core` scored by the misses over a calibration's passes.
-
-    ``correct``: bool ``(passes, len(core) + len(y_new))``, old core first, then the batch
-    (see :func:`qcore.coreset.scores.pass_misses`).
-    """
-    misses = pass_misses(correct)
-    n = len(core)
-    return update_core(core, X_new, y_new, misses[:n], misses[n:], step, seed, mode, old_quota)

@@ -120,20 +120,10 @@ class Artifact:
             raise QCoreError(
                 f"need {self.model.n_classes} class names (strings), got {len(self.class_names)}"
             )
-        if not isinstance(self.config, dict):
-            raise QCoreError("artifact config must be a dict")
-        try:
-            json.dumps(self.config, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise QCoreError(f"artifact config must be JSON-serialisable: {exc}") from None
+        _check_json_dict(self.config, "artifact config")
         if not isinstance(self.device, DeviceConfig):
             raise QCoreError("artifact device settings must be a DeviceConfig")
-        if not isinstance(self.runtime, dict):
-            raise QCoreError("artifact runtime state must be a dict")
-        try:
-            json.dumps(self.runtime, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise QCoreError(f"artifact runtime state must be JSON-serialisable: {exc}") from None
+        _check_json_dict(self.runtime, "artifact runtime state")
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
             raise QCoreError(f"artifact step must be an integer >= 0, got {self.step!r}")
         if self.core is not None:
@@ -169,6 +159,15 @@ class Artifact:
         if core_t is not None and core_t != wl:
             raise QCoreError(f"core windows have {core_t} time steps, window_length is {wl}")
         return wl
+
+
+def _check_json_dict(value: object, what: str) -> None:
+    if not isinstance(value, dict):
+        raise QCoreError(f"{what} must be a dict")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise QCoreError(f"{what} must be JSON-serialisable: {exc}") from None
 
 
 def build_artifact(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -104,20 +105,40 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dev.set_defaults(func=_cmd_device)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point with the two edge commands (errors: one line, exit 2)."""
-    parser = argparse.ArgumentParser(prog="qcore-edge", description=__doc__.split("\n")[0])
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that a command ends like on Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command's ``func``: errors print one line (exit 2); Ctrl-C (SIGINT)
+    and SIGTERM print one line and exit 130 and 143. Every file a command saves is written
+    atomically, so an interruption leaves it as it was or complete."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("qcore: interrupted", file=sys.stderr)
         return 130
-    except QCoreError as exc:
+    except Terminated:
+        print("qcore: terminated", file=sys.stderr)
+        return 143
+    except (QCoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"qcore: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point with the two edge commands (see :func:`run_command`)."""
+    parser = argparse.ArgumentParser(prog="qcore-edge", description=__doc__.split("\n")[0])
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import numpy as np
 from qcore.config import CoreMode, DeviceConfig
 from qcore.core.qmodel import QuantizedModel
 from qcore.core.quant import QuantizedTensor, dequantize, quantize_weight
-from qcore.coreset.core import Core, update_core_after_passes
+from qcore.coreset.core import Core, update_core
+from qcore.coreset.scores import pass_misses
 from qcore.coreset.storage import roundtrip
 from qcore.edge.calibrate import flip_calibrate
 from qcore.edge.flip import FlipNet
@@ -62,11 +63,11 @@ class QCoreUpdate:
     def __call__(
         self, core: Core, X: np.ndarray, y: np.ndarray, correct: np.ndarray, step: int
     ) -> Core:
-        return update_core_after_passes(
+        return update_core(
             core,
             X,
             y,
-            correct,
+            pass_misses(correct),
             step=step,
             seed=step_rng(self.seed, step),
             mode=self.mode,

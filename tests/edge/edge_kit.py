@@ -10,6 +10,7 @@ artifact.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from qcore.cloud.model import InceptionTime
 from qcore.config import RunConfig
 from qcore.edge.artifact import Artifact, load_artifact, save_artifact
 from qcore.edge.device import Device
+from qcore.edge.state import bind_state
 
 CLASSES = ("low", "mid", "high")
 MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
@@ -114,11 +116,25 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class CliDevice(Device):
+    """A :class:`Device` that steps like `qcore device`: each batch is recorded as
+    consumed under the id the command gives it (the start of the SHA-256 of its .npz bytes,
+    as :func:`npz_bytes` writes them)."""
+
+    def step(self, X, y=None, **kwargs):  # type: ignore[override]
+        arrays = {"X": X} if y is None else {"X": X, "y": y}
+        batch_id = hashlib.sha256(npz_bytes(**arrays)).hexdigest()[:16]
+        return super().step(X, y, batch_id=batch_id, **kwargs)
+
+
 def cli_device(art: Artifact | Path, seed: int = 0) -> Device:
     """The device `qcore device --set seed=SEED` runs on a :func:`small_artifact` (or its
-    file): the artifact's device settings with that seed."""
-    art = load_artifact(art) if isinstance(art, Path) else art
-    return Device(art, art.device.replace(seed=seed))
+    file, to which the state is then bound, or a state already bound): the artifact's
+    device settings with that seed, stepping like the command (:class:`CliDevice`)."""
+    if isinstance(art, Path):
+        sha = hashlib.sha256(art.read_bytes()).hexdigest()
+        art = bind_state(load_artifact(art), sha, art, "<state>")
+    return CliDevice(art, art.device.replace(seed=seed))
 
 
 def artifact_and_stream(

@@ -313,9 +313,18 @@ def test_device_command_skips_bad_batches_and_resumes(parts, tmp_path, capsys) -
     assert [("error" in r) for r in out] == [False, True, True, False]
     assert "2 channels" in out[1]["error"] and out[1]["batch"] == "b00a.npz"
     assert load_state(state).step == 2
-    assert main(args) == 0  # resumes from the state: steps 3 and 4
+    # resumed: the consumed batches are skipped, only new ones are processed
+    for bad in ("b00a.npz", "b00b.npz"):
+        (tmp_path / "s" / bad).unlink()
+    X2, y2 = batches(parts, 3)[2]
+    (tmp_path / "s" / "b02.npz").write_bytes(npz_bytes(X2, y2))
+    assert main(args) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r.get("step") for r in out] == [3, None, None, 4]
+    assert [r.get("step") for r in out] == [None, None, 3]
+    assert [r.get("skipped") for r in out[:2]] == ["already consumed"] * 2
+    assert main([*args, "--again"]) == 0  # asked for: every batch again
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("step") for r in out] == [4, 5, 6]
 
 
 def test_stdin_framing(parts, tmp_path: Path) -> None:
@@ -352,8 +361,12 @@ def test_load_batch_rejects_pickles_and_missing_keys() -> None:
         load_batch(buf.getvalue(), "obj")
     only_x = io.BytesIO()
     np.savez(only_x, X=np.zeros((1, 3, 4), np.float32))
-    with pytest.raises(QCoreError, match="no array 'y'"):
-        load_batch(only_x.getvalue(), "x")
+    X, y = load_batch(only_x.getvalue(), "x")  # no labels: a batch to predict only
+    assert X.shape == (1, 3, 4) and y is None
+    only_y = io.BytesIO()
+    np.savez(only_y, y=np.zeros(1, np.int64))
+    with pytest.raises(QCoreError, match="no array 'X'"):
+        load_batch(only_y.getvalue(), "y")
     with pytest.raises(QCoreError, match="single .npy"):
         npy = io.BytesIO()
         np.save(npy, np.zeros(3))
@@ -397,3 +410,64 @@ def test_flip_budget_caps_the_flips_of_a_device_step(parts) -> None:
     capped = make_device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
     assert capped["flips"] <= int(0.001 * n_codes)
     assert capped["flips"] <= free["flips"]
+
+
+# ------------------------------------------------------- the device as a user meets it
+
+
+def test_unlabelled_batches_are_predicted_and_change_nothing(parts, tmp_path, capsys) -> None:
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    art = make_art(parts)
+    save_artifact(art_path, art)
+    (tmp_path / "s").mkdir()
+    X, y = batches(parts, 1)[0]
+    buf = io.BytesIO()
+    np.savez(buf, X=X)  # no labels: the field's usual batch
+    (tmp_path / "s" / "b00.npz").write_bytes(buf.getvalue())
+    args = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
+    assert main(args) == 0
+    (line,) = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    assert line["labelled"] is False and line["calibrated"] is False
+    assert line["accuracy"] is None and len(line["predicted"]) == len(X)
+    assert set(line["predicted"]) <= {"a", "b", "c"}
+    assert all(0.0 < p <= 1.0 for p in line["confidences"])
+    saved = load_state(state)
+    assert saved.step == 1
+    for name, layer in art.model.layers.items():  # nothing calibrated
+        np.testing.assert_array_equal(saved.model.layers[name].weight.q, layer.weight.q)
+    expected = Device(art).predict(X)
+    assert line["predicted"] == [art.class_names[k] for k in expected]
+
+
+def test_labels_in_the_form_training_saw_them(parts) -> None:
+    from qcore.edge.device import label_indices
+
+    names = ("-1", "1")
+    np.testing.assert_array_equal(label_indices(np.array([-1, 1, 1]), names), [0, 1, 1])
+    np.testing.assert_array_equal(label_indices(np.array(["1", "-1"]), names), [1, 0])
+    np.testing.assert_array_equal(label_indices(np.array([0, 1]), ("x", "y")), [0, 1])
+    with pytest.raises(QCoreError, match="neither class names"):
+        label_indices(np.array([2]), names)
+    # through the device: text labels of the artifact's classes calibrate like indices
+    art = make_art(parts)
+    X, y = batches(parts, 1)[0]
+    by_name = np.array([art.class_names[k] for k in y])
+    a = make_device(art, guard_margin=1.0).step(X, by_name)
+    b = make_device(art, guard_margin=1.0).step(X, y)
+    assert a["accuracy"] == b["accuracy"] and a["flips"] == b["flips"]
+
+
+def test_a_state_is_bound_to_its_artifact(parts, tmp_path, capsys) -> None:
+    art_path, other, state = tmp_path / "a.qcore", tmp_path / "b.qcore", tmp_path / "s.qcore"
+    save_artifact(art_path, make_art(parts))
+    save_artifact(other, make_art(parts, harmful=True))  # another model
+    write_stream(parts, tmp_path / "s", 1)
+    run = ["device", "--stream", str(tmp_path / "s"), "--state", str(state)]
+    assert main([run[0], str(art_path), *run[1:]]) == 0
+    capsys.readouterr()
+    assert main([run[0], str(other), *run[1:]]) == 2
+    err = capsys.readouterr().err
+    assert "grew from another artifact" in err and str(other) in err
+    assert main([run[0], str(tmp_path / "gone.qcore"), *run[1:]]) == 2  # even with a state
+    assert "does not exist" in capsys.readouterr().err
+    assert load_state(state).step == 1  # untouched by the refused runs

@@ -88,7 +88,9 @@ def test_sigkill_at_random_moments_leaves_previous_or_new_step(setup, tmp_path):
     assert timing_state.read_bytes() == encode_artifact(dev.art)
 
     state = tmp_path / "state.qcore"
-    cmd = [*CLI, str(art_path), "--stream", str(stream), "--state", str(state)]
+    # every trial replays the whole folder from the saved state (--again: consumed batches
+    # are processed again), so each one can be killed at any point of a full stream
+    cmd = [*CLI, str(art_path), "--stream", str(stream), "--state", str(state), "--again"]
     # One device that never stops and is never saved: it steps through exactly the
     # batches the killed runs committed, in order (each run starts the folder afresh).
     ref = B.cli_device(art_path)

@@ -64,8 +64,9 @@ def _not_npz(data: bytes) -> str | None:
     return "is not an .npz archive (a text or CSV file? qcore reads .npz batches only)"
 
 
-def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, y)`` from the bytes of one ``.npz`` archive (no pickle, bounded allocation)."""
+def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(X, y or None)`` from the bytes of one ``.npz`` archive (no pickle, bounded
+    allocation). A batch without ``y`` carries no labels: the device only predicts it."""
     why = _not_npz(data)
     if why is not None:
         raise QCoreError(f"batch {name} {why}")
@@ -74,15 +75,15 @@ def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise QCoreError(f"batch {name} is not a readable .npz archive: {exc}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise QCoreError(f"batch {name} is a single .npy array, not an .npz with X and y")
+        raise QCoreError(f"batch {name} is a single .npy array, not an .npz with X (and y)")
     with npz:
-        for key in ("X", "y"):
-            if key not in npz.files:
-                raise QCoreError(f"batch {name} has no array {key!r} (found {npz.files})")
+        if "X" not in npz.files:
+            raise QCoreError(f"batch {name} has no array 'X' (found {npz.files})")
+        keys = [k for k in ("X", "y") if k in npz.files]
         try:
-            for key in ("X", "y"):
+            for key in keys:
                 _check_member(npz, key, name)
-            return npz["X"], npz["y"]
+            return npz["X"], (npz["y"] if "y" in keys else None)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
             raise QCoreError(f"batch {name} is damaged: {exc}") from None
 

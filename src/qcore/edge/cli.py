@@ -15,16 +15,18 @@ goes to stderr.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
 from pathlib import Path
 
 from qcore.config import DeviceConfig, override_device, settings_help
+from qcore.core.fileio import read_regular_file
 from qcore.edge.artifact import artifact_sizes, load_artifact, save_artifact
 from qcore.edge.batches import folder_batches, load_batch, read_frames
 from qcore.edge.device import Device
-from qcore.edge.state import resume_or_start, save_state
+from qcore.edge.state import bind_state, resume_or_start, save_state
 from qcore.errors import QCoreError
 
 __all__ = ["add_commands", "main"]
@@ -51,27 +53,42 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_device(args: argparse.Namespace) -> None:
     if not Path(args.state).resolve().parent.is_dir():  # fail before the first step, not after
         raise QCoreError(f"folder of state file {args.state} does not exist")
+    shipped = read_regular_file(args.artifact, "artifact")  # needed even to resume a state
     art, resumed = resume_or_start(args.state, args.artifact)
+    art = bind_state(art, hashlib.sha256(shipped).hexdigest(), args.artifact, args.state)
     # the artifact's (or the state's) device settings, with this run's overrides
     device = Device(art, override_device(art.device, args.set or []))
     if args.stream == "-":
         batches = read_frames(sys.stdin.buffer)
     else:
         batches = folder_batches(Path(args.stream))
-    processed = skipped = 0
+    processed = skipped = repeated = 0
     for name, payload in batches:
         try:
             if isinstance(payload, QCoreError):
                 raise payload
-            report = device.step(*load_batch(payload, name))
+            batch_id = hashlib.sha256(payload).hexdigest()[:16]
+            if device.consumed(batch_id) and not args.again:
+                repeated += 1
+                print(json.dumps({"batch": name, "skipped": "already consumed"}), flush=True)
+                continue
+            report = device.step(*load_batch(payload, name), batch_id=batch_id)
         except QCoreError as exc:
             skipped += 1
             print(json.dumps({"batch": name, "error": str(exc)}), flush=True)
             continue
         save_state(args.state, device.art)
         processed += 1
+        names = device.art.class_names
+        report["predicted"] = [names[k] for k in report["predicted"]]
         print(json.dumps({"batch": name, **report}), flush=True)
-    summary = {"processed": processed, "skipped": skipped, "resumed": resumed, "state": args.state}
+    summary = {
+        "processed": processed,
+        "skipped": skipped,
+        "already_consumed": repeated,
+        "resumed": resumed,
+        "state": args.state,
+    }
     print(json.dumps(summary), file=sys.stderr, flush=True)
     if skipped and not processed:
         raise QCoreError(f"all {skipped} batch(es) were skipped: nothing was processed")
@@ -101,6 +118,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--state", required=True, help="state file: resumed if it exists")
     dev.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a device setting"
+    )
+    dev.add_argument(
+        "--again", action="store_true", help="process batches the state already consumed"
     )
     dev.set_defaults(func=_cmd_device)
 

@@ -40,6 +40,7 @@ from qcore.edge.step import CoreUpdate, calibration_step, moves_backbone, solve_
 from qcore.errors import QCoreError
 
 DRIFT_KEY = "drift"  # artifact.runtime[DRIFT_KEY]: the detector's state between runs
+CONSUMED_KEY = "consumed"  # artifact.runtime[CONSUMED_KEY]: ids of the batches consumed
 
 
 def rss_bytes() -> int | None:
@@ -64,11 +65,38 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
-def _confidence(logits: np.ndarray) -> float:
-    """Mean max-softmax probability over the batch (float64, stable softmax)."""
+def _softmax_max(logits: np.ndarray) -> np.ndarray:
+    """Max-softmax probability per window (float64, stable softmax)."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
-    return float((p.max(axis=1) / p.sum(axis=1)).mean())
+    return p.max(axis=1) / p.sum(axis=1)
+
+
+def label_indices(y: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
+    """Class indices int64 of labels ``y``, given in the form training saw them or as
+    indices.
+
+    Labels whose string forms are all class names are read as names (raw labels such as
+    -1/1 become the classes training named "-1" and "1"); otherwise integer labels must be
+    indices ``0..K-1``. Anything else is an error naming what was expected.
+    """
+    if y.dtype.kind in "US":
+        text = [str(v) for v in y.tolist()]
+    elif np.issubdtype(y.dtype, np.integer):
+        text = [str(int(v)) for v in y.tolist()]
+    else:
+        raise QCoreError(f"batch y must hold integer or text labels, got {y.dtype}")
+    index = {name: k for k, name in enumerate(class_names)}
+    if all(t in index for t in text):
+        return np.array([index[t] for t in text], dtype=np.int64)
+    k = len(class_names)
+    if np.issubdtype(y.dtype, np.integer) and len(y) and 0 <= y.min() and y.max() < k:
+        return y.astype(np.int64)
+    unknown = sorted({t for t in text if t not in index})[:3]
+    raise QCoreError(
+        f"batch labels {', '.join(unknown)} are neither class names ({', '.join(class_names)}) "
+        f"nor class indices 0..{k - 1}"
+    )
 
 
 class Device:
@@ -116,11 +144,16 @@ class Device:
 
     # -------------------------------------------------------------------- validation
 
-    def validate(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(X float32 (n, c, t), y int64 (n,))`` or raise :class:`QCoreError`."""
+    def validate(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(X float32 (n, c, t), y int64 (n,) or None)`` or raise :class:`QCoreError`.
+
+        ``y`` may be class indices or labels in the form training saw (the artifact's
+        class names, or raw values whose string form is a class name), see
+        :func:`label_indices`; ``None`` for a batch without labels.
+        """
         art = self.art
-        c, t, k = art.model.n_channels, art.window_length, art.model.n_classes
-        if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+        c, t = art.model.n_channels, art.window_length
+        if not isinstance(X, np.ndarray) or not (y is None or isinstance(y, np.ndarray)):
             raise QCoreError("batch X and y must be NumPy arrays")
         if not np.issubdtype(X.dtype, np.floating):
             raise QCoreError(f"batch X must be floating point, got {X.dtype}")
@@ -134,13 +167,13 @@ class Device:
             raise QCoreError(f"batch windows have {X.shape[2]} time steps, the model expects {t}")
         if not np.isfinite(X).all():
             raise QCoreError("batch X contains NaN or infinite values")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise QCoreError(f"batch y must be 1-D integer labels, got {y.dtype} of rank {y.ndim}")
+        if y is None:
+            return X.astype(np.float32, copy=False), None
+        if y.ndim != 1:
+            raise QCoreError(f"batch y must be 1-D labels, got rank {y.ndim}")
         if len(y) != len(X):
             raise QCoreError(f"batch has {len(X)} windows but {len(y)} labels")
-        if y.min() < 0 or y.max() >= k:
-            raise QCoreError(f"batch labels must lie in 0..{k - 1}, got {y.min()}..{y.max()}")
-        return X.astype(np.float32, copy=False), y.astype(np.int64)
+        return X.astype(np.float32, copy=False), label_indices(y, art.class_names)
 
     # -------------------------------------------------------------------------- step
 
@@ -150,6 +183,10 @@ class Device:
             fired = detector.update(confidence)
             return fired, fired
         return new_step % self.policy.every == 0, False
+
+    def consumed(self, batch_id: str) -> bool:
+        """Whether a batch with this id was already consumed (recorded by :meth:`step`)."""
+        return batch_id in self.art.runtime.get(CONSUMED_KEY, [])
 
     def predict(self, X: np.ndarray, *, normalized: bool = False) -> np.ndarray:
         """Class indices int64 ``(n,)`` the device predicts for windows ``X``."""
@@ -174,13 +211,25 @@ class Device:
         mean, std = art.normalizer_mean[None, :, None], art.normalizer_std[None, :, None]
         return ((X - mean) / std).astype(np.float32)
 
-    def step(self, X: np.ndarray, y: np.ndarray, *, normalized: bool = False) -> dict[str, Any]:
-        """Process one labelled batch; return the step's report.
+    def step(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | None = None,
+        *,
+        normalized: bool = False,
+        batch_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Predict one batch and, when it carries labels and the policy says so, calibrate
+        on it; return the step's report.
 
         ``X``: float ``(n, n_channels, window_length)``, raw sensor windows (or, with
         ``normalized=True``, already normalised as the cloud normalised its data);
-        ``y``: int labels ``(n,)``. Report keys: ``step`` (batches processed so far),
-        ``n``, ``accuracy`` (before calibration), ``confidence``, ``latency_ms``
+        ``y``: labels ``(n,)`` (see :meth:`validate`), or None: the batch is only
+        predicted (and feeds the drift detector). ``batch_id``: recorded in the runtime
+        state as consumed (see :meth:`consumed`). Report keys: ``step`` (batches processed
+        so far), ``n``, ``labelled``, ``predicted`` (class indices) and ``confidences``
+        (max-softmax per window), ``accuracy`` (before calibration; None without labels),
+        ``confidence`` (the batch mean), ``latency_ms``
         (inference per window), ``calibrated``, ``drift``, ``rolled_back``, ``calib_ms``,
         ``flips``, ``passes_rejected``, ``core_acc_before``/``core_acc_after``/
         ``batch_acc_after`` (the guard's view of the model's own head; None when not
@@ -188,21 +237,25 @@ class Device:
         statistics) and ``head_solved`` (its weights recomputed), ``rss_bytes``,
         ``peak_rss_bytes``.
         """
-        X, y = self.validate(X, y)
+        X, labels = self.validate(X, y)
         art = self.art
         Xn = X if normalized else self.normalize(X)
         t0 = time.perf_counter()
         logits, model_logits, features = self._scores(Xn)
-        latency_ms = (time.perf_counter() - t0) * 1e3 / len(y)
-        batch_before = logits.argmax(1) == y
-        confidence = _confidence(logits)
+        latency_ms = (time.perf_counter() - t0) * 1e3 / len(X)
+        probs = _softmax_max(logits)
+        confidence = float(probs.mean())
         new_step = art.step + 1
         detector = copy.deepcopy(self.detector)  # committed only if the step succeeds
-        calibrate, fired = self._due(new_step, detector, confidence)
+        due, fired = self._due(new_step, detector, confidence)
+        calibrate = due and labels is not None
         report: dict[str, Any] = {
             "step": new_step,
-            "n": int(len(y)),
-            "accuracy": float(batch_before.mean()),
+            "n": int(len(X)),
+            "labelled": labels is not None,
+            "predicted": logits.argmax(1).tolist(),
+            "confidences": [round(float(p), 4) for p in probs],
+            "accuracy": None if labels is None else float((logits.argmax(1) == labels).mean()),
             "confidence": confidence,
             "latency_ms": latency_ms,
             "calibrated": calibrate,
@@ -219,6 +272,8 @@ class Device:
         }
         model, core, stats, head = art.model, art.core, art.head, self.head
         if calibrate:
+            assert labels is not None
+            y = labels
             t1 = time.perf_counter()
             if moves_backbone(self.config) or core is not None:
                 model_correct = model_logits.argmax(1) == y
@@ -245,6 +300,8 @@ class Device:
         runtime = art.runtime
         if self.policy.kind == "drift":
             runtime = {**runtime, DRIFT_KEY: detector.to_dict()}
+        if batch_id is not None:
+            runtime = {**runtime, CONSUMED_KEY: [*runtime.get(CONSUMED_KEY, []), batch_id]}
         self.art, self.detector, self.head = (
             replace(art, model=model, core=core, runtime=runtime, step=new_step, head=stats),
             detector,

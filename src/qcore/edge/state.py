@@ -12,6 +12,7 @@ clears before a device resumes.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 from qcore.core.fileio import write_atomic
@@ -59,3 +60,21 @@ def resume_or_start(state_path: str | Path, artifact_path: str | Path) -> tuple[
     if state_path.exists():
         return load_state(state_path), True
     return load_artifact(artifact_path), False
+
+
+ARTIFACT_KEY = "artifact_sha256"  # runtime: the SHA-256 of the artifact the state grew from
+
+
+def bind_state(art: Artifact, sha256: str, artifact: str | Path, state: str | Path) -> Artifact:
+    """``art`` (a shipped artifact or a resumed state) bound to the artifact file whose
+    SHA-256 is ``sha256``: a fresh start records it, a resumed state must carry the same
+    one (a state grown from another model is an error naming both files). A state saved
+    before states were bound is accepted and bound now."""
+    grew_from = art.runtime.get(ARTIFACT_KEY)
+    if grew_from is not None and grew_from != sha256:
+        raise QCoreError(
+            f"state {state} grew from another artifact (SHA-256 {grew_from[:12]}...), "
+            f"not {artifact} ({sha256[:12]}...): give the artifact it started from, or a "
+            "new state file"
+        )
+    return replace(art, runtime={**art.runtime, ARTIFACT_KEY: sha256})

@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +392,11 @@ def test_export_command(parts, tmp_path: Path, capsys) -> None:
     args = ["device", str(out), "--stream", str(tmp_path), "--state", str(tmp_path / "x" / "s")]
     assert main(args) == 2
     assert "folder of state file" in capsys.readouterr().err
+    # an artifact a device cannot run (no flip network for its flip passes) is not shipped
+    save_artifact(run / "deployed-2bit.qcore", replace(art, flipnet=None))
+    other = tmp_path / "other.qcore"
+    assert main(["export", str(run), "--bits", "2", "--out", str(other)]) == 2
+    assert "cannot run on a device" in capsys.readouterr().err and not other.exists()
 
 
 def test_add_commands_on_a_parser() -> None:

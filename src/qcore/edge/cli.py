@@ -46,6 +46,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
         listed = ", ".join(map(str, found)) if found else "none"
         raise QCoreError(f"no {args.bits}-bit artifact in {run_dir}; bit-widths found: {listed}")
     art = load_artifact(src)  # verifies magic, version, checksum and shapes
+    try:
+        Device(art)  # what `qcore device` will do with it: refuse now, not on the device
+    except QCoreError as exc:
+        raise QCoreError(f"{src} cannot run on a device: {exc}") from None
     save_artifact(args.out, art)
     print(json.dumps(artifact_sizes(art)))
 

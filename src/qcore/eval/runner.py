@@ -116,8 +116,6 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
         t0 = time.perf_counter()
         pipeline.calibrate_on_source(qmodel, Xs, ys, cfg)
         deployed = _eval(qmodel, sc)
-        art = pipeline.device_artifact(qmodel, core, None, sc.normalizer, sc.class_names, cfg)
-        _save(out_dir, bits, art)
         rows.append(
             {
                 "method": "backprop-source",

@@ -45,6 +45,31 @@ def test_edge_predicts_what_torch_predicts_on_hapt(hapt_model, bits):
         assert gap < 1e-3, f"{bits} bits: max logit diff {gap:.2e}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_onnx_runtime_predicts_what_the_edge_predicts_on_hapt(hapt_model, bits, tmp_path):
+    import onnxruntime as ort
+
+    from qcore.config import DeviceConfig
+    from qcore.edge.artifact import build_artifact
+    from qcore.edge.onnx_export import to_onnx
+
+    sc, model = hapt_model
+    qm = to_qmodel(quantize_model(model, bits, sc.source_train.X[:256]))
+    art = build_artifact(
+        qm, None, None, sc.normalizer, sc.class_names, {}, 128, DeviceConfig(flip_steps=0)
+    )
+    to_onnx(art, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    mean, std = sc.normalizer.mean[None, :, None], sc.normalizer.std[None, :, None]
+    for split in (sc.source_test, sc.target_test):
+        raw = (split.X * std + mean).astype(np.float32)
+        got = session.run(None, {"X": raw})[0]
+        want = forward(qm, split.X)
+        agree = float(np.mean(got.argmax(1) == want.argmax(1)))
+        assert agree >= 0.995, f"{bits} bits: ONNX agrees on {agree:.4f} of the windows"
+
+
 # Flips must really happen for the comparison to mean anything: every pass is applied
 # (guard off, nothing rolled back) and may move up to 5% of the codes.
 PARITY = RunConfig(

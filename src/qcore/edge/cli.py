@@ -32,24 +32,39 @@ from qcore.errors import QCoreError
 __all__ = ["add_commands", "main"]
 
 
-def _cmd_export(args: argparse.Namespace) -> None:
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise QCoreError(f"run directory {run_dir} does not exist")
-    src = run_dir / f"deployed-{args.bits}bit.qcore"
+def _export_source(path: Path, bits: int | None) -> Path:
+    """The artifact to export: ``path`` itself (an artifact or a device state), or a run
+    folder's ``deployed-{bits}bit.qcore``."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise QCoreError(f"run directory or artifact {path} does not exist")
+    if bits is None:
+        raise QCoreError(f"{path} is a run folder: say which bit-width with --bits")
+    src = path / f"deployed-{bits}bit.qcore"
     if not src.exists():
         found = sorted(
             int(p.name[len("deployed-") : -len("bit.qcore")])
-            for p in run_dir.glob("deployed-*bit.qcore")
+            for p in path.glob("deployed-*bit.qcore")
             if p.name[len("deployed-") : -len("bit.qcore")].isdigit()
         )
         listed = ", ".join(map(str, found)) if found else "none"
-        raise QCoreError(f"no {args.bits}-bit artifact in {run_dir}; bit-widths found: {listed}")
+        raise QCoreError(f"no {bits}-bit artifact in {path}; bit-widths found: {listed}")
+    return src
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    src = _export_source(Path(args.run_dir), args.bits)
     art = load_artifact(src)  # verifies magic, version, checksum and shapes
     try:
         Device(art)  # what `qcore device` will do with it: refuse now, not on the device
     except QCoreError as exc:
         raise QCoreError(f"{src} cannot run on a device: {exc}") from None
+    if args.format == "onnx":
+        from qcore.edge.onnx_export import to_onnx
+
+        print(json.dumps({"format": "onnx", "total": to_onnx(art, args.out)}))
+        return
     save_artifact(args.out, art)
     print(json.dumps(artifact_sizes(art)))
 
@@ -100,10 +115,20 @@ def _cmd_device(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``export`` and ``device`` on a subparsers object (``func`` set on each)."""
-    exp = sub.add_parser("export", help="verify a run's deployed artifact and write it out")
-    exp.add_argument("run_dir", metavar="RUN_DIR", help="output folder of `qcore run`")
-    exp.add_argument("--bits", type=int, required=True, help="bit-width of the deployed model")
-    exp.add_argument("--out", required=True, metavar="FILE", help="artifact file to write")
+    exp = sub.add_parser(
+        "export", help="verify a deployed artifact (or a device state) and write it out"
+    )
+    exp.add_argument(
+        "run_dir", metavar="RUN_OR_FILE", help="output folder of `qcore run`, or a .qcore file"
+    )
+    exp.add_argument("--bits", type=int, default=None, help="bit-width (with a run folder)")
+    exp.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    exp.add_argument(
+        "--format",
+        choices=("qcore", "onnx"),
+        default="qcore",
+        help="qcore: the artifact; onnx: the model for ONNX Runtime (needs qcore[onnx])",
+    )
     exp.set_defaults(func=_cmd_export)
 
     dev = sub.add_parser(

@@ -58,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set or [])
     limit_threads(cfg.threads)
-    result = run(cfg, args.out, progress=not args.quiet)
+    result = run(cfg, args.out, progress=not args.quiet, cache=not args.no_cache)
     _print_table(result)
     print(f"wrote {Path(args.out) / 'results.json'}")
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     run.add_argument("--out", required=True, help="output folder for results.json")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--no-cache", action="store_true", help="train the float model even if OUT/.cache has it"
+    )
     run.set_defaults(func=_cmd_run)
 
     from qcore.edge.cli import add_commands as add_edge_commands

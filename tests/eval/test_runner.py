@@ -197,3 +197,29 @@ def test_a_bit_width_does_not_depend_on_the_others(result, tmp_path):
         }
 
     assert rows(alone) == rows(res) and len(rows(res)) == 5
+
+
+def test_a_rerun_reuses_the_trained_model(tmp_path, monkeypatch):
+    """The float model and its dynamics are cached by the settings that determine them:
+    a rerun that adds a bit-width trains nothing and gives the same numbers."""
+    from qcore.cloud import pipeline
+
+    calls = []
+    real = pipeline.train_model
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,qcore")
+    first = run(cfg, tmp_path)
+    assert len(calls) == 1 and first["results"][0]["cached"] is False
+    again = run(cfg.replace(bits=(2, 4)), tmp_path)
+    assert len(calls) == 1 and again["results"][0]["cached"] is True
+
+    def rows(r, bits):
+        return [(x["method"], x["target_acc"], x["source_acc"]) for x in r["results"]
+                if x["bits"] == bits]  # fmt: skip
+
+    assert rows(again, 4) == rows(first, 4)
+    run(cfg, tmp_path, cache=False)  # --no-cache
+    assert len(calls) == 2
+    # a setting that changes training misses the cache
+    run(cfg.replace(epochs=2), tmp_path)
+    assert len(calls) == 3

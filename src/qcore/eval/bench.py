@@ -53,11 +53,13 @@ def _init_worker() -> None:
 
 
 def _run_cell(cfg_dict: dict, out: str) -> float:
-    """Worker entry point: run one cell, return its wall time in seconds."""
+    """Worker entry point: run one cell, return its wall time in seconds. The grid's cells
+    share one training cache (``DIR/.cache``): the cells of one pair and seed differ only
+    in bit-width, so their float model is trained once."""
     from qcore.eval.runner import run
 
     t0 = time.perf_counter()
-    run(RunConfig.from_dict(cfg_dict), out)
+    run(RunConfig.from_dict(cfg_dict), out, cache=Path(out).parents[1] / ".cache")
     return time.perf_counter() - t0
 
 

@@ -63,8 +63,16 @@ def stream(calibrator, sc: Scenario, progress: bool = False) -> list[dict]:
     return steps
 
 
-def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
-    """Run one experiment and write ``out_dir/results.json`` (and a plot)."""
+def run(
+    cfg: RunConfig, out_dir: str | Path, progress: bool = False, cache: bool | Path = True
+) -> dict:
+    """Run one experiment and write ``out_dir/results.json`` (and a plot).
+
+    With ``cache`` the trained float model and its training dynamics are kept in
+    ``out_dir/.cache`` (or the folder ``cache`` names) under a hash of the settings that
+    determine them, so a rerun, or a run that adds methods or bit-widths, reuses them
+    instead of training again (``False``: always train).
+    """
     out_dir = Path(out_dir)
     unknown = [m for m in cfg.methods if m not in available()]
     if unknown:
@@ -75,8 +83,14 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
     sc = make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
     Xs, ys = sc.source_train.X, sc.source_train.y
     t0 = time.perf_counter()
-    model, dyn = pipeline.train_model(
-        cfg, Xs, ys, sc.n_classes, dynamics=bool(USES_QCORE & set(cfg.methods)), progress=progress
+    model, dyn, cached = pipeline.cached_model(
+        cfg,
+        Xs,
+        ys,
+        sc.n_classes,
+        (out_dir / ".cache" if cache is True else cache) if cache else None,
+        dynamics=bool(USES_QCORE & set(cfg.methods)),
+        progress=progress,
     )
     train_seconds = time.perf_counter() - t0
     rows: list[dict] = [
@@ -86,6 +100,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = False) -> dict:
             **_eval(model, sc),
             "device_bytes": to_qmodel(model).device_bytes()["total"],
             "seconds": train_seconds,
+            "cached": cached,
         }
     ]
     scores = pipeline.core_scores(dyn, len(ys))

@@ -223,3 +223,10 @@ def test_a_rerun_reuses_the_trained_model(tmp_path, monkeypatch):
     # a setting that changes training misses the cache
     run(cfg.replace(epochs=2), tmp_path)
     assert len(calls) == 3
+
+
+def test_progress_says_what_runs(tmp_path, capsys):
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="qcore")
+    run(cfg, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "flip network: teacher rounds" in err and "qcore, 4 bits" in err

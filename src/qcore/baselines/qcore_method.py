@@ -93,8 +93,9 @@ def device_calibrator(
         key = ("flipnet", hashlib.sha256(core.X.tobytes() + core.y.tobytes()).hexdigest())
         if key not in dep.shared:
             dep.shared[key] = train_flip_network(
-                dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c
-            )
+                dep.qmodel, core, dep.source_X, dep.source_y, dep.n_classes, dep.batch_len, c,
+                progress=dep.progress,
+            )  # fmt: skip
         net, report = dep.shared[key]
         if report is not None:
             dep.extras["flipnet"] = report

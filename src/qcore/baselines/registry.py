@@ -63,3 +63,4 @@ class Deployment:
     class_names: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
+    progress: bool = False  # show progress bars for long cloud-side work

@@ -61,12 +61,16 @@ def collect_rounds(
     batch_len: int,
     seed: int,
     step_relative_lr: float | None = None,
+    progress: bool = False,
 ) -> list[TeacherRound]:
-    """Run the teacher for ``rounds`` rounds along one calibration trajectory."""
+    """Run the teacher for ``rounds`` rounds along one calibration trajectory (with
+    ``progress``, a bar per round)."""
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(seed)
     work = copy.deepcopy(qmodel)
     out = []
-    for r in range(rounds):
+    for r in tqdm(range(rounds), desc="flip network: teacher rounds", disable=not progress):
         pick = rng.choice(len(y_pool), min(batch_len, len(y_pool)), replace=False)
         X = np.concatenate([X_core, X_pool[pick]]).astype(np.float32)
         y = np.concatenate([y_core, y_pool[pick]]).astype(np.int64)

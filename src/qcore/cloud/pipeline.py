@@ -171,6 +171,7 @@ def train_flip_network(
     batch_len: int,
     cfg: RunConfig,
     plan: FlipTraining = FlipTraining(),
+    progress: bool = False,
 ) -> tuple[FlipNet, dict[str, Any] | None]:
     """Teacher rounds on the core plus source batches, the fitted network, and its
     agreement with the teacher on the held-out rounds (None without held-out rounds)."""
@@ -186,6 +187,7 @@ def train_flip_network(
         batch_len=batch_len,
         seed=cfg.seed,
         step_relative_lr=cfg.flip_teacher_lr,
+        progress=progress,
     )
     fit = rounds[: len(rounds) - plan.held_out]
     net = fit_flipnet(fit, n_classes, hidden=plan.hidden, iters=plan.iters, seed=cfg.seed)

@@ -38,12 +38,12 @@ def _eval(model, sc: Scenario) -> dict[str, float]:
     }
 
 
-def stream(calibrator, sc: Scenario, progress: bool = False) -> list[dict]:
+def stream(calibrator, sc: Scenario, progress: bool = False, label: str = "stream") -> list[dict]:
     """Feed every stream batch to ``calibrator``; evaluate after each step."""
     from tqdm.auto import tqdm
 
     steps = []
-    for i, batch in enumerate(tqdm(sc.stream, desc="stream", disable=not progress)):
+    for i, batch in enumerate(tqdm(sc.stream, desc=label, disable=not progress)):
         rep = calibrator.observe(batch)
         core = getattr(calibrator, "core", None)
         steps.append(
@@ -190,6 +190,7 @@ def _stream_row(
         normalizer=sc.normalizer,
         class_names=tuple(sc.class_names),
         shared=shared,
+        progress=progress,
     )
     cloud_t0 = time.perf_counter()
     cal = make_method(method, dep)
@@ -205,7 +206,7 @@ def _stream_row(
         "cloud_seconds": time.perf_counter() - cloud_t0,
         **dep.extras,
     }
-    steps = stream(cal, sc, progress)
+    steps = stream(cal, sc, progress, label=f"{method}, {bits} bits")
     if save:
         _save(out_dir, bits, cal.art)
     last = steps[-1]

@@ -51,7 +51,7 @@ class BackpropCalibrator(CoreCalibrator):
         return to_qmodel(self.model).device_bytes()["total"] + self.core.nbytes
 
 
-@register("backprop", uses_qcore=True)
+@register("backprop", uses_qcore=True, backprop=True)
 def _backprop(dep: Deployment) -> BackpropCalibrator:
     c = dep.cfg
     return BackpropCalibrator(

@@ -59,7 +59,7 @@ def features_of(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     ).numpy()
 
 
-@register("camel")
+@register("camel", backprop=True)
 class Camel(BufferBaseline):
     batch_fraction = 0.5  # of each batch trained on and offered to the buffer
 

@@ -20,7 +20,7 @@ from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
 
 
-@register("derpp")
+@register("derpp", backprop=True)
 class DERPP(BufferBaseline):
     alpha, beta = 0.1, 0.5  # weights of the logit (MSE) and the label (CE) replay terms
 

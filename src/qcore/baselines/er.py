@@ -17,7 +17,7 @@ from qcore.baselines.torch_common import BufferBaseline, adam_steps, xy_tensors
 from qcore.core.types import Batch
 
 
-@register("er")
+@register("er", backprop=True)
 class ExperienceReplay(BufferBaseline):
     def step(self, batch: Batch) -> dict[str, float]:
         b = self.buffer

@@ -7,7 +7,7 @@ from qcore.baselines.torch_common import TorchBaseline
 from qcore.core.types import Batch
 
 
-@register("finetune")
+@register("finetune", backprop=True)
 class Finetune(TorchBaseline):
     """``steps`` full-batch Adam steps on the new batch only; the device stores the model."""
 

@@ -40,7 +40,7 @@ def gdumb_add(buf: Buffer, x: np.ndarray, y: int, origin: int, seen: set[int], r
     return True
 
 
-@register("gdumb")
+@register("gdumb", backprop=True)
 class GDumb(BufferBaseline):
     def __init__(self, dep: Deployment) -> None:
         super().__init__(dep)

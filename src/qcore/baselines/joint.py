@@ -13,7 +13,7 @@ from qcore.baselines.torch_common import TorchBaseline
 from qcore.core.types import Batch
 
 
-@register("joint")
+@register("joint", backprop=True)
 class Joint(TorchBaseline):
     """``steps`` full-batch Adam steps per stream step on the union of all batches so far.
 

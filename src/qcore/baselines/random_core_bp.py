@@ -14,7 +14,7 @@ from qcore.baselines.torch_common import BufferBaseline
 from qcore.core.types import Batch
 
 
-@register("random-core-bp")
+@register("random-core-bp", backprop=True)
 class RandomCoreBP(BufferBaseline):
     """``steps`` full-batch Adam steps on core + batch, then reservoir-insert the batch."""
 

@@ -20,11 +20,15 @@ from qcore.coreset.core import Core
 Factory = Callable[["Deployment"], Any]
 METHODS: dict[str, Factory] = {}
 USES_QCORE: set[str] = set()  # methods that need the core chosen from training dynamics
+BACKPROP: set[str] = set()  # methods that back-propagate on the device
 
 
-def register(name: str, *, uses_qcore: bool = False) -> Callable[[Factory], Factory]:
+def register(
+    name: str, *, uses_qcore: bool = False, backprop: bool = False
+) -> Callable[[Factory], Factory]:
     """Register ``factory`` as method ``name``; ``uses_qcore``: it starts from the QCore
-    (so the cloud must record training dynamics for it)."""
+    (so the cloud must record training dynamics for it); ``backprop``: it back-propagates
+    on the device (the plots draw these methods apart from the back-prop-free ones)."""
 
     def deco(factory: Factory) -> Factory:
         if name in METHODS:
@@ -32,6 +36,8 @@ def register(name: str, *, uses_qcore: bool = False) -> Callable[[Factory], Fact
         METHODS[name] = factory
         if uses_qcore:
             USES_QCORE.add(name)
+        if backprop:
+            BACKPROP.add(name)
         return factory
 
     return deco

@@ -26,9 +26,10 @@ def _pyplot():
     return plt
 
 
-def plot_stream(rows: list[dict], path: Path) -> None:
-    """Accuracy over the stream: one panel per bit-width, one colour per method,
-    solid = target test set (adaptation), dashed = source test set (forgetting)."""
+def plot_stream(rows: list[dict], path: Path, title: str = "") -> None:
+    """Accuracy over the stream: one panel per bit-width (titled with ``title``, e.g. the
+    dataset and pair), one colour per method, solid = target test set (adaptation),
+    dashed = source test set (forgetting)."""
     plt = _pyplot()
     streamed = [r for r in rows if "steps" in r]
     bits = sorted({r["bits"] for r in streamed})
@@ -45,9 +46,11 @@ def plot_stream(rows: list[dict], path: Path) -> None:
             c = colours[row["method"]]
             ax.plot(x, tgt, marker="o", ms=3, color=c, label=f"{row['method']} target")
             ax.plot(x, src, linestyle="--", color=c, label=f"{row['method']} source")
-        ax.set_title(f"{b} bits")
+        ax.set_title(f"{title}, {b} bits" if title else f"{b} bits", fontsize=9)
         ax.set_xlabel("stream step")
-        ax.set_ylim(0, 1.02)
+        values = [v for r in streamed if r["bits"] == b for s in r["steps"]
+                  for v in (s["target_acc"], s["source_acc"])]  # fmt: skip
+        _ylim(ax, values)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="lower right")
@@ -64,9 +67,36 @@ def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
 
 
 def _colors(methods: list[str]) -> dict[str, object]:
+    """Distinct colours: the 10 strong colours of tab20 first, then their light twins."""
     plt = _pyplot()
     cmap = plt.get_cmap("tab20")
-    return {m: cmap(i % 20) for i, m in enumerate(sorted(methods))}
+    return {m: cmap((2 * i) % 20 + (2 * i) // 20) for i, m in enumerate(sorted(methods))}
+
+
+def family_style(method: str) -> dict[str, object]:
+    """Line style and marker by family: back-prop on the device (solid, circles),
+    back-prop-free (dashed, squares), no calibration (dotted, no marker)."""
+    if method == "none":
+        return {"linestyle": ":", "marker": None}
+    if method in _backprop():
+        return {"linestyle": "-", "marker": "o"}
+    return {"linestyle": "--", "marker": "s"}
+
+
+def _backprop() -> set[str]:
+    from qcore.baselines.registry import BACKPROP
+
+    return BACKPROP
+
+
+def _ylim(ax, values: list[float]) -> None:
+    """A y-axis that shows the differences: from just below the lowest value to 1."""
+    finite = [v for v in values if np.isfinite(v)]
+    low = min(finite, default=0.0)
+    ax.set_ylim(max(0.0, low - 0.05), 1.01)
+
+
+FAMILIES = "line style: solid = back-prop on the device, dashed = back-prop-free, dotted = none"
 
 
 def plot_grid_stream(rows: list[dict], steps: list[dict], path: Path) -> None:
@@ -80,16 +110,18 @@ def plot_grid_stream(rows: list[dict], steps: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(n_r, n_c, figsize=(4 * n_c, 3 * n_r), squeeze=False)
     before = groups(rows, ("dataset", "scenario", "bits", "method"))
     by_step = groups(steps, ("dataset", "scenario", "bits", "method"))
+    plotted: dict[int, list[float]] = {}
     for (d, sc, b, m), g in sorted(before.items()):
         ax = axes[panels.index((d, sc)), bits.index(b)]
         per_step = groups(by_step.get((d, sc, b, m), []), ("step",))
         xs = [0] + sorted(k[0] for k in per_step)
         ys = [np.mean([r["target_acc_before"] for r in g])]
         ys += [np.mean([s["target_acc"] for s in per_step[(x,)]]) for x in xs[1:]]
-        ax.plot(xs, ys, color=colors[m], label=m, lw=1.2)
-        ax.set_title(f"{d} {sc}, {b} bits", fontsize=9)
+        ax.plot(xs, ys, color=colors[m], label=m, lw=1.2, ms=3, **family_style(m))
+        ax.set_title(f"{d} {sc}, {b} bits: target accuracy (mean over seeds)", fontsize=9)
+        plotted.setdefault(id(ax), []).extend(ys)
     for ax in axes.flat:
-        ax.set_ylim(0, 1.02)
+        _ylim(ax, plotted.get(id(ax), []))
         ax.grid(alpha=0.3)
         ax.set_xlabel("stream step", fontsize=8)
         ax.set_ylabel("target accuracy", fontsize=8)
@@ -102,7 +134,8 @@ def _legend(fig, axes) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(7, len(labels)), fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 0.92))
+        fig.text(0.5, 0.005, FAMILIES, ha="center", fontsize=7)
+        fig.tight_layout(rect=(0, 0.02, 1, 0.92))
 
 
 def plot_bits(rows: list[dict], path: Path) -> None:
@@ -113,6 +146,7 @@ def plot_bits(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5))
     axes = np.atleast_1d(axes)
     for i, (d, sc) in enumerate(panels):
+        plotted: list[float] = []
         sub = [r for r in rows if (r["dataset"], r["scenario"]) == (d, sc)]
         for m, g in sorted(groups(sub, ("method",)).items()):
             by_bits = groups(g, ("bits",))
@@ -121,12 +155,13 @@ def plot_bits(rows: list[dict], path: Path) -> None:
             ax = axes[i]
             ax.errorbar(
                 xs, [s[0] for s in stats], [s[1] for s in stats], color=colors[m[0]],
-                label=m[0], marker="o", ms=3, capsize=2, lw=1,
+                label=m[0], ms=3, capsize=2, lw=1, **family_style(m[0]),
             )  # fmt: skip
-        axes[i].set_title(f"{d} {sc}", fontsize=9)
+            plotted.extend(s[0] for s in stats)
+        axes[i].set_title(f"{d} {sc}: final target accuracy (mean ± std over seeds)", fontsize=9)
         axes[i].set_xlabel("bits")
         axes[i].set_ylabel("final target accuracy")
-        axes[i].set_ylim(0, 1.02)
+        _ylim(axes[i], plotted)
         axes[i].grid(alpha=0.3)
     _legend(fig, axes)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -141,15 +176,26 @@ def plot_cost(rows: list[dict], path: Path) -> None:
     bits = sorted({r["bits"] for r in rows})
     markers = dict(zip(bits, "os^Dv<>p*h", strict=False))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    accs = []
     for (m, b), g in sorted(groups(rows, ("method", "bits")).items()):
         acc = float(np.mean([r["target_acc"] for r in g]))
-        kw = {"color": colors[m], "marker": markers.get(b, "o"), "s": 28}
+        accs.append(acc)
+        face = colors[m] if m in _backprop() else "none"
+        kw = {"edgecolors": colors[m], "facecolors": face, "marker": markers.get(b, "o"), "s": 28}
         axes[0].scatter(np.mean([r["step_seconds"] for r in g]), acc, **kw)
         axes[1].scatter(np.mean([r["device_bytes"] for r in g]), acc, **kw)
-    for ax, label in zip(axes, ("device seconds per step", "device bytes"), strict=True):
+    pooled = "mean over every pair and seed"
+    titles = (
+        f"accuracy against device time ({pooled})",
+        f"accuracy against device bytes ({pooled})",
+    )
+    labels = ("device seconds per step", "device bytes")
+    for ax, label, title in zip(axes, labels, titles, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("final target accuracy")
+        ax.set_title(title, fontsize=9)
+        _ylim(ax, accs)
         ax.grid(alpha=0.3, which="both")
     handles = [
         plt.Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()
@@ -158,6 +204,8 @@ def plot_cost(rows: list[dict], path: Path) -> None:
         for b in bits
     ]
     fig.legend(handles=handles, loc="upper center", ncol=8, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.text(0.5, 0.005, "filled = back-prop on the device, hollow = back-prop-free", ha="center",
+             fontsize=7)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 0.86))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

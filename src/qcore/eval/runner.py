@@ -162,7 +162,8 @@ def run(
     write_json_atomic(out_dir / "results.json", result)
     from qcore.eval.plots import plot_stream
 
-    plot_stream(rows, out_dir / "stream.png")
+    title = f"{cfg.dataset} {cfg.source} -> {cfg.target}"
+    plot_stream(rows, out_dir / "stream.png", title)
     return result
 
 

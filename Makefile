@@ -7,11 +7,11 @@ $(PY):
 
 .PHONY: demo test lint
 demo: $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c constraints.txt -e .
 	$(VENV)/bin/qcore run --out runs/demo
 
 test: $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m mypy

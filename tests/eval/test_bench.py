@@ -305,3 +305,45 @@ def test_finished_cells_are_reused_and_reported_with_flips(tmp_path):
         _fake_cell(tmp_path, cfg, [0, 10, 30])
     assert run_bench(none_only, tmp_path, workers=1, progress=False).n_computed == 0
     assert not (tmp_path / "flips.md").exists()
+
+
+def test_a_dask_cluster_computes_the_same_cells(tmp_path):
+    """The same tiny grid through a real LocalCluster (2 worker processes on loopback) and
+    through local processes: identical accuracies, every cell once."""
+    from distributed import LocalCluster
+
+    overrides = [
+        "pairs=synthetic:0:1",
+        "seeds=0",
+        "bits=2,4",
+        "method=none,slda",
+        "epochs=2",
+        "filters=4",
+        "depth=3",
+    ]
+    grid = make_grid("quick", overrides)
+    local = run_bench(grid, tmp_path / "local", workers=2, progress=False)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        remote = run_bench(
+            grid, tmp_path / "dask", progress=False, scheduler=cluster.scheduler_address
+        )
+
+    def accuracies(res):
+        return sorted(
+            (r["scenario"], r["bits"], r["method"], r["target_acc"], r["source_acc"])
+            for r in res.rows
+        )
+
+    assert remote.n_computed == local.n_computed == 2
+    assert accuracies(remote) == accuracies(local)
+    assert sorted(p.name for p in (tmp_path / "dask" / "cells").iterdir()) == sorted(
+        p.name for p in (tmp_path / "local" / "cells").iterdir()
+    )
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(tmp_path):
+    grid = make_grid("quick", ["pairs=synthetic:0:1", "seeds=0", "bits=4", "method=none"])
+    with pytest.raises(QCoreError, match="cannot reach the scheduler"):
+        run_bench(grid, tmp_path, progress=False, scheduler="tcp://127.0.0.1:9")

@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,9 @@ def _run_cell(cfg_dict: dict, out: str) -> float:
     share one training cache (``DIR/.cache``): the cells of one pair and seed differ only
     in bit-width, so their float model is trained once."""
     from qcore.eval.runner import run
+    from qcore.threads import limit_threads
 
+    limit_threads(1)  # also on cluster workers, which run no initializer of ours
     t0 = time.perf_counter()
     run(RunConfig.from_dict(cfg_dict), out, cache=Path(out).parents[1] / ".cache")
     return time.perf_counter() - t0
@@ -75,18 +78,71 @@ class BenchResult:
     failed: tuple[str, ...]
 
 
+def _local_results(todo: list[RunConfig], out_dir: Path, workers: int) -> Iterator[tuple]:
+    """``(cell, seconds or exception)`` as cells finish in a local process pool."""
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread state
+    with ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
+    ) as pool:
+        futures = {pool.submit(_run_cell, c.to_dict(), str(cell_dir(out_dir, c))): c for c in todo}
+        for fut in as_completed(futures):
+            try:
+                yield futures[fut], fut.result()
+            except Exception as exc:  # reported by the caller; the other cells go on
+                yield futures[fut], exc
+
+
+def _dask_results(todo: list[RunConfig], out_dir: Path, scheduler: str) -> Iterator[tuple]:
+    """``(cell, seconds or exception)`` as cells finish on a ``dask.distributed`` cluster.
+
+    A cell whose worker dies is run again on another (the scheduler's own rule); a cell
+    that raises is reported and the others go on. ``out_dir`` must be a path the workers
+    can write (a shared file system on a real cluster); the data is loaded on the worker.
+    """
+    try:
+        from distributed import Client
+        from distributed import as_completed as completed
+    except ImportError:
+        raise QCoreError(
+            "--scheduler needs the distributed package: pip install 'qcore[cluster]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout=30)
+    except OSError as exc:
+        raise QCoreError(f"cannot reach the scheduler at {scheduler}: {exc}") from None
+    with client:
+        futures = {
+            client.submit(
+                _run_cell,
+                c.to_dict(),
+                str(cell_dir(out_dir, c)),
+                key=f"qcore-{cell_dir(out_dir, c).name}",
+                pure=False,
+            ): c
+            for c in todo
+        }
+        for fut in completed(futures):
+            try:
+                yield futures[fut], fut.result()
+            except Exception as exc:
+                yield futures[fut], exc
+
+
 def run_bench(
     grid: Grid,
     out_dir: str | Path,
     workers: int = 1,
     progress: bool = True,
     compute: bool = True,
+    scheduler: str | None = None,
 ) -> BenchResult:
     """Run the missing cells of ``grid`` under ``out_dir``, then write tables and plots.
 
-    A failing cell does not stop the others; the outputs cover the finished cells and
-    a :class:`QCoreError` naming the failures is raised at the end. With ``compute=False``
-    nothing runs: the outputs cover the cells already finished.
+    Cells run in ``workers`` local processes, or with ``scheduler`` (an address such as
+    ``tcp://10.0.0.5:8786``) on that ``dask.distributed`` cluster. A failing cell does not
+    stop the others; the outputs cover the finished cells and a :class:`QCoreError`
+    naming the failures is raised at the end. With ``compute=False`` nothing runs: the
+    outputs cover the cells already finished.
     """
     from tqdm.auto import tqdm
 
@@ -100,27 +156,23 @@ def run_bench(
         todo = []
     failed: list[str] = []
     if todo:
-        ctx = multiprocessing.get_context("spawn")  # no forked torch thread state
-        n = min(workers, len(todo))
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = {
-                pool.submit(_run_cell, c.to_dict(), str(cell_dir(out_dir, c))): c for c in todo
-            }
-            bar = tqdm(
-                total=len(cells), initial=len(cells) - len(todo), desc="cells", disable=not progress
-            )
-            with bar:
-                for fut in as_completed(futures):
-                    c = futures[fut]
-                    name = cell_dir(out_dir, c).name
-                    try:
-                        secs = fut.result()
-                        bar.set_postfix_str(f"{name} {secs:.0f}s")
-                    except Exception as exc:  # report, keep the other cells going
-                        failed.append(f"{name}: {type(exc).__name__}: {exc}")
-                        remote = str(exc.__cause__ or "")  # the worker's traceback
-                        bar.write(f"cell {name} failed: {type(exc).__name__}: {exc}{remote}")
-                    bar.update()
+        if scheduler is None:
+            results = _local_results(todo, out_dir, workers)
+        else:
+            results = _dask_results(todo, out_dir, scheduler)
+        bar = tqdm(
+            total=len(cells), initial=len(cells) - len(todo), desc="cells", disable=not progress
+        )
+        with bar:
+            for c, outcome in results:
+                name = cell_dir(out_dir, c).name
+                if isinstance(outcome, Exception):
+                    failed.append(f"{name}: {type(outcome).__name__}: {outcome}")
+                    remote = str(outcome.__cause__ or "")  # the worker's traceback
+                    bar.write(f"cell {name} failed: {type(outcome).__name__}: {outcome}{remote}")
+                else:
+                    bar.set_postfix_str(f"{name} {outcome:.0f}s")
+                bar.update()
     done = [c for c in cells if _is_done(cell_dir(out_dir, c) / "results.json", c)]
     rows, steps = collect(out_dir, done)
     write_report(out_dir, rows, steps)

@@ -24,7 +24,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         f"bits {','.join(map(str, grid.base.bits))}), {len(grid.base.methods)} methods, "
         f"{workers} worker(s) -> {out}"
     )
-    res = run_bench(grid, out, workers=workers, progress=not args.quiet, compute=not args.report)
+    res = run_bench(
+        grid,
+        out,
+        workers=workers,
+        progress=not args.quiet,
+        compute=not args.report,
+        scheduler=args.scheduler,
+    )
     print(
         f"{res.n_computed} cell(s) computed, {res.n_cells - res.n_computed} reused, "
         f"{res.seconds:.0f} s"
@@ -61,6 +68,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="a RunConfig setting for every cell, or pairs=ds:src:tgt,... / seeds=0,1",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the cells on a dask.distributed cluster (e.g. tcp://10.0.0.5:8786) "
+        "instead of local worker processes; needs qcore[cluster]",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(

@@ -1,10 +1,10 @@
 """InceptionTime (Ismail Fawaz et al., 2020), written for quantization.
 
-Matches the reference implementation's structure and parameter counts (docs/method.md): bias-free 'same' convolutions with kernels 39/19/9 after a 1x1 bottleneck
-(only when the module input has more than one channel), a max-pool + 1x1 branch,
-concatenation -> BatchNorm -> ReLU, a residual shortcut every third module
-(1x1 conv + BatchNorm when widths differ, BatchNorm alone otherwise), global average
-pooling and a linear head.
+Matches the reference implementation's structure and parameter counts (docs/method.md):
+bias-free 'same' convolutions with kernels 39/19/9 after a 1x1 bottleneck (only when the
+module input has more than one channel), a max-pool + 1x1 branch, concatenation ->
+BatchNorm -> ReLU, a residual shortcut every third module (1x1 conv + BatchNorm when
+widths differ, BatchNorm alone otherwise), global average pooling and a linear head.
 """
 
 from __future__ import annotations

@@ -477,3 +477,21 @@ def test_a_state_is_bound_to_its_artifact(parts, tmp_path, capsys) -> None:
     assert main([run[0], str(tmp_path / "gone.qcore"), *run[1:]]) == 2  # even with a state
     assert "does not exist" in capsys.readouterr().err
     assert load_state(state).step == 1  # untouched by the refused runs
+
+
+def test_predictions_file_has_a_row_per_window(parts, tmp_path, capsys) -> None:
+    import csv
+
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    save_artifact(art_path, make_art(parts))
+    data = write_stream(parts, tmp_path / "s", 2)
+    out = tmp_path / "pred.csv"
+    args = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
+    assert main([*args, "--predictions", str(out)]) == 0
+    lines = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    rows = list(csv.reader(out.open()))
+    assert len(rows) == sum(len(X) for X, _ in data)
+    first = [r for r in rows if r[0] == "b00.npz"]
+    assert [r[3] for r in first] == lines[0]["predicted"]
+    assert [float(r[4]) for r in first] == lines[0]["confidences"]
+    assert {r[1] for r in first} == {"1"}

@@ -15,11 +15,15 @@ goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import hashlib
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from qcore.config import DeviceConfig, override_device, settings_help
 from qcore.core.fileio import read_regular_file
@@ -81,6 +85,31 @@ def _cmd_device(args: argparse.Namespace) -> None:
         batches = read_frames(sys.stdin.buffer)
     else:
         batches = folder_batches(Path(args.stream))
+    with contextlib.ExitStack() as stack:
+        out = None
+        if args.predictions is not None:
+            out = stack.enter_context(open(args.predictions, "a", newline="", encoding="utf-8"))
+        processed, skipped, repeated = _consume(args, device, batches, out)
+    summary = {
+        "processed": processed,
+        "skipped": skipped,
+        "already_consumed": repeated,
+        "resumed": resumed,
+        "state": args.state,
+    }
+    print(json.dumps(summary), file=sys.stderr, flush=True)
+    if skipped and not processed:
+        raise QCoreError(f"all {skipped} batch(es) were skipped: nothing was processed")
+
+
+def _consume(
+    args: argparse.Namespace,
+    device: Device,
+    batches: Iterator[tuple[str, bytes | QCoreError]],
+    predictions: IO[str] | None,
+) -> tuple[int, int, int]:
+    """Step the device through ``batches``, saving the state and printing a JSON line after
+    each; returns (processed, skipped for an error, skipped as already consumed)."""
     processed = skipped = repeated = 0
     for name, payload in batches:
         try:
@@ -100,17 +129,14 @@ def _cmd_device(args: argparse.Namespace) -> None:
         processed += 1
         names = device.art.class_names
         report["predicted"] = [names[k] for k in report["predicted"]]
+        if predictions is not None:
+            rows = zip(report["predicted"], report["confidences"], strict=True)
+            writer = csv.writer(predictions)
+            for k, (label, confidence) in enumerate(rows):
+                writer.writerow([name, report["step"], k, label, confidence])
+            predictions.flush()
         print(json.dumps({"batch": name, **report}), flush=True)
-    summary = {
-        "processed": processed,
-        "skipped": skipped,
-        "already_consumed": repeated,
-        "resumed": resumed,
-        "state": args.state,
-    }
-    print(json.dumps(summary), file=sys.stderr, flush=True)
-    if skipped and not processed:
-        raise QCoreError(f"all {skipped} batch(es) were skipped: nothing was processed")
+    return processed, skipped, repeated
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +176,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     dev.add_argument(
         "--again", action="store_true", help="process batches the state already consumed"
+    )
+    dev.add_argument(
+        "--predictions",
+        metavar="FILE",
+        default=None,
+        help="append one CSV row per window: batch, step, window, predicted class, confidence",
     )
     dev.set_defaults(func=_cmd_device)
 

@@ -347,3 +347,52 @@ def test_an_unreachable_scheduler_is_one_clear_error(tmp_path):
     grid = make_grid("quick", ["pairs=synthetic:0:1", "seeds=0", "bits=4", "method=none"])
     with pytest.raises(QCoreError, match="cannot reach the scheduler"):
         run_bench(grid, tmp_path, progress=False, scheduler="tcp://127.0.0.1:9")
+
+
+def test_a_killed_worker_loses_no_cell(tmp_path):
+    """SIGKILL the worker process running a cell: the scheduler runs that cell again on a
+    worker that lives, the grid completes, and every cell is there exactly once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    grid = make_grid(
+        "quick",
+        ["pairs=synthetic:0:1", "seeds=0", "bits=2,3,4", "method=none,slda", "epochs=2"],
+    )
+    out, result = tmp_path / "dask", {}
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        address = cluster.scheduler_address
+
+        def submit() -> None:
+            result["res"] = run_bench(grid, out, progress=False, scheduler=address)
+
+        runner = threading.Thread(target=submit)
+        runner.start()
+        busy: list[str] = []
+        deadline = time.monotonic() + 120
+        while not busy and time.monotonic() < deadline:
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            time.sleep(0.05)
+        assert busy, "no cell started"
+        pids = client.run(os.getpid, workers=busy[:1])
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        runner.join(timeout=600)
+    res = result["res"]
+    assert not res.failed and len(res.rows) == 3 * 2  # 3 cells x 2 methods
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert cells == sorted(cell_dir(out, c).name for c in grid.cells())
+    for name in cells:
+        assert "scenario" in json.loads((out / "cells" / name / "results.json").read_text())

@@ -88,6 +88,18 @@ for line in open("/proc/self/status"):
 """
 
 
+def device_peak(artifact: Path, stream_dir: Path, state: Path) -> int:
+    """Peak RSS (bytes) a fresh `qcore device` process reports after the stream."""
+    state.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [*device_command(), str(artifact), "--stream", str(stream_dir), "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+
+
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` in milliseconds (one untimed warm-up call)."""
     fn()
@@ -218,22 +230,8 @@ def main() -> None:
 
         bp_ms = median_ms(bp_step, 3)
         state = out / f"state-{bits}.qcore"
-        state.unlink(missing_ok=True)
-        proc = subprocess.run(
-            [*device_command(), str(path), "--stream", str(stream_dir), "--state", str(state)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        edge_peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
-        state.unlink(missing_ok=True)
-        proc = subprocess.run(
-            [*device_command(), str(head_path), "--stream", str(stream_dir), "--state", str(state)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        slda_peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+        edge_peak = device_peak(path, stream_dir, state)
+        slda_peak = device_peak(head_path, stream_dir, state)
         torch_peak = peak_of_command(
             [sys.executable, "-c", TORCH_STEP, str(path), str(stream_dir / "b0.npz")]
         )

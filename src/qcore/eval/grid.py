@@ -15,7 +15,11 @@ Presets:
 * ``method``: QCore against no calibration and the back-prop reference
   (``none,backprop,qcore``) on HAPT 1->4, HAPT 1->25 and USC-HAD 1->11 when its files are
   found, bits 2/4/8, seeds 0/1/2, the default model. Its report adds the flip tables
-  (``flips.md``, see :mod:`qcore.eval.report`).
+  (``flips.md``, see :mod:`qcore.eval.report`);
+* ``wide``: one source, every other subject: HAPT 1 -> each of the other 29 subjects and
+  USC-HAD 1 -> each of the other 13 when its files are found, 4 bits, seed 0, methods
+  ``none,bn-stats,qcore,backprop,slda``. The cells of one source share one trained float
+  model; its report adds the distribution over pairs (``pairs.md``, ``pairs.png``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from pathlib import Path
 from qcore.config import RunConfig, parse_overrides
 from qcore.errors import QCoreError
 
-PRESETS = ("quick", "full", "method")
+PRESETS = ("quick", "full", "method", "wide")
 # set per cell by the grid: a --set for them would be silently overwritten
 _GRID_OWNED = ("dataset", "source", "target", "seed")
 _USCHAD_PAIR = ("usc-had", 1, 11)
+WIDE_METHODS = "none,bn-stats,qcore,backprop,slda"
+_SUBJECTS = {"hapt": 30, "usc-had": 14}
 
 Pair = tuple[str, int, int]
 
@@ -80,8 +86,14 @@ def _with_uschad(pairs: tuple[Pair, ...]) -> tuple[Pair, ...]:
     return pairs + ((_USCHAD_PAIR,) if _uschad_found() else ())
 
 
+def one_to_all(dataset: str, source: int = 1) -> tuple[Pair, ...]:
+    """``source`` -> every other subject of ``dataset`` (``hapt`` or ``usc-had``)."""
+    n = _SUBJECTS[dataset]
+    return tuple((dataset, source, t) for t in range(1, n + 1) if t != source)
+
+
 def preset(name: str) -> Grid:
-    """The ``quick``, ``full`` or ``method`` grid (see the module docstring)."""
+    """The ``quick``, ``full``, ``method`` or ``wide`` grid (see the module docstring)."""
     if name == "quick":
         base = RunConfig(
             dataset="synthetic",
@@ -102,6 +114,10 @@ def preset(name: str) -> Grid:
     if name == "method":
         base = RunConfig(bits=(2, 4, 8), method="none,backprop,qcore", threads=1)
         return Grid(base, _with_uschad((("hapt", 1, 4), ("hapt", 1, 25))), (0, 1, 2))
+    if name == "wide":
+        base = RunConfig(bits=(4,), method=WIDE_METHODS, threads=1)
+        pairs = one_to_all("hapt") + (one_to_all("usc-had") if _uschad_found() else ())
+        return Grid(base, pairs, (0,))
     raise QCoreError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
 
 

@@ -2,9 +2,11 @@
 
 One run (:mod:`qcore.eval.runner`): :func:`plot_stream`. The grid
 (:mod:`qcore.eval.bench`), from the report's tidy rows: ``DIR/stream.png`` (target
-accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-width)
-and ``DIR/cost.png`` (target accuracy against device time per step and against device
-bytes), written by :func:`write_plots`.
+accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-width),
+``DIR/cost.png`` (target accuracy against device time per step and against device
+bytes) and, for grids over many pairs, ``DIR/pairs.png`` (the distribution over pairs),
+written by :func:`write_plots`. A grid of more than :data:`MAX_PANELS` pairs gets no
+per-pair plots (stream, bits): its pairs are summarised by ``pairs.png``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from qcore.eval.metrics import mean_std
-from qcore.eval.report import groups
+from qcore.eval.report import groups, pair_values
+
+MAX_PANELS = 6  # pairs from which the per-pair plots give way to pairs.png
 
 
 def _pyplot():
@@ -60,10 +64,63 @@ def plot_stream(rows: list[dict], path: Path, title: str = "") -> None:
 
 
 def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
-    """``stream.png``, ``bits.png`` and ``cost.png`` of the grid's rows under ``out_dir``."""
-    plot_grid_stream(rows, steps, out_dir / "stream.png")
-    plot_bits(rows, out_dir / "bits.png")
-    plot_cost(rows, out_dir / "cost.png")
+    """The grid's plots under ``out_dir`` (see the module docstring); a plot the rows do
+    not call for is removed, so that none describes other cells."""
+    few = len({(r["dataset"], r["scenario"]) for r in rows}) <= MAX_PANELS
+    wide = bool(pair_values(rows))
+    plots = (
+        ("stream.png", few, lambda p: plot_grid_stream(rows, steps, p)),
+        ("bits.png", few, lambda p: plot_bits(rows, p)),
+        ("cost.png", True, lambda p: plot_cost(rows, p)),
+        ("pairs.png", wide, lambda p: plot_pairs(rows, p)),
+    )
+    for name, wanted, draw in plots:
+        if wanted:
+            draw(out_dir / name)
+        else:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def plot_pairs(rows: list[dict], path: Path) -> None:
+    """Per (dataset, bits) with many pairs: final target accuracy (left) and its gain over
+    ``none`` (right), one box per method over the pairs with every pair as a dot."""
+    plt = _pyplot()
+    tables = pair_values(rows)
+    fig, axes = plt.subplots(len(tables), 2, figsize=(11, 3.6 * len(tables)), squeeze=False)
+    colors = _colors(list({r["method"] for r in rows}))
+    for i, ((d, b), table) in enumerate(tables.items()):
+        methods = sorted({k.split("|")[0] for k in table["target"]})
+        pairs = {tuple(k.split("|")[1].split("->")) for k in table["target"]}
+        sources = ",".join(sorted({p[0] for p in pairs}))
+        for j, (kind, label) in enumerate(
+            (("target", "final target accuracy"), ("gain", "gain over none"))
+        ):
+            ax = axes[i][j]
+            shown = [m for m in methods if not (kind == "gain" and m == "none")]
+            data = [[v for k, v in table[kind].items() if k.split("|")[0] == m and np.isfinite(v)]
+                    for m in shown]  # fmt: skip
+            ax.boxplot(data, showfliers=False, widths=0.5)
+            rng = np.random.default_rng(0)  # horizontal jitter of the dots only
+            for x, (m, vals) in enumerate(zip(shown, data, strict=True), start=1):
+                style = family_style(m)
+                ax.scatter(
+                    x + rng.uniform(-0.15, 0.15, len(vals)), vals, s=16, alpha=0.8,
+                    color=colors[m], marker=style["marker"] or "^",
+                )  # fmt: skip
+            ax.set_xticks(range(1, len(shown) + 1), shown, fontsize=8)
+            if kind == "gain":
+                ax.axhline(0.0, color="k", lw=0.8)
+            ax.set_ylabel(label)
+            ax.set_title(f"{d} {sources} -> {len(pairs)} targets, {b} bits: {label}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+    caption = (
+        "one dot per pair; boxes: quartiles and median; markers: circles = back-prop on the "
+        "device, squares = back-prop-free, triangles = none"
+    )
+    fig.text(0.5, 0.005, caption, ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _colors(methods: list[str]) -> dict[str, object]:

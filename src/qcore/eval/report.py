@@ -8,7 +8,10 @@ From the cells' ``results.json`` the report writes:
 * ``DIR/summary.md``: per (dataset, scenario) a row per method and a column per bit-width;
 * ``DIR/flips.md``, only when ``qcore`` rows carry them: the flip network's held-out
   agreement with its teacher, and how often the device's guarded flip passes moved codes
-  over the stream.
+  over the stream;
+* ``DIR/pairs.md``, only when a dataset has at least :data:`MIN_PAIRS` pairs: per method
+  the distribution over pairs of the final target accuracy and of its gain over ``none``
+  (quantiles, pairs gaining and losing), and the cells' wall times.
 
 The plots drawn from the same rows are in :mod:`qcore.eval.plots`.
 """
@@ -55,6 +58,8 @@ STREAM_COLUMNS = (
     "seconds",
 )
 QCORE = "qcore"  # the method whose rows feed the flip tables
+MIN_PAIRS = 3  # pairs of one dataset and bit-width from which pairs.md is written
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # per stream step of a flip method: codes moved in the step, and whether the device's
 # guard then rolled the step back (its flips discarded)
 FLIP_STEP_KEYS = ("flips", "rolled_back")
@@ -91,6 +96,8 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                     "step_seconds": r["seconds"],
                     "cloud_seconds": r["cloud_seconds"],
                     "device_bytes": r["device_bytes"],
+                    "cell_seconds": res.get("seconds", float("nan")),
+                    "trained": not res["results"][0].get("cached", False),
                     **({"flipnet": r["flipnet"]} if "flipnet" in r else {}),
                 }
             )
@@ -274,9 +281,75 @@ def flips_markdown(rows: list[dict], steps: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def pair_values(rows: list[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
+    """Per (dataset, bits) with at least :data:`MIN_PAIRS` pairs: per method, per pair,
+    the final target accuracy and its gain over ``none`` on the same pair (means over
+    seeds; the gain is NaN where ``none`` did not run)."""
+    out: dict[tuple, dict[str, dict[str, float]]] = {}
+    for (d, b), rs in sorted(groups(rows, ("dataset", "bits")).items()):
+        if len({r["scenario"] for r in rs}) < MIN_PAIRS:
+            continue
+        mean = {k: float(np.mean([r["target_acc"] for r in g]))
+                for k, g in groups(rs, ("method", "scenario")).items()}  # fmt: skip
+        table: dict[str, dict[str, float]] = {"target": {}, "gain": {}}
+        for (m, sc), acc in mean.items():
+            table["target"][f"{m}|{sc}"] = acc
+            table["gain"][f"{m}|{sc}"] = acc - mean.get(("none", sc), float("nan"))
+        out[(d, b)] = table
+    return out
+
+
+def _quantiles(values: list[float]) -> str:
+    return " | ".join(f"{q:.3f}" for q in np.quantile(values, QUANTILES))
+
+
+def pairs_markdown(rows: list[dict]) -> str:
+    """The text of ``pairs.md`` (see the module docstring); empty when no dataset has
+    :data:`MIN_PAIRS` pairs at one bit-width."""
+    tables = pair_values(rows)
+    if not tables:
+        return ""
+    parts = [
+        "# Over pairs: final target accuracy and gain over `none`\n\n"
+        "One value per source -> target pair (mean over its seeds); quantiles over the "
+        "pairs. Gain: the method's final target accuracy minus `none`'s on the same pair; "
+        "gains / losses count pairs with a gain above / below 0.005.\n"
+    ]
+    for (d, b), table in tables.items():
+        methods = sorted({k.split("|")[0] for k in table["target"]})
+        n_pairs = len({k.split("|")[1] for k in table["target"]})
+        parts.append(
+            f"## {d}, {b} bits, {n_pairs} pairs\n\n"
+            "| method | target: min | 25% | median | 75% | max "
+            "| gain: min | 25% | median | 75% | max | gains | losses |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )
+        for m in methods:
+            tgt = [v for k, v in table["target"].items() if k.split("|")[0] == m]
+            gain = [v for k, v in table["gain"].items() if k.split("|")[0] == m]
+            gain = [g for g in gain if np.isfinite(g)]
+            g_text = _quantiles(gain) if gain else " | ".join("-" for _ in QUANTILES)
+            ups = sum(g > 0.005 for g in gain)
+            downs = sum(g < -0.005 for g in gain)
+            parts.append(f"| {m} | {_quantiles(tgt)} | {g_text} | {ups} | {downs} |")
+        cells = {(r["scenario"], r["seed"]): r for r in rows if (r["dataset"], r["bits"]) == (d, b)}
+        secs = [r["cell_seconds"] for r in cells.values() if np.isfinite(r["cell_seconds"])]
+        fresh = [r["cell_seconds"] for r in cells.values() if r["trained"]]
+        if secs:
+            parts.append(
+                f"\nCell wall time (one worker, one thread; every method of the cell): median "
+                f"{np.median(secs):.1f} s, range {min(secs):.1f}-{max(secs):.1f} s over "
+                f"{len(secs)} cells; {len(fresh)} of them trained the float model, the "
+                "others reused it from the grid's cache."
+            )
+        parts.append("")
+    return "\n".join(parts)
+
+
 def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and, when the rows
-    have them, ``flips.md`` (removed otherwise, so that it never describes other cells)."""
+    have them, ``flips.md`` and ``pairs.md`` (removed otherwise, so that neither ever
+    describes other cells)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
     _write_csv(out_dir / "stream.csv", steps, STREAM_COLUMNS)
@@ -287,8 +360,9 @@ def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
         + markdown_table(rows)
     )
     (out_dir / "summary.md").write_text(summary_table(rows))
-    flips = flips_markdown(rows, steps)
-    if flips:
-        (out_dir / "flips.md").write_text(flips)
-    else:
-        (out_dir / "flips.md").unlink(missing_ok=True)
+    extras = (("flips.md", flips_markdown(rows, steps)), ("pairs.md", pairs_markdown(rows)))
+    for name, text in extras:
+        if text:
+            (out_dir / name).write_text(text)
+        else:
+            (out_dir / name).unlink(missing_ok=True)

@@ -66,13 +66,16 @@ def stream(calibrator, sc: Scenario, progress: bool = False, label: str = "strea
 def run(
     cfg: RunConfig, out_dir: str | Path, progress: bool = False, cache: bool | Path = True
 ) -> dict:
-    """Run one experiment and write ``out_dir/results.json`` (and a plot).
+    """Run one experiment and write ``out_dir/results.json`` (and a plot); its
+    ``seconds`` is the run's wall time (the float row's ``cached`` says whether training
+    was reused).
 
     With ``cache`` the trained float model and its training dynamics are kept in
     ``out_dir/.cache`` (or the folder ``cache`` names) under a hash of the settings that
     determine them, so a rerun, or a run that adds methods or bit-widths, reuses them
     instead of training again (``False``: always train).
     """
+    run_t0 = time.perf_counter()
     out_dir = Path(out_dir)
     unknown = [m for m in cfg.methods if m not in available()]
     if unknown:
@@ -158,6 +161,7 @@ def run(
             "batch_size": len(sc.stream[0]),
             "n_batches": len(sc.stream),
         },
+        "seconds": time.perf_counter() - run_t0,  # the whole run, cached training included
     }
     write_json_atomic(out_dir / "results.json", result)
     from qcore.eval.plots import plot_stream

@@ -36,7 +36,13 @@ DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
 # qcore did before each existed: results stored without the key are valid at that value
 # (ANY: at every value, as the shrinkage of a head that did not exist).
 ANY = object()
-ADDED_SETTINGS: dict[str, object] = {"head": "model", "head_shrinkage": ANY, "head_bits": None}
+ADDED_SETTINGS: dict[str, object] = {
+    "head": "model",
+    "head_shrinkage": ANY,
+    "head_bits": None,
+    "reset_window": 0,
+    "reset_margin": ANY,
+}
 _NO_VALUE = object()
 
 
@@ -153,6 +159,14 @@ class DeviceConfig(Settings):
     guard_margin: float = setting(
         0.05, "roll a step back when accuracy on the old core or the batch drops by more"
     )
+    reset_window: int = setting(
+        5,
+        "return to the deployed model when, over this many recent labelled batches, the "
+        "device predicted worse than the deployed model would have (0: never)",
+    )
+    reset_margin: float = setting(
+        0.02, "reset only when the device's accuracy over that window is lower by more"
+    )
     policy: str = setting("every", "when to calibrate: every, every:N or drift")
     seed: int = setting(0, "seed of the core updates (with the step number)")
 
@@ -176,6 +190,12 @@ class DeviceConfig(Settings):
             raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
         if not 0.0 <= self.guard_margin <= 1.0:
             raise QCoreError(f"setting guard_margin must lie in [0, 1], got {self.guard_margin}")
+        if isinstance(self.reset_window, bool) or not isinstance(self.reset_window, int):
+            raise QCoreError(f"setting reset_window must be an integer, got {self.reset_window!r}")
+        if self.reset_window < 0:
+            raise QCoreError(f"setting reset_window must be >= 0, got {self.reset_window}")
+        if not 0.0 <= self.reset_margin <= 1.0:
+            raise QCoreError(f"setting reset_margin must lie in [0, 1], got {self.reset_margin}")
         parse_policy(self.policy)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise QCoreError(f"setting seed must be an integer, got {self.seed!r}")
@@ -233,6 +253,8 @@ class RunConfig(Settings):
     core_mode: CoreMode = _DEVICE.core_mode
     old_quota: float | None = _DEVICE.old_quota
     guard_margin: float = _DEVICE.guard_margin
+    reset_window: int = _DEVICE.reset_window
+    reset_margin: float = _DEVICE.reset_margin
     policy: str = _DEVICE.policy
     seed: int = setting(0, "seed of every random choice (cloud and device)")
     threads: int = setting(2, "torch and BLAS threads")

@@ -51,12 +51,17 @@ _NAMES = {"steps": "flip_steps", "guard": "flip_guard", "budget": "flip_budget"}
 _GUARDS = {True: "pass", False: "off"}
 
 
-def make_device(art: Artifact, drift: PageHinkley | None = None, **settings) -> Device:
+def make_device(
+    art: Artifact,
+    drift: PageHinkley | None = None,
+    deployed: Artifact | None = None,
+    **settings,
+) -> Device:
     """A device on ``art`` with some of its device settings replaced (short names)."""
     renamed = {_NAMES.get(k, k): v for k, v in settings.items()}
     if isinstance(renamed.get("flip_guard"), bool):
         renamed["flip_guard"] = _GUARDS[renamed["flip_guard"]]
-    return Device(art, art.device.replace(**renamed), drift=drift)
+    return Device(art, art.device.replace(**renamed), drift=drift, deployed=deployed)
 
 
 def flipnet(qm, seed: int = 0, hidden: int = 8, threshold: float = 0.9, harmful: bool = False):
@@ -176,6 +181,81 @@ def test_harmful_flipnet_is_rolled_back(parts) -> None:
     assert not np.array_equal(reckless.art.model.layers["head"].weight.q, q_old)
 
 
+RECKLESS = {"guard": False, "bn_mode": "frozen", "steps": 3, "budget": None, "guard_margin": 1.0}
+
+
+def _codes(art: Artifact) -> list[np.ndarray]:
+    return [layer.weight.q for layer in art.model.layers.values()]
+
+
+def test_user_guard_returns_to_the_deployed_model(parts) -> None:
+    """With the step guard off, a harmful flip network damages the model; once the device
+    predicted worse than the deployed model over a full window of labelled batches, it
+    returns to the deployed model and says so, then calibrates on from there."""
+    art = make_art(parts, harmful=True)
+    data = batches(parts, 5)
+    unguarded = make_device(art, reset_window=0, **RECKLESS)
+    plain = [unguarded.step(X, y) for X, y in data]
+    assert not any(r["reset"] for r in plain)
+    deployed_right = [(Device(art).predict(X) == y).mean() for X, y in data]
+    assert np.mean([r["accuracy"] for r in plain[1:]]) < np.mean(deployed_right[1:]) - 0.2
+    guarded = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS)
+    reports = [guarded.step(X, y) for X, y in data]
+    fired = [k for k, r in enumerate(reports) if r["reset"]]
+    assert fired and fired[0] >= 1  # a full window of two batches first
+    k = fired[0]
+    assert "returned to the deployed model" in reports[k]["reset_reason"]
+    assert reports[k]["accuracy"] == plain[k]["accuracy"]  # same damage up to there
+    # the step that fired calibrated the deployed model on its batch, like a fresh device
+    fresh = make_device(art, reset_window=0, **RECKLESS)
+    fresh.step(*data[k])
+    after_k = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS)
+    for X, y in data[: k + 1]:
+        after_k.step(X, y)
+    for a, b in zip(_codes(after_k.art), _codes(fresh.art), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert guarded.art.runtime["resets"] == len(fired)
+    assert guarded.art.step == len(data)
+
+
+def test_reset_restores_the_deployed_model_and_keeps_the_record(parts, tmp_path) -> None:
+    art = make_art(parts, harmful=True)
+    dev = make_device(art, reset_window=0, **RECKLESS)
+    for i, (X, y) in enumerate(batches(parts, 2)):
+        dev.step(X, y, batch_id=f"b{i}")
+    assert any(not np.array_equal(a, b) for a, b in zip(_codes(dev.art), _codes(art), strict=True))
+    dev.reset()
+    for a, b in zip(_codes(dev.art), _codes(art), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dev.art.core.X, art.core.X)
+    assert dev.art.step == 2 and dev.consumed("b0") and dev.art.runtime["resets"] == 1
+    # a resumed state knows its deployed model only when given it
+    save_state(tmp_path / "s.qcore", dev.art)
+    with pytest.raises(QCoreError, match="deployed artifact"):
+        make_device(load_state(tmp_path / "s.qcore")).reset()
+
+
+def test_reset_command(parts, tmp_path, capsys) -> None:
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    art = make_art(parts, harmful=True)
+    save_artifact(art_path, art)
+    write_stream(parts, tmp_path / "s", 3)
+    off = ["--set", "flip_guard=off", "--set", "guard_margin=1", "--set", "reset_window=0"]
+    run = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
+    assert main([*run, *off]) == 0
+    moved = zip(_codes(load_state(state)), _codes(art), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in moved)
+    capsys.readouterr()
+    assert main(["reset", str(art_path), "--state", str(state)]) == 0
+    assert json.loads(capsys.readouterr().out)["reset"] is True
+    after = load_state(state)
+    for a, b in zip(_codes(after), _codes(art), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert after.step == 3 and after.runtime["resets"] == 1
+    assert main(["reset", str(art_path), "--state", str(tmp_path / "none.qcore")]) == 2
+    assert "nothing to reset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("guard", ["pass", "layer", "off"])
 def test_run_config_guard_names_accepted(parts, guard: str) -> None:
     dev = make_device(make_art(parts), guard=guard, guard_margin=1.0)
@@ -230,7 +310,9 @@ def test_resumed_device_continues_exactly_like_an_uninterrupted_one(parts, tmp_p
     for X, y in data[:2]:
         first.step(X, y)
     save_state(tmp_path / "s.qcore", first.art)
-    second = make_device(load_state(tmp_path / "s.qcore"), guard_margin=1.0, steps=2, seed=3)
+    second = make_device(
+        load_state(tmp_path / "s.qcore"), deployed=first.deployed, guard_margin=1.0, steps=2, seed=3
+    )
     for X, y in data[2:]:
         second.step(X, y)
     assert encode_artifact(second.art) == encode_artifact(straight.art)

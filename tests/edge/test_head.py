@@ -191,3 +191,26 @@ def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
         assert len(np.unique(row)) <= 2**bits
         step = (max(ref.max(), 0) - min(ref.min(), 0)) / (2**bits - 1)
         assert np.abs(row - ref).max() <= step / 2 + 1e-6
+
+
+@pytest.mark.parametrize("moves", [False, True])
+def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, moves):
+    """The guard's record holds, per labelled batch, the windows the device and the
+    deployed model (deployed backbone and head statistics) predicted right; with a frozen
+    backbone the deployed model's features are the device's own. The labels are shifted
+    by one class, so that the device learns to predict otherwise than the deployed model."""
+    art, X, y = head_artifact
+    changes = {"flip_guard": "off", "guard_margin": 1.0, "flip_budget": 0.2} if moves else {}
+    cfg = art.device.replace(
+        head="slda", flip_steps=2 if moves else 0, bn_mode="frozen", reset_window=3, **changes
+    )
+    dev, deployed = Device(art, cfg), Device(art, cfg)
+    differed = 0
+    for Xb, yb in B.stream_batches(X, (y + 1) % 3, 6, batch=12):
+        before = dev.predict(Xb)
+        dev.step(Xb, yb)
+        right, dep_right, n = dev.art.runtime["recent"][-1]
+        assert (right, n) == (int((before == yb).sum()), len(yb))
+        assert dep_right == int((deployed.predict(Xb) == yb).sum())
+        differed += right != dep_right
+    assert differed and dev.art.runtime["backbone_moved"] is moves

@@ -1,8 +1,9 @@
-"""``qcore export`` and ``qcore device``: ship an artifact, run a device on a batch stream.
+"""``qcore export``, ``qcore device`` and ``qcore reset``: ship an artifact, run a device
+on a batch stream, return a device to its deployed model.
 
-:func:`add_commands` registers both on the ``qcore`` parser (``qcore.cli``); this module
-also runs on its own (``python -m qcore.edge.cli ...``) with the same two commands, so
-a device needs nothing beyond NumPy and ``qcore.edge``.
+:func:`add_commands` registers them on the ``qcore`` parser (``qcore.cli``); this module
+also runs on its own (``python -m qcore.edge.cli ...``) with the same commands, so a
+device needs nothing beyond NumPy and ``qcore.edge``.
 
 ``qcore device`` reads labelled batches of *un-normalised* windows, either the ``*.npz``
 files of a folder in sorted name order, or ``--stream -``: length-prefixed ``.npz`` frames
@@ -27,7 +28,7 @@ from typing import IO
 
 from qcore.config import DeviceConfig, override_device, settings_help
 from qcore.core.fileio import read_regular_file
-from qcore.edge.artifact import artifact_sizes, load_artifact, save_artifact
+from qcore.edge.artifact import artifact_sizes, decode_artifact, load_artifact, save_artifact
 from qcore.edge.batches import folder_batches, load_batch, read_frames
 from qcore.edge.device import Device
 from qcore.edge.state import bind_state, resume_or_start, save_state
@@ -73,14 +74,31 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps(artifact_sizes(art)))
 
 
-def _cmd_device(args: argparse.Namespace) -> None:
+def _open_device(args: argparse.Namespace) -> tuple[Device, bool]:
+    """The device of ``args.state`` (resumed if it exists, else started from
+    ``args.artifact``), bound to the artifact, which it also knows as its deployed model;
+    and whether it was resumed."""
     if not Path(args.state).resolve().parent.is_dir():  # fail before the first step, not after
         raise QCoreError(f"folder of state file {args.state} does not exist")
     shipped = read_regular_file(args.artifact, "artifact")  # needed even to resume a state
     art, resumed = resume_or_start(args.state, args.artifact)
     art = bind_state(art, hashlib.sha256(shipped).hexdigest(), args.artifact, args.state)
     # the artifact's (or the state's) device settings, with this run's overrides
-    device = Device(art, override_device(art.device, args.set or []))
+    config = override_device(art.device, args.set or [])
+    return Device(art, config, deployed=decode_artifact(shipped, str(args.artifact))), resumed
+
+
+def _cmd_reset(args: argparse.Namespace) -> None:
+    device, resumed = _open_device(args)
+    if not resumed:
+        raise QCoreError(f"state {args.state} does not exist: there is nothing to reset")
+    device.reset()
+    save_state(args.state, device.art)
+    print(json.dumps({"reset": True, "step": device.art.step, "state": args.state}))
+
+
+def _cmd_device(args: argparse.Namespace) -> None:
+    device, resumed = _open_device(args)
     if args.stream == "-":
         batches = read_frames(sys.stdin.buffer)
     else:
@@ -140,7 +158,8 @@ def _consume(
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``export`` and ``device`` on a subparsers object (``func`` set on each)."""
+    """Register ``export``, ``device`` and ``reset`` on a subparsers object (``func`` set
+    on each)."""
     exp = sub.add_parser(
         "export", help="verify a deployed artifact (or a device state) and write it out"
     )
@@ -184,6 +203,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="append one CSV row per window: batch, step, window, predicted class, confidence",
     )
     dev.set_defaults(func=_cmd_device)
+
+    res = sub.add_parser(
+        "reset",
+        help="return a device state to the deployed model it grew from",
+        description="Put the state's model, core and head statistics back to the artifact's "
+        "(the deployed model); the step count and the record of consumed batches stay. The "
+        "device does this by itself when it predicts worse than the deployed model on its "
+        "recent labelled batches (settings reset_window, reset_margin).",
+    )
+    res.add_argument("artifact", metavar="FILE", help="the artifact the state started from")
+    res.add_argument("--state", required=True, help="state file to reset")
+    res.set_defaults(func=_cmd_reset, set=None)
 
 
 class Terminated(Exception):

@@ -16,6 +16,14 @@ their labels:
    statistics (reusing the prediction's features when the backbone did not move) and
    recompute the head (:mod:`qcore.edge.head`). Predictions come from that head.
 
+Before calibrating on a labelled batch the device also guards its user: it keeps, for
+its last ``reset_window`` labelled batches, how many windows it predicted right and how
+many the deployed model (the artifact it started from) would have. When the device's
+share over a full window is lower by more than ``reset_margin``, calibration has made it
+worse for this user: it returns to the deployed model (backbone, core and head
+statistics), says so in the report (``reset``), and goes on from there. :meth:`reset`
+does the same on request (``qcore reset``).
+
 The step works on copies and commits them in one assignment at the end, so an
 exception anywhere leaves the device exactly as it was. NumPy only.
 """
@@ -41,6 +49,11 @@ from qcore.errors import QCoreError
 
 DRIFT_KEY = "drift"  # artifact.runtime[DRIFT_KEY]: the detector's state between runs
 CONSUMED_KEY = "consumed"  # artifact.runtime[CONSUMED_KEY]: ids of the batches consumed
+# artifact.runtime[RECENT_KEY]: [device right, deployed right, windows] per recent labelled
+# batch; RESETS_KEY: how often the device returned to the deployed model; MOVED_KEY:
+# whether the backbone differs from the deployed one (else the deployed model's features
+# are the device's own and cost nothing)
+RECENT_KEY, RESETS_KEY, MOVED_KEY = "recent", "resets", "backbone_moved"
 
 
 def rss_bytes() -> int | None:
@@ -99,15 +112,34 @@ def label_indices(y: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
     )
 
 
+def _check_deployed(deployed: Artifact, art: Artifact) -> None:
+    """The deployed artifact must be the model ``art`` grew from (same shapes, classes)."""
+    a, b = deployed.model, art.model
+    same = (a.n_channels, a.n_classes, a.filters, a.depth, a.bits) == (
+        b.n_channels,
+        b.n_classes,
+        b.filters,
+        b.depth,
+        b.bits,
+    ) and (deployed.class_names, deployed.window_length) == (art.class_names, art.window_length)
+    if not same:
+        raise QCoreError("the deployed artifact is not the model this state grew from")
+    if art.head is not None and deployed.head is None:
+        raise QCoreError("the deployed artifact has no streaming head statistics")
+
+
 class Device:
     """A deployed model that calibrates itself on the labelled batches it is given.
 
     ``art``: the artifact to start from (a quantized model with a flip network); the
     device never mutates it and keeps its current state in :attr:`art`. ``config``: the
     device settings (default: the artifact's own ``device`` section); they are recorded
-    in the state. ``drift``: detector for the ``drift`` policy (default: the one saved in
-    the artifact's runtime state, else :class:`PageHinkley` defaults). ``update``: how
-    the core follows the stream (default: QCore's update from ``config``).
+    in the state. ``deployed``: the artifact the device started from, what the user guard
+    compares with and :meth:`reset` returns to (default: ``art`` itself when it is a
+    fresh artifact, step 0; a resumed state without it runs unguarded). ``drift``:
+    detector for the ``drift`` policy (default: the one saved in the artifact's runtime
+    state, else :class:`PageHinkley` defaults). ``update``: how the core follows the
+    stream (default: QCore's update from ``config``).
     """
 
     def __init__(
@@ -115,6 +147,7 @@ class Device:
         art: Artifact,
         config: DeviceConfig | None = None,
         *,
+        deployed: Artifact | None = None,
         drift: PageHinkley | None = None,
         update: CoreUpdate | None = None,
     ) -> None:
@@ -133,6 +166,14 @@ class Device:
             raise QCoreError("the artifact has no streaming head statistics: set head=model")
         self.config, self.policy, self.update = config, config.schedule, update
         self.head = None if config.head == "model" else solve_head(art.head, config)
+        if deployed is None and art.step == 0:
+            deployed = art
+        if deployed is not None:
+            _check_deployed(deployed, art)
+        self.deployed = deployed
+        self.deployed_head = (
+            solve_head(deployed.head, config) if deployed is not None and self.head else None
+        )
         self.art = replace(art, device=config, runtime=copy.deepcopy(art.runtime))
         saved = art.runtime.get(DRIFT_KEY) if self.policy.kind == "drift" else None
         if drift is not None:
@@ -205,6 +246,56 @@ class Device:
         model_logits, features = forward_features(self.art.model, Xn)
         return head_logits(*self.head, features), model_logits, features
 
+    def _deployed_right(
+        self,
+        Xn: np.ndarray,
+        labels: np.ndarray,
+        model_logits: np.ndarray,
+        features: np.ndarray | None,
+        moved: bool,
+    ) -> int:
+        """Windows of the batch the deployed model predicts right. While the backbone is
+        the deployed one, its logits and features are the device's own: only the deployed
+        head (if any) is evaluated; otherwise one forward pass of the deployed model."""
+        assert self.deployed is not None
+        if moved or (self.deployed_head is not None and features is None):
+            model_logits, features = forward_features(self.deployed.model, Xn)
+        if self.deployed_head is None:
+            scores = model_logits
+        else:
+            assert features is not None
+            scores = head_logits(*self.deployed_head, features)
+        return int((scores.argmax(1) == labels).sum())
+
+    def _reset_reason(self, recent: list[list[int]]) -> str | None:
+        """Why the device must return to the deployed model, or None: a full window of
+        recent labelled batches on which it was less accurate by more than the margin."""
+        cfg = self.config
+        if len(recent) < cfg.reset_window:
+            return None
+        mine, theirs, n = (sum(r[k] for r in recent) for k in range(3))
+        if mine / n >= theirs / n - cfg.reset_margin:
+            return None
+        return (
+            f"accuracy {mine / n:.3f} on the last {len(recent)} labelled batches, the deployed "
+            f"model {theirs / n:.3f}: returned to the deployed model"
+        )
+
+    def reset(self) -> None:
+        """Return to the deployed model (backbone, core, head statistics); the step count,
+        the record of consumed batches and the drift detector stay."""
+        if self.deployed is None:
+            raise QCoreError("cannot reset: the device does not know its deployed artifact")
+        dep, art = self.deployed, self.art
+        runtime = {
+            **art.runtime,
+            RECENT_KEY: [],
+            MOVED_KEY: False,
+            RESETS_KEY: int(art.runtime.get(RESETS_KEY, 0)) + 1,
+        }
+        self.art = replace(art, model=dep.model, core=dep.core, head=dep.head, runtime=runtime)
+        self.head = self.deployed_head
+
     def normalize(self, X: np.ndarray) -> np.ndarray:
         """Raw sensor windows -> the model's input (the artifact's normaliser)."""
         art = self.art
@@ -234,13 +325,15 @@ class Device:
         ``flips``, ``passes_rejected``, ``core_acc_before``/``core_acc_after``/
         ``batch_acc_after`` (the guard's view of the model's own head; None when not
         calibrated), ``head_samples`` (labelled windows added to the streaming head's
-        statistics) and ``head_solved`` (its weights recomputed), ``rss_bytes``,
-        ``peak_rss_bytes``.
+        statistics) and ``head_solved`` (its weights recomputed), ``reset`` (the user guard
+        returned to the deployed model before this batch's calibration) and
+        ``reset_reason``, ``rss_bytes``, ``peak_rss_bytes``.
         """
         X, labels = self.validate(X, y)
         art = self.art
         Xn = X if normalized else self.normalize(X)
         t0 = time.perf_counter()
+        model_logits: np.ndarray | None
         logits, model_logits, features = self._scores(Xn)
         latency_ms = (time.perf_counter() - t0) * 1e3 / len(X)
         probs = _softmax_max(logits)
@@ -269,13 +362,33 @@ class Device:
             "batch_acc_after": None,
             "head_samples": 0,
             "head_solved": False,
+            "reset": False,
+            "reset_reason": None,
         }
         model, core, stats, head = art.model, art.core, art.head, self.head
+        runtime = art.runtime
+        moved = bool(runtime.get(MOVED_KEY, art.step > 0))
+        if labels is not None and self.deployed is not None and self.config.reset_window > 0:
+            right = int((logits.argmax(1) == labels).sum())
+            mark = [right, self._deployed_right(Xn, labels, model_logits, features, moved)]
+            recent = [*runtime.get(RECENT_KEY, []), [*mark, len(labels)]]
+            recent = recent[-self.config.reset_window :]
+            reason = self._reset_reason(recent)
+            if reason is not None:
+                dep = self.deployed
+                model, core, stats, head = dep.model, dep.core, dep.head, self.deployed_head
+                model_logits = features = None
+                moved, recent = False, []
+                runtime = {**runtime, RESETS_KEY: int(runtime.get(RESETS_KEY, 0)) + 1}
+                report.update(reset=True, reset_reason=reason)
+            runtime = {**runtime, RECENT_KEY: recent}
         if calibrate:
             assert labels is not None
             y = labels
             t1 = time.perf_counter()
             if moves_backbone(self.config) or core is not None:
+                if model_logits is None:
+                    model_logits, features = forward_features(model, Xn)
                 model_correct = model_logits.argmax(1) == y
                 res = calibration_step(
                     model,
@@ -288,6 +401,7 @@ class Device:
                     self.config,
                     self.update,
                 )
+                moved = moved or res.model is not model
                 model, core = res.model, res.core
                 report.update(res.report())
             if stats is not None and head is not None:
@@ -297,7 +411,7 @@ class Device:
                 head = solve_head(stats, self.config)
                 report.update(head_samples=int(len(y)), head_solved=True)
             report["calib_ms"] = (time.perf_counter() - t1) * 1e3
-        runtime = art.runtime
+        runtime = {**runtime, MOVED_KEY: moved}
         if self.policy.kind == "drift":
             runtime = {**runtime, DRIFT_KEY: detector.to_dict()}
         if batch_id is not None:

@@ -2,7 +2,9 @@
 
 Forward passes only: no gradient, no optimizer. The correctness of every calibration
 sample in every pass is returned, because the QCore update scores samples by the
-misses observed over these passes (docs/method.md).
+misses observed over these passes (docs/method.md). A pass keeps of each layer's input
+only its window sums (:func:`qcore.edge.flip.sums_reducer`), computed chunk by chunk,
+so memory does not grow with the windows' length.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ import numpy as np
 
 from qcore.config import BN_MODES, FLIP_GUARDS, BnMode, FlipGuard, check_choice
 from qcore.core.qmodel import QuantizedModel
-from qcore.edge.flip import FlipNet, apply_flips, error_signal, layer_features, quantized_weight
-from qcore.edge.infer import Trace, bn_reestimate, forward
+from qcore.edge.flip import (
+    FlipNet,
+    apply_flips,
+    error_signal,
+    quantized_weight,
+    sums_features,
+    sums_reducer,
+)
+from qcore.edge.infer import Trace, bn_reestimate, forward, forward_reduced
 from qcore.errors import QCoreError
 
 
@@ -33,27 +42,33 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def _logits(trace: Trace) -> np.ndarray:
-    """The logits of a trace recorded by ``forward(..., record=True)``."""
-    # Every trace here comes from ``forward(..., record=True)``, which never returns one
-    # without logits: ``_Runner.run`` sets them on each chunk's trace and ``_merge``
-    # concatenates them (inputs are never empty). Only an unfilled ``Trace()`` has None.
+    """The logits of a trace recorded by :func:`_trace`."""
+    # Every trace here comes from ``forward_reduced``, which never returns one without
+    # logits: ``_Runner.run`` sets them on each chunk's trace and ``_merge`` concatenates
+    # them (inputs are never empty). Only an unfilled ``Trace()`` has None.
     assert trace.logits is not None
     return trace.logits
+
+
+def _trace(qm: QuantizedModel, X: np.ndarray) -> Trace:
+    """Logits and each layer input's window sums (``trace.reduced``) of ``X``."""
+    return forward_reduced(qm, X, sums_reducer(qm))
 
 
 def propose_flips(
     qm: QuantizedModel,
     net: FlipNet,
-    inputs: dict[str, np.ndarray],
+    sums: dict[str, np.ndarray],
     e: np.ndarray,
     budget: float | None = None,
 ) -> tuple[QuantizedModel, int]:
-    """A copy of ``qm`` with every layer's predicted flips applied, and the flip count.
+    """A copy of ``qm`` with every layer's predicted flips applied, and the flip count;
+    ``sums``: each layer input's window sums (``trace.reduced``).
 
     With ``budget`` only the most confident flips are kept, at most ``budget`` times the
     model's number of quantized codes.
     """
-    flips, conf = _flips_and_confidence(qm, net, inputs, e)
+    flips, conf = _flips_and_confidence(qm, net, sums, e)
     if budget is not None:
         flips = _most_confident(flips, conf, _budget_count(qm, flips, budget))
     return _with_flips(qm, flips)
@@ -65,14 +80,14 @@ def _budget_count(qm: QuantizedModel, flips: dict[str, np.ndarray], budget: floa
 
 
 def _flips_and_confidence(
-    qm: QuantizedModel, net: FlipNet, inputs: dict[str, np.ndarray], e: np.ndarray
+    qm: QuantizedModel, net: FlipNet, sums: dict[str, np.ndarray], e: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per layer: the network's flips and each code's confidence ``max(p(-1), p(+1))``."""
     flips: dict[str, np.ndarray] = {}
     conf: dict[str, np.ndarray] = {}
     for name, feedback in net.feedback.items():
         flips[name], conf[name] = net.flips_and_confidence(
-            layer_features(qm, name, inputs[name], e, feedback)
+            sums_features(qm, name, sums[name], e, feedback)
         )
     return flips, conf
 
@@ -122,14 +137,14 @@ def _backtracked_pass(
     most confident half, quarter, ... (up to ``BACKTRACK_HALVINGS`` halvings, one forward
     pass each): the largest share whose loss does not rise. Returns (model, trace, loss,
     flips applied, flips proposed)."""
-    flips, conf = _flips_and_confidence(qm, net, trace.inputs, error_signal(_logits(trace), y))
+    flips, conf = _flips_and_confidence(qm, net, trace.reduced, error_signal(_logits(trace), y))
     proposed = int(sum(np.count_nonzero(f) for f in flips.values()))
     keep = proposed if budget is None else min(proposed, _budget_count(qm, flips, budget))
     for _ in range(BACKTRACK_HALVINGS + 1):
         if keep == 0:
             break
         candidate, n_flips = _with_flips(qm, _most_confident(flips, conf, keep))
-        cand_trace = forward(candidate, X, record=True)
+        cand_trace = _trace(candidate, X)
         cand_loss = cross_entropy(_logits(cand_trace), y)
         if cand_loss <= loss:
             return candidate, cand_trace, cand_loss, n_flips, proposed
@@ -145,7 +160,7 @@ def _layer_guarded_pass(
     e = error_signal(_logits(trace), y)
     applied = 0
     for name, feedback in net.feedback.items():
-        flips = net.predict_flips(layer_features(qm, name, trace.inputs[name], e, feedback))
+        flips = net.predict_flips(sums_features(qm, name, trace.reduced[name], e, feedback))
         if not np.any(flips):
             continue
         candidate = qm.copy()
@@ -188,7 +203,7 @@ def flip_calibrate(
         raise QCoreError("flip passes need a flip network")
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
-    trace = forward(qm, X, record=True)
+    trace = _trace(qm, X)
     loss = cross_entropy(_logits(trace), y)
     correct = [_logits(trace).argmax(1) == y]
     applied, rejected = 0, 0
@@ -208,16 +223,16 @@ def flip_calibrate(
             qm, n_flips = _layer_guarded_pass(qm, net, trace, X, y, loss)
             if n_flips == 0:
                 break
-            trace = forward(qm, X, record=True)
+            trace = _trace(qm, X)
             loss = cross_entropy(_logits(trace), y)
             applied += n_flips
             correct.append(_logits(trace).argmax(1) == y)
             continue
         e = error_signal(_logits(trace), y)
-        candidate, n_flips = propose_flips(qm, net, trace.inputs, e, budget)
+        candidate, n_flips = propose_flips(qm, net, trace.reduced, e, budget)
         if n_flips == 0:
             break
-        cand_trace = forward(candidate, X, record=True)
+        cand_trace = _trace(candidate, X)
         cand_loss = cross_entropy(_logits(cand_trace), y)
         if guard == "pass" and cand_loss > loss:
             rejected += 1

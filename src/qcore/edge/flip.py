@@ -136,10 +136,26 @@ def layer_features(
     qm: QuantizedModel, name: str, x_in: np.ndarray, e: np.ndarray, feedback: np.ndarray
 ) -> np.ndarray:
     """All features of layer ``name``'s weights: ``(n_weights, N_FEATURES)`` float32."""
+    return sums_features(qm, name, window_sums(x_in, qm.layers[name].kernel_size), e, feedback)
+
+
+def sums_features(
+    qm: QuantizedModel, name: str, S: np.ndarray, e: np.ndarray, feedback: np.ndarray
+) -> np.ndarray:
+    """:func:`layer_features` from the layer input's window sums ``S`` ``(n, i, k)``."""
     weight = quantized_weight(qm, name)
-    S = window_sums(x_in, qm.layers[name].kernel_size)
     G = gradient_proxy(S, e, feedback)
     return np.concatenate([dynamic_features(G), static_features(weight, name == "head")], axis=1)
+
+
+def sums_reducer(qm: QuantizedModel):
+    """``reduce`` for :func:`qcore.edge.infer.forward_reduced`: each layer input's window
+    sums, all the flip features need of it (``(n, i, k)`` instead of ``(n, i, T)``)."""
+
+    def reduce(name: str, x: np.ndarray) -> np.ndarray:
+        return window_sums(x, qm.layers[name].kernel_size)
+
+    return reduce
 
 
 def apply_flips(qt: QuantizedTensor, flips: np.ndarray) -> QuantizedTensor:

@@ -24,13 +24,16 @@ from typing import Literal, overload
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qcore.core.qmodel import ActParams, BatchNorm, QuantizedModel
+from qcore.core.qmodel import ActParams, QuantizedModel
 from qcore.core.types import validate_xy
 from qcore.errors import QCoreError
 
 # Windows per internal pass are chosen so the largest im2col buffer stays near this size:
 # cache-resident passes beat one big pass (measured ~1.5-2x on 2 cores at 32 filters).
 _IM2COL_TARGET_BYTES = 8 << 20
+
+# norm(BatchNorm name, channels-last input): the normalised input, computed in place
+_MOMENT_BLOCK_BYTES = 1 << 20  # float64 rows per block of channel_moments
 
 NormFn = Callable[[str, np.ndarray], np.ndarray]
 
@@ -45,6 +48,8 @@ class Trace:
     the logits ``(n, n_classes)`` for the head. ``norm_inputs[name]``: each BatchNorm's
     input ``(n, C, t)``. ``features``: pooled features ``(n, 4f)`` before the head's input
     quantization; ``logits``: ``(n, n_classes)``. Arrays may be non-contiguous views.
+    ``reduced[name]``: only from :func:`forward_reduced`, which records nothing else but
+    the logits: ``reduce(name, input)`` of each layer's input, per chunk of windows.
     """
 
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
@@ -52,17 +57,23 @@ class Trace:
     norm_inputs: dict[str, np.ndarray] = field(default_factory=dict)
     features: np.ndarray | None = None
     logits: np.ndarray | None = None
+    reduced: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def fake_quant_act(x: np.ndarray, act: ActParams) -> np.ndarray:
-    """Per-tensor quantize-dequantize of float32 ``x`` (new array, same shape).
+# reduce(layer name, the layer's input in torch layout (n, c, t) or (n, f)) -> per window
+Reduce = Callable[[str, np.ndarray], np.ndarray]
+
+
+def fake_quant_act(x: np.ndarray, act: ActParams, *, inplace: bool = False) -> np.ndarray:
+    """Per-tensor quantize-dequantize of float32 ``x`` (a new array, or ``x`` itself
+    with ``inplace``).
 
     Same float32 operations, in the same order, as the cloud's ``fake_quant_ste`` forward
     value, so identical inputs give bit-identical outputs.
     """
     scale, zero_point, bits = act
     s, z = np.float32(scale), np.float32(zero_point)
-    q = np.divide(x, s, dtype=np.float32)
+    q = np.divide(x, s, dtype=np.float32, out=x if inplace else None)
     np.rint(q, out=q)
     q += z
     np.clip(q, np.float32(0), np.float32((1 << bits) - 1), out=q)
@@ -106,16 +117,18 @@ def _weight_matrix(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
-def eval_norm(bn: BatchNorm, x: np.ndarray) -> np.ndarray:
-    """Eval-mode BatchNorm of channels-last ``x`` ``(..., C)`` as a new float32 array."""
-    alpha, beta = bn.affine()
-    y = x * alpha
-    y += beta
-    return y
+def _affine_(x: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``x * alpha + beta`` over channels-last ``x``, in place (returns ``x``)."""
+    x *= alpha
+    x += beta
+    return x
 
 
 class _Runner:
-    """One forward pass over a channels-last batch; holds no state beyond the pass."""
+    """One forward pass over a channels-last batch; holds no state beyond the pass.
+
+    With a ``trace`` it records what :class:`Trace` describes; with ``reduce`` too, only
+    the reduced layer inputs, the features and the logits."""
 
     def __init__(
         self,
@@ -123,33 +136,62 @@ class _Runner:
         mats: dict[str, np.ndarray],
         norm: NormFn,
         trace: Trace | None,
+        reduce: Reduce | None = None,
     ) -> None:
         self.qm, self.mats, self.norm, self.trace = qm, mats, norm, trace
+        self.reduce = reduce
+        self.full = trace is not None and reduce is None  # record every array
         self.features: np.ndarray | None = None  # pooled features of the last run
 
-    def convs(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
-        """Outputs ``(n, t, c_out)`` of the convolutions ``names`` that all read ``x``."""
-        n, t, _ = x.shape
+    def _record_input(self, name: str, x: np.ndarray) -> None:
+        """Layer ``name``'s input ``x`` (channels-last, or 2-D for the head)."""
+        if self.trace is None:
+            return
+        if self.reduce is None:
+            self.trace.inputs[name] = x
+        else:
+            self.trace.reduced[name] = self.reduce(name, x.transpose(0, 2, 1) if x.ndim == 3 else x)
+
+    def convs(self, names: list[str], x: np.ndarray, owned: bool = False) -> list[np.ndarray]:
+        """Outputs ``(n, t, c_out)`` of the convolutions ``names`` that all read ``x``
+        (``owned``: a temporary of the pass, which a single convolution without a full
+        trace may quantize in place).
+
+        The im2col buffer is built for at most as many windows as keep it near
+        ``_IM2COL_TARGET_BYTES`` at a time, so a long batch (BatchNorm re-estimation on
+        core plus batch) costs its activations, not its im2col; each window's output is
+        the same whatever the windows around it."""
+        n, t, c = x.shape
         groups: dict[ActParams | None, list[str]] = {}
         for name in names:
             groups.setdefault(self.qm.layers[name].act, []).append(name)
         outs: dict[str, np.ndarray] = {}
         for act, group in groups.items():
-            xq = x if act is None else fake_quant_act(x, act)
+            inplace = owned and len(groups) == 1 and not self.full
+            xq = x if act is None else fake_quant_act(x, act, inplace=inplace)
             k_max = max(self.qm.layers[name].kernel_size for name in group)
-            cols = _im2col(xq, k_max)
-            c = x.shape[2]
+            step = max(1, _IM2COL_TARGET_BYTES // (4 * t * k_max * c))
             for name in group:
-                k = self.qm.layers[name].kernel_size
-                lo = (k_max - k) // 2 * c
-                outs[name] = (cols[:, lo : lo + k * c] @ self.mats[name]).reshape(n, t, -1)
-                if self.trace is not None:
-                    self.trace.inputs[name] = xq
+                outs[name] = np.empty((n, t, self.mats[name].shape[1]), dtype=np.float32)
+            for start in range(0, n, step):
+                cols = _im2col(xq[start : start + step], k_max)
+                m = min(step, n - start)
+                for name in group:
+                    k = self.qm.layers[name].kernel_size
+                    lo = (k_max - k) // 2 * c
+                    product = cols[:, lo : lo + k * c] @ self.mats[name]
+                    outs[name][start : start + m] = product.reshape(m, t, -1)
+                del cols
+            for name in group:
+                self._record_input(name, xq)
         return [outs[name] for name in names]
 
     def bn(self, name: str, x: np.ndarray) -> np.ndarray:
-        if self.trace is not None:
+        """BatchNorm ``name`` of ``x``: in place, unless the trace keeps ``x``."""
+        if self.full:
+            assert self.trace is not None
             self.trace.norm_inputs[name] = x
+            x = x.copy()
         return self.norm(name, x)
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -167,9 +209,11 @@ class _Runner:
                 key=lambda name: int(name.rsplit(".", 1)[1]),
             )
             branches = self.convs(conv_names, b)
-            branches += self.convs([f"{p}.pool_conv"], _maxpool3(x))
+            branches += self.convs([f"{p}.pool_conv"], _maxpool3(x), owned=True)
             cat = np.concatenate(branches, axis=2)
-            if self.trace is not None:
+            del branches  # (views of cat are what a trace keeps)
+            if self.full:
+                assert self.trace is not None
                 names = [*conv_names, f"{p}.pool_conv"]
                 if f"{p}.bottleneck" in layers:
                     self.trace.outputs[f"{p}.bottleneck"] = b
@@ -181,7 +225,8 @@ class _Runner:
             if f"{s}.bn" in norms:
                 if f"{s}.conv" in layers:
                     (r,) = self.convs([f"{s}.conv"], res)
-                    if self.trace is not None:
+                    if self.full:
+                        assert self.trace is not None
                         self.trace.outputs[f"{s}.conv"] = r
                 else:
                     r = res
@@ -196,20 +241,22 @@ class _Runner:
         logits = fq @ self.mats["head"]
         if head.bias is not None:
             logits += head.bias
+        self._record_input("head", fq)
         if self.trace is not None:
-            self.trace.inputs["head"] = fq
-            self.trace.outputs["head"] = logits
+            if self.full:
+                self.trace.outputs["head"] = logits
             self.trace.features = features
             self.trace.logits = logits
         return logits
 
 
 def _check_input(qm: QuantizedModel, X: np.ndarray) -> np.ndarray:
-    """Validated float32 ``(n, c, t)`` input, transposed to channels-last ``(n, t, c)``."""
+    """Validated float32 ``(n, c, t)`` input, transposed to channels-last ``(n, t, c)``: a
+    new array (a pass may normalise what it holds in place, never the caller's ``X``)."""
     validate_xy(X, what="edge input")
     if X.shape[1] != qm.n_channels:
         raise QCoreError(f"edge input has {X.shape[1]} channels, the model expects {qm.n_channels}")
-    return np.ascontiguousarray(np.asarray(X, dtype=np.float32).transpose(0, 2, 1))
+    return np.asarray(X, dtype=np.float32).transpose(0, 2, 1).copy()
 
 
 def auto_chunk_size(qm: QuantizedModel, n_timepoints: int) -> int:
@@ -239,6 +286,7 @@ def _to_torch_layout(trace: Trace) -> Trace:
         swap(trace.norm_inputs),
         trace.features,
         trace.logits,
+        trace.reduced,
     )
 
 
@@ -256,6 +304,7 @@ def _merge(traces: list[Trace]) -> Trace:
         cat("norm_inputs"),
         np.concatenate([t.features for t in traces]),
         np.concatenate([t.logits for t in traces]),
+        cat("reduced"),
     )
 
 
@@ -291,6 +340,16 @@ def forward(
     return _to_torch_layout(_merge(traces))
 
 
+def forward_reduced(
+    qm: QuantizedModel, X: np.ndarray, reduce: Reduce, *, chunk_size: int | None = None
+) -> Trace:
+    """A :class:`Trace` holding only the logits, the pooled features and, per layer,
+    ``reduce(name, input)`` computed chunk by chunk: memory grows with what ``reduce``
+    keeps per window (e.g. the flip features' window sums), not with the activations."""
+    _, _, traces = _passes(qm, X, True, chunk_size, reduce)
+    return _merge(traces)
+
+
 def forward_features(
     qm: QuantizedModel, X: np.ndarray, *, chunk_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -301,7 +360,11 @@ def forward_features(
 
 
 def _passes(
-    qm: QuantizedModel, X: np.ndarray, record: bool, chunk_size: int | None
+    qm: QuantizedModel,
+    X: np.ndarray,
+    record: bool,
+    chunk_size: int | None,
+    reduce: Reduce | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[Trace]]:
     """Per chunk of windows: logits, pooled features and (when ``record``) the trace."""
     x = _check_input(qm, X)
@@ -313,15 +376,12 @@ def _passes(
     folded = {name: bn.affine() for name, bn in qm.norms.items()}
 
     def norm(name: str, v: np.ndarray) -> np.ndarray:
-        alpha, beta = folded[name]
-        y = v * alpha
-        y += beta
-        return y
+        return _affine_(v, *folded[name])
 
     logits, features, traces = [], [], []
     for start in range(0, x.shape[0], chunk_size):
         trace = Trace() if record else None
-        runner = _Runner(qm, mats, norm, trace)
+        runner = _Runner(qm, mats, norm, trace, reduce)
         logits.append(runner.run(x[start : start + chunk_size]))
         assert runner.features is not None  # set by every run
         features.append(runner.features)
@@ -345,27 +405,54 @@ def predict(qm: QuantizedModel, X: np.ndarray, batch_size: int = 256) -> np.ndar
     return np.concatenate(labels).astype(np.int64)
 
 
+def channel_moments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and biased variance (float64) of float32 ``flat`` ``(rows, C)``,
+    bit-identical to ``flat.mean(axis=0, dtype=np.float64)`` and ``flat.var(...)``.
+
+    NumPy reduces over axis 0 by adding the rows in order into one accumulator; this does
+    the same a block of rows at a time, so the float64 temporaries are a block's, not the
+    whole array's (the largest allocation of a re-estimation on long windows).
+    """
+    rows = max(1, _MOMENT_BLOCK_BYTES // (8 * flat.shape[1]))
+
+    def column_sums(blocks) -> np.ndarray:
+        acc = np.zeros(flat.shape[1])
+        for block in blocks:
+            acc = np.add.reduce(np.concatenate([acc[None], block]), axis=0)
+        return acc
+
+    starts = range(0, len(flat), rows)
+    mean = column_sums(flat[a : a + rows].astype(np.float64) for a in starts) / len(flat)
+
+    def squares(a: int) -> np.ndarray:
+        d = flat[a : a + rows] - mean
+        d *= d
+        return d
+
+    return mean, column_sums(squares(a) for a in starts) / len(flat)
+
+
 def bn_reestimate(qm: QuantizedModel, X: np.ndarray) -> QuantizedModel:
     """A copy of ``qm`` whose BatchNorm statistics are the batch statistics of ``X``.
 
     A back-prop-free baseline (no weight changes): each BatchNorm's running mean and
     biased variance become the per-channel mean and variance over ``(n, t)`` of its input,
     computed in forward order, so a later BatchNorm sees the earlier ones already
-    re-normalised. Statistics are accumulated in float64 and stored as float32. ``X`` is
-    processed in one pass (memory grows with ``len(X)``; calibration batches are small).
+    re-normalised. Statistics are accumulated in float64 (:func:`channel_moments`) and
+    stored as float32. ``X`` goes through in one pass, so memory grows with its
+    activations ``len(X) x t x channels``; im2col buffers and float64 temporaries are
+    bounded by blocks.
     """
     x = _check_input(qm, X)
     new = qm.copy()
     mats = _prepare(new)
 
     def norm(name: str, v: np.ndarray) -> np.ndarray:
-        flat = v.reshape(-1, v.shape[-1])
-        mean = flat.mean(axis=0, dtype=np.float64)
-        var = flat.var(axis=0, dtype=np.float64)
+        mean, var = channel_moments(v.reshape(-1, v.shape[-1]))
         bn = new.norms[name]
         bn.running_mean = mean.astype(np.float32)
         bn.running_var = var.astype(np.float32)
-        return eval_norm(bn, v)
+        return _affine_(v, *bn.affine())
 
     _Runner(new, mats, norm, None).run(x)
     return new

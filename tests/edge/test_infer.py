@@ -154,3 +154,61 @@ def test_bn_reestimate_agrees_with_cloud_after_loading() -> None:
     ref, edge = torch_logits(model, X), forward(new, X)
     assert np.mean(ref.argmax(1) == edge.argmax(1)) >= 0.995
     assert np.mean(np.abs(ref - edge).max(axis=1) <= 1e-5) >= 0.98
+
+
+# ------------------------------------------------------------------- bounded memory
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5000, 64), (3001, 16)])
+def test_channel_moments_are_numpys_mean_and_variance_bit_for_bit(shape) -> None:
+    from qcore.edge.infer import channel_moments
+
+    flat = (np.random.default_rng(shape[0]).standard_normal(shape) * 3 + 1).astype(np.float32)
+    mean, var = channel_moments(flat)
+    np.testing.assert_array_equal(mean, flat.mean(axis=0, dtype=np.float64))
+    np.testing.assert_array_equal(var, flat.var(axis=0, dtype=np.float64))
+
+
+@pytest.mark.parametrize("config", ["c3-f8-d3", "c1-f8-d3", "c3-f4-d6"])
+def test_block_wise_passes_agree_with_one_block(config: str, monkeypatch) -> None:
+    """im2col built a few windows at a time and moments a few rows at a time give the
+    re-estimated statistics and logits of one block of everything. Moments are exact; a
+    product's rows can differ in the last float32 bit when the BLAS picks another kernel
+    for a smaller block (seen below ~40 windows of this tiny model), and such a bit can
+    move a value across an activation-quantization boundary (a tie, one step of 4 bits
+    in one of 12,800 values): statistics are compared at 1e-3 relative."""
+    import qcore.edge.infer as infer
+
+    _, qm, X = setup(config, 4)
+    whole_bn, whole_logits = bn_reestimate(qm, X), forward(qm, X, chunk_size=len(X))
+    monkeypatch.setattr(infer, "_IM2COL_TARGET_BYTES", 3 * 4 * T * 8 * 39)  # ~3 windows
+    monkeypatch.setattr(infer, "_MOMENT_BLOCK_BYTES", 8 * 32 * 50)  # 50 rows
+    blocks_bn, blocks_logits = bn_reestimate(qm, X), forward(qm, X, chunk_size=len(X))
+    np.testing.assert_allclose(blocks_logits, whole_logits, rtol=1e-5, atol=1e-5)
+    for name, bn in whole_bn.norms.items():
+        new = blocks_bn.norms[name]
+        np.testing.assert_allclose(new.running_mean, bn.running_mean, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(new.running_var, bn.running_var, rtol=1e-3, atol=1e-6)
+
+
+def test_reduced_trace_holds_the_window_sums_of_the_full_trace() -> None:
+    from qcore.edge.flip import sums_reducer, window_sums
+    from qcore.edge.infer import forward_reduced
+
+    _, qm, X = setup("c3-f8-d3", 4)
+    full = forward(qm, X, record=True)
+    reduced = forward_reduced(qm, X, sums_reducer(qm), chunk_size=7)
+    assert set(reduced.reduced) == set(full.inputs) and not reduced.inputs
+    assert not reduced.outputs and not reduced.norm_inputs
+    np.testing.assert_array_equal(reduced.logits, full.logits)
+    for name, x in full.inputs.items():
+        expected = window_sums(x, qm.layers[name].kernel_size)
+        np.testing.assert_array_equal(reduced.reduced[name], expected)
+
+
+def test_a_pass_never_writes_to_the_callers_windows() -> None:
+    _, qm, X = setup("c1-f8-d3", 4)  # one channel: the channels-last view is contiguous
+    before = X.copy()
+    bn_reestimate(qm, X)
+    forward(qm, X)
+    np.testing.assert_array_equal(X, before)

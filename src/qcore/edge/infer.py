@@ -159,8 +159,9 @@ class _Runner:
 
         The im2col buffer is built for at most as many windows as keep it near
         ``_IM2COL_TARGET_BYTES`` at a time, so a long batch (BatchNorm re-estimation on
-        core plus batch) costs its activations, not its im2col; each window's output is
-        the same whatever the windows around it."""
+        core plus batch) costs its activations, not its im2col. A window's output does
+        not depend on the others, but the BLAS may round its product differently for
+        another block size (last float32 bit; none seen at the default model's sizes)."""
         n, t, c = x.shape
         groups: dict[ActParams | None, list[str]] = {}
         for name in names:

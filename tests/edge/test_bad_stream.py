@@ -87,7 +87,7 @@ def _bad_batches(good: list, marker: Path) -> dict[str, tuple[bytes | None, str]
         "channels": (npz(X=X[:, :2], y=y), "2 channels"),
         "length": (npz(X=X[:, :, :20], y=y), "20 time steps"),
         "label-high": (npz(X=X, y=np.full_like(y, 3)), "nor class indices 0..2"),
-        "label-negative": (npz(X=X, y=np.full_like(y, -1)), "nor class indices 0..2"),
+        "label-negative": (npz(X=X, y=np.full_like(y, -2)), "nor class indices 0..2"),
         "label-name": (npz(X=X, y=np.array(["low"] * (len(y) - 1) + ["max"])), "max are"),
         "empty": (npz(X=X[:0], y=y[:0]), "empty"),
         "int-x": (npz(X=X.astype(np.int32), y=y), "floating point"),

@@ -143,7 +143,7 @@ BAD = {
     "channels": lambda X, y: (X[:, :2], y),
     "length": lambda X, y: (X[:, :, :-1], y),
     "label_high": lambda X, y: (X, np.where(np.arange(len(y)) == 0, 3, y)),
-    "label_negative": lambda X, y: (X, -np.ones_like(y)),
+    "label_negative": lambda X, y: (X, np.full_like(y, -2)),
     "empty": lambda X, y: (X[:0], y[:0]),
     "int_X": lambda X, y: (X.astype(np.int32), y),
     "float_y": lambda X, y: (X, y.astype(np.float32)),
@@ -528,14 +528,25 @@ def test_unlabelled_batches_are_predicted_and_change_nothing(parts, tmp_path, ca
 
 
 def test_labels_in_the_form_training_saw_them(parts) -> None:
-    from qcore.edge.device import label_indices
+    from qcore.edge.labels import read_labels
+
+    def read(y, names, allow_new=False):
+        return read_labels(np.array(y), names, allow_new)
 
     names = ("-1", "1")
-    np.testing.assert_array_equal(label_indices(np.array([-1, 1, 1]), names), [0, 1, 1])
-    np.testing.assert_array_equal(label_indices(np.array(["1", "-1"]), names), [1, 0])
-    np.testing.assert_array_equal(label_indices(np.array([0, 1]), ("x", "y")), [0, 1])
+    np.testing.assert_array_equal(read([-1, 1, 1], names)[0], [0, 1, 1])  # "-1" is a class
+    np.testing.assert_array_equal(read(["1", "-1"], names)[0], [1, 0])
+    np.testing.assert_array_equal(read([0, 1], ("x", "y"))[0], [0, 1])
+    np.testing.assert_array_equal(read([0, -1, 1], ("x", "y"))[0], [0, -1, 1])  # unlabelled
+    np.testing.assert_array_equal(read(["y", "", "x"], ("x", "y"))[0], [1, -1, 0])
     with pytest.raises(QCoreError, match="neither class names"):
-        label_indices(np.array([2]), names)
+        read([2], names)
+    with pytest.raises(QCoreError, match="allow_new_classes"):
+        read(["x", "z"], ("x", "y"))
+    labels, new = read(["z", "x", "", "w", "z"], ("x", "y"), allow_new=True)
+    np.testing.assert_array_equal(labels, [2, 0, -1, 3, 2])
+    assert new == ("z", "w")
+    assert read([7, 1], names, allow_new=True)[1] == ("7",)  # names only: 7 is a new name
     # through the device: text labels of the artifact's classes calibrate like indices
     art = make_art(parts)
     X, y = batches(parts, 1)[0]

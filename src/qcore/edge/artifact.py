@@ -114,11 +114,16 @@ class Artifact:
         if (self.normalizer_std <= 0).any():
             raise QCoreError("normalizer std must be positive")
         self.class_names = tuple(self.class_names)
-        if len(self.class_names) != self.model.n_classes or not all(
-            isinstance(n, str) for n in self.class_names
+        k = self.model.n_classes if self.head is None else self.head.n_classes
+        if (
+            len(self.class_names) != k
+            or k < self.model.n_classes
+            or not all(isinstance(n, str) for n in self.class_names)
+            or len(set(self.class_names)) != k
         ):
             raise QCoreError(
-                f"need {self.model.n_classes} class names (strings), got {len(self.class_names)}"
+                f"need {k} distinct class names (strings), the model's {self.model.n_classes} "
+                f"first, got {len(self.class_names)}"
             )
         _check_json_dict(self.config, "artifact config")
         if not isinstance(self.device, DeviceConfig):
@@ -131,8 +136,8 @@ class Artifact:
         _ = self.window_length  # raises when neither the config nor a core defines it
         if self.flipnet is not None:
             self.flipnet = check_flipnet(self.flipnet, self.model)
-        if self.head is not None:
-            want = (self.model.n_classes, 4 * self.model.filters)
+        if self.head is not None:  # the head may know classes the model's head does not
+            want = (len(self.class_names), 4 * self.model.filters)
             if not isinstance(self.head, HeadStats) or self.head.mean.shape != want:
                 raise QCoreError(f"head statistics must be HeadStats for {want} classes x features")
 
@@ -281,8 +286,8 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
         mean, std = decode_normalizer(reader, qm.n_channels)
         net = decode_flipnet(header, reader, qm, source)
         core = decode_core(header, reader, source)
-        head = decode_head(header, reader, qm, source) if version > 1 else None
         names = get_field(header, "class_names", list, source)
+        head = decode_head(header, reader, qm, len(names), source) if version > 1 else None
         step = get_field(header, "step", int, source)
         config = get_field(header, "config", dict, source)
         if version == 1:

@@ -85,7 +85,9 @@ def _open_device(args: argparse.Namespace) -> tuple[Device, bool]:
     art = bind_state(art, hashlib.sha256(shipped).hexdigest(), args.artifact, args.state)
     # the artifact's (or the state's) device settings, with this run's overrides
     config = override_device(art.device, args.set or [])
-    return Device(art, config, deployed=decode_artifact(shipped, str(args.artifact))), resumed
+    deployed = decode_artifact(shipped, str(args.artifact))
+    allow_new = getattr(args, "allow_new_classes", False)
+    return Device(art, config, deployed=deployed, allow_new_classes=allow_new), resumed
 
 
 def _cmd_reset(args: argparse.Namespace) -> None:
@@ -195,6 +197,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     dev.add_argument(
         "--again", action="store_true", help="process batches the state already consumed"
+    )
+    dev.add_argument(
+        "--allow-new-classes",
+        action="store_true",
+        help="a label the device does not know adds a class to the streaming head (labels "
+        "are then read as class names); without it such a batch is refused",
     )
     dev.add_argument(
         "--predictions",

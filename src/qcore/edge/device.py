@@ -41,9 +41,11 @@ import numpy as np
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import Artifact
 from qcore.edge.drift import PageHinkley
+from qcore.edge.head import grow as grow_head
 from qcore.edge.head import logits as head_logits
 from qcore.edge.head import update as update_head
 from qcore.edge.infer import forward, forward_features, predict
+from qcore.edge.labels import read_labels
 from qcore.edge.step import CoreUpdate, calibration_step, moves_backbone, solve_head
 from qcore.errors import QCoreError
 
@@ -85,43 +87,17 @@ def _softmax_max(logits: np.ndarray) -> np.ndarray:
     return p.max(axis=1) / p.sum(axis=1)
 
 
-def label_indices(y: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
-    """Class indices int64 of labels ``y``, given in the form training saw them or as
-    indices.
-
-    Labels whose string forms are all class names are read as names (raw labels such as
-    -1/1 become the classes training named "-1" and "1"); otherwise integer labels must be
-    indices ``0..K-1``. Anything else is an error naming what was expected.
-    """
-    if y.dtype.kind in "US":
-        text = [str(v) for v in y.tolist()]
-    elif np.issubdtype(y.dtype, np.integer):
-        text = [str(int(v)) for v in y.tolist()]
-    else:
-        raise QCoreError(f"batch y must hold integer or text labels, got {y.dtype}")
-    index = {name: k for k, name in enumerate(class_names)}
-    if all(t in index for t in text):
-        return np.array([index[t] for t in text], dtype=np.int64)
-    k = len(class_names)
-    if np.issubdtype(y.dtype, np.integer) and len(y) and 0 <= y.min() and y.max() < k:
-        return y.astype(np.int64)
-    unknown = sorted({t for t in text if t not in index})[:3]
-    raise QCoreError(
-        f"batch labels {', '.join(unknown)} are neither class names ({', '.join(class_names)}) "
-        f"nor class indices 0..{k - 1}"
-    )
-
-
 def _check_deployed(deployed: Artifact, art: Artifact) -> None:
     """The deployed artifact must be the model ``art`` grew from (same shapes, classes)."""
     a, b = deployed.model, art.model
+    known = art.class_names[: len(deployed.class_names)]  # a device may add classes
     same = (a.n_channels, a.n_classes, a.filters, a.depth, a.bits) == (
         b.n_channels,
         b.n_classes,
         b.filters,
         b.depth,
         b.bits,
-    ) and (deployed.class_names, deployed.window_length) == (art.class_names, art.window_length)
+    ) and (deployed.class_names, deployed.window_length) == (known, art.window_length)
     if not same:
         raise QCoreError("the deployed artifact is not the model this state grew from")
     if art.head is not None and deployed.head is None:
@@ -139,7 +115,9 @@ class Device:
     fresh artifact, step 0; a resumed state without it runs unguarded). ``drift``:
     detector for the ``drift`` policy (default: the one saved in the artifact's runtime
     state, else :class:`PageHinkley` defaults). ``update``: how the core follows the
-    stream (default: QCore's update from ``config``).
+    stream (default: QCore's update from ``config``). ``allow_new_classes``: a labelled
+    window of a class the device does not know adds that class to the streaming head
+    (labels are then read as names, :mod:`qcore.edge.labels`); otherwise it is an error.
     """
 
     def __init__(
@@ -150,6 +128,7 @@ class Device:
         deployed: Artifact | None = None,
         drift: PageHinkley | None = None,
         update: CoreUpdate | None = None,
+        allow_new_classes: bool = False,
     ) -> None:
         config = art.device if config is None else config
         if not isinstance(config, DeviceConfig):
@@ -165,6 +144,7 @@ class Device:
         if config.head == "slda" and art.head is None:
             raise QCoreError("the artifact has no streaming head statistics: set head=model")
         self.config, self.policy, self.update = config, config.schedule, update
+        self.allow_new_classes = allow_new_classes
         self.head = None if config.head == "model" else solve_head(art.head, config)
         if deployed is None and art.step == 0:
             deployed = art
@@ -185,12 +165,15 @@ class Device:
 
     # -------------------------------------------------------------------- validation
 
-    def validate(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(X float32 (n, c, t), y int64 (n,) or None)`` or raise :class:`QCoreError`.
+    def validate(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+        """``(X float32 (n, c, t), y int64 (n,) or None, new class names)`` or raise
+        :class:`QCoreError`.
 
         ``y`` may be class indices or labels in the form training saw (the artifact's
-        class names, or raw values whose string form is a class name), see
-        :func:`label_indices`; ``None`` for a batch without labels.
+        class names, or raw values whose string form is a class name), with ``-1`` (or
+        ``""``) for a window without a label, see :func:`qcore.edge.labels.read_labels`;
+        ``None`` for a batch without labels. New class names only with
+        ``allow_new_classes`` and a streaming head.
         """
         art = self.art
         c, t = art.model.n_channels, art.window_length
@@ -209,12 +192,17 @@ class Device:
         if not np.isfinite(X).all():
             raise QCoreError("batch X contains NaN or infinite values")
         if y is None:
-            return X.astype(np.float32, copy=False), None
+            return X.astype(np.float32, copy=False), None, ()
         if y.ndim != 1:
             raise QCoreError(f"batch y must be 1-D labels, got rank {y.ndim}")
         if len(y) != len(X):
             raise QCoreError(f"batch has {len(X)} windows but {len(y)} labels")
-        return X.astype(np.float32, copy=False), label_indices(y, art.class_names)
+        labels, new = read_labels(y, art.class_names, self.allow_new_classes)
+        if new and self.head is None:
+            raise QCoreError(
+                f"label {new[0]!r} is a new class: only the streaming head (head=slda) can add one"
+            )
+        return X.astype(np.float32, copy=False), labels, new
 
     # -------------------------------------------------------------------------- step
 
@@ -293,8 +281,9 @@ class Device:
             MOVED_KEY: False,
             RESETS_KEY: int(art.runtime.get(RESETS_KEY, 0)) + 1,
         }
-        self.art = replace(art, model=dep.model, core=dep.core, head=dep.head, runtime=runtime)
-        self.head = self.deployed_head
+        stats = None if dep.head is None else grow_head(dep.head, len(art.class_names))
+        self.art = replace(art, model=dep.model, core=dep.core, head=stats, runtime=runtime)
+        self.head = None if stats is None else solve_head(stats, self.config)
 
     def normalize(self, X: np.ndarray) -> np.ndarray:
         """Raw sensor windows -> the model's input (the artifact's normaliser)."""
@@ -315,11 +304,14 @@ class Device:
 
         ``X``: float ``(n, n_channels, window_length)``, raw sensor windows (or, with
         ``normalized=True``, already normalised as the cloud normalised its data);
-        ``y``: labels ``(n,)`` (see :meth:`validate`), or None: the batch is only
-        predicted (and feeds the drift detector). ``batch_id``: recorded in the runtime
+        ``y``: labels ``(n,)`` (see :meth:`validate`; ``-1`` marks a window without a
+        label), or None: the batch is only predicted (and feeds the drift detector); only
+        its labelled windows are calibrated on and measured. ``batch_id``: recorded in the runtime
         state as consumed (see :meth:`consumed`). Report keys: ``step`` (batches processed
-        so far), ``n``, ``labelled``, ``predicted`` (class indices) and ``confidences``
-        (max-softmax per window), ``accuracy`` (before calibration; None without labels),
+        so far), ``n``, ``labelled`` (any window labelled), ``n_labelled``,
+        ``predicted`` (class indices) and ``confidences`` (max-softmax per window),
+        ``accuracy`` (on the labelled windows, before calibration; None without labels),
+        ``new_classes`` (names this step added),
         ``confidence`` (the batch mean), ``latency_ms``
         (inference per window), ``calibrated``, ``drift``, ``rolled_back``, ``calib_ms``,
         ``flips``, ``passes_rejected``, ``core_acc_before``/``core_acc_after``/
@@ -329,7 +321,7 @@ class Device:
         returned to the deployed model before this batch's calibration) and
         ``reset_reason``, ``rss_bytes``, ``peak_rss_bytes``.
         """
-        X, labels = self.validate(X, y)
+        X, labels, new = self.validate(X, y)
         art = self.art
         Xn = X if normalized else self.normalize(X)
         t0 = time.perf_counter()
@@ -341,14 +333,20 @@ class Device:
         new_step = art.step + 1
         detector = copy.deepcopy(self.detector)  # committed only if the step succeeds
         due, fired = self._due(new_step, detector, confidence)
-        calibrate = due and labels is not None
+        pred = logits.argmax(1)
+        mask = None if labels is None or not (labels >= 0).any() else labels >= 0
+        calibrate = due and mask is not None
         report: dict[str, Any] = {
             "step": new_step,
             "n": int(len(X)),
-            "labelled": labels is not None,
-            "predicted": logits.argmax(1).tolist(),
+            "labelled": mask is not None,
+            "n_labelled": 0 if mask is None else int(mask.sum()),
+            "predicted": pred.tolist(),
             "confidences": [round(float(p), 4) for p in probs],
-            "accuracy": None if labels is None else float((logits.argmax(1) == labels).mean()),
+            "accuracy": None
+            if mask is None or labels is None
+            else float((pred[mask] == labels[mask]).mean()),
+            "new_classes": [],
             "confidence": confidence,
             "latency_ms": latency_ms,
             "calibrated": calibrate,
@@ -366,36 +364,45 @@ class Device:
             "reset_reason": None,
         }
         model, core, stats, head = art.model, art.core, art.head, self.head
-        runtime = art.runtime
+        names, runtime = art.class_names, art.runtime
         moved = bool(runtime.get(MOVED_KEY, art.step > 0))
-        if labels is not None and self.deployed is not None and self.config.reset_window > 0:
-            right = int((logits.argmax(1) == labels).sum())
-            mark = [right, self._deployed_right(Xn, labels, model_logits, features, moved)]
-            recent = [*runtime.get(RECENT_KEY, []), [*mark, len(labels)]]
+        if mask is not None and self.deployed is not None and self.config.reset_window > 0:
+            assert labels is not None
+            yl, fl = labels[mask], None if features is None else features[mask]
+            right = int((pred[mask] == yl).sum())
+            mark = [right, self._deployed_right(Xn[mask], yl, model_logits[mask], fl, moved)]
+            recent = [*runtime.get(RECENT_KEY, []), [*mark, len(yl)]]
             recent = recent[-self.config.reset_window :]
             reason = self._reset_reason(recent)
             if reason is not None:
                 dep = self.deployed
-                model, core, stats, head = dep.model, dep.core, dep.head, self.deployed_head
+                model, core = dep.model, dep.core
+                stats = None if dep.head is None else grow_head(dep.head, len(names))
+                head = None if head is None or stats is None else solve_head(stats, self.config)
                 model_logits = features = None
                 moved, recent = False, []
                 runtime = {**runtime, RESETS_KEY: int(runtime.get(RESETS_KEY, 0)) + 1}
                 report.update(reset=True, reset_reason=reason)
             runtime = {**runtime, RECENT_KEY: recent}
         if calibrate:
-            assert labels is not None
-            y = labels
+            assert labels is not None and mask is not None
+            y, Xl = labels[mask], Xn[mask]
             t1 = time.perf_counter()
-            if moves_backbone(self.config) or core is not None:
+            if new:  # validated: there is a streaming head
+                assert stats is not None
+                names, stats = names + new, grow_head(stats, len(names) + len(new))
+                report["new_classes"] = list(new)
+            old = y < model.n_classes  # the backbone calibrates on the model's own classes
+            if (moves_backbone(self.config) or core is not None) and old.any():
                 if model_logits is None:
                     model_logits, features = forward_features(model, Xn)
-                model_correct = model_logits.argmax(1) == y
+                model_correct = model_logits[mask][old].argmax(1) == y[old]
                 res = calibration_step(
                     model,
                     core,
                     art.flipnet,
-                    Xn,
-                    y,
+                    Xl[old],
+                    y[old],
                     model_correct,
                     new_step,
                     self.config,
@@ -407,7 +414,7 @@ class Device:
             if stats is not None and head is not None:
                 if model is not art.model or features is None:  # the backbone moved
                     features = forward_features(model, Xn)[1]
-                stats = update_head(stats, features, y)
+                stats = update_head(stats, features[mask], y)
                 head = solve_head(stats, self.config)
                 report.update(head_samples=int(len(y)), head_solved=True)
             report["calib_ms"] = (time.perf_counter() - t1) * 1e3
@@ -417,7 +424,15 @@ class Device:
         if batch_id is not None:
             runtime = {**runtime, CONSUMED_KEY: [*runtime.get(CONSUMED_KEY, []), batch_id]}
         self.art, self.detector, self.head = (
-            replace(art, model=model, core=core, runtime=runtime, step=new_step, head=stats),
+            replace(
+                art,
+                model=model,
+                core=core,
+                runtime=runtime,
+                step=new_step,
+                head=stats,
+                class_names=names,
+            ),
             detector,
             head,
         )

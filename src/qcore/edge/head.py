@@ -74,6 +74,21 @@ def empty_stats(n_classes: int, n_features: int) -> HeadStats:
     )
 
 
+def grow(stats: HeadStats, n_classes: int) -> HeadStats:
+    """``stats`` with classes added (no samples yet) up to ``n_classes`` in all."""
+    extra = n_classes - stats.n_classes
+    if extra < 0:
+        raise QCoreError(f"cannot shrink the head from {stats.n_classes} to {n_classes} classes")
+    if extra == 0:
+        return stats
+    d = stats.n_features
+    return HeadStats(
+        np.concatenate([stats.count, np.zeros(extra, np.float32)]),
+        np.concatenate([stats.mean, np.zeros((extra, d), np.float32)]),
+        stats.scatter,
+    )
+
+
 def batch_stats(features: np.ndarray, y: np.ndarray, n_classes: int) -> HeadStats:
     """The statistics of ``features`` float ``(n, D)`` with labels ``y`` in one computation."""
     count, mean, scatter = _moments(features, y, n_classes)

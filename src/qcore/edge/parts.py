@@ -347,12 +347,17 @@ def encode_head(w: Writer, head: HeadStats | None) -> dict[str, Any]:
     return {"head": head is not None}
 
 
-def decode_head(header: Any, r: Reader, qm: QuantizedModel, source: str) -> HeadStats | None:
-    """The statistics :func:`encode_head` stored for ``qm``'s classes and features (a
-    header without the field has no head)."""
+def decode_head(
+    header: Any, r: Reader, qm: QuantizedModel, n_classes: int, source: str
+) -> HeadStats | None:
+    """The statistics :func:`encode_head` stored for ``n_classes`` classes (the model's
+    and any a device added) and ``qm``'s features (a header without the field has no
+    head)."""
     if "head" not in header or not get_field(header, "head", bool, source):
         return None
-    k, d = qm.n_classes, 4 * qm.filters
+    if n_classes < qm.n_classes:
+        raise corrupt(source, f"{n_classes} class names for a {qm.n_classes}-class model")
+    k, d = n_classes, 4 * qm.filters
     return HeadStats(
         r.take("head/count", "float32", (k,)),
         r.take("head/mean", "float32", (k, d)),

@@ -1,0 +1,119 @@
+"""Few labels and new classes on the device: partially labelled batches, unlabelled
+streams, and a class the cloud never saw added by the streaming head."""
+
+from __future__ import annotations
+
+import json
+
+import edge_kit as B
+import numpy as np
+import pytest
+import torch
+
+from qcore.cloud import pipeline
+from qcore.cloud.model import InceptionTime
+from qcore.cloud.train import train_float
+from qcore.edge.artifact import encode_artifact, save_artifact
+from qcore.edge.cli import main
+from qcore.edge.device import Device
+from qcore.edge.state import load_state, save_state
+from qcore.errors import QCoreError
+
+NEW = 2  # the class held out of the cloud
+
+
+@pytest.fixture(scope="module")
+def two_class_artifact(tiny_xy):
+    """An slda artifact of a model trained on classes 0 and 1 only ("low", "mid"), and
+    the tiny data with all three classes (class 2, "high", is the new one)."""
+    X, y = tiny_xy
+    seen = y != NEW
+    torch.manual_seed(0)
+    model = InceptionTime(3, 2, filters=4, depth=3)
+    train_float(model, X[seen], y[seen], epochs=5, lr=0.01, batch_size=16, seed=0)
+    cfg = B.kit_config()
+    qmodel = pipeline.quantize(model, 4, X[seen], cfg)
+    device = cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+    art = pipeline.device_artifact(
+        qmodel, None, None, B.Norm(), ("low", "mid"), cfg, device, (X[seen], y[seen]), X.shape[2]
+    )
+    return art, X, y
+
+
+def _names(y: np.ndarray) -> np.ndarray:
+    return np.array(["low", "mid", "high"])[y]
+
+
+def test_partly_labelled_batches_learn_from_their_labelled_windows(two_class_artifact):
+    art, X, y = two_class_artifact
+    seen = y != NEW
+    Xr, ys = B.raw(X[seen]), y[seen]
+    part = ys.copy()
+    part[::2] = -1  # every other window arrives without its label
+    dev, ref = Device(art), Device(art)
+    report = dev.step(Xr, part)
+    ref.step(Xr[1::2], ys[1::2])  # the same labelled windows alone
+    assert report["labelled"] and report["n_labelled"] == len(ys) // 2
+    pred = np.array(report["predicted"])
+    assert report["accuracy"] == float(np.mean(pred[1::2] == ys[1::2]))
+    assert report["head_samples"] == len(ys) // 2
+    np.testing.assert_array_equal(dev.art.head.count, ref.art.head.count)
+    np.testing.assert_allclose(dev.art.head.mean, ref.art.head.mean, rtol=1e-6, atol=1e-6)
+
+
+def test_an_unlabelled_stream_changes_nothing_the_guards_judge(two_class_artifact):
+    art, X, y = two_class_artifact
+    dev = Device(art, art.device.replace(reset_window=1, reset_margin=0.0))
+    for Xb, yb in B.stream_batches(X, y, 4):
+        for labels in (None, np.full_like(yb, -1)):
+            report = dev.step(Xb, labels)
+            assert not report["labelled"] and not report["calibrated"]
+            assert report["accuracy"] is None and not report["reset"]
+    assert dev.art.step == 8
+    for a, b in ((dev.art.head, art.head), (dev.art.model, art.model)):
+        assert a is b  # the very objects the device started from
+    assert "recent" not in dev.art.runtime  # nothing for the user guard to judge
+
+
+def test_a_held_out_class_is_added_on_the_device_and_then_predicted(two_class_artifact, tmp_path):
+    art, X, y = two_class_artifact
+    new_X, new_y = X[y == NEW], y[y == NEW]
+    with pytest.raises(QCoreError, match="allow_new_classes"):
+        Device(art).step(B.raw(new_X[:5]), _names(new_y[:5]))
+    dev = Device(art, allow_new_classes=True)
+    before = dev.predict(B.raw(new_X))
+    assert (before == NEW).sum() == 0  # the deployed head cannot say "high"
+    report = dev.step(B.raw(new_X[:5]), _names(new_y[:5]))  # 5 labelled windows of it
+    assert report["new_classes"] == ["high"] and dev.art.class_names == ("low", "mid", "high")
+    held = B.raw(new_X[5:])
+    recall = float(np.mean(dev.predict(held) == NEW))
+    old = y != NEW
+    old_acc = float(np.mean(dev.predict(B.raw(X[old])) == y[old]))
+    assert recall >= 0.8 and old_acc >= 0.9, (recall, old_acc)
+    # the grown state is a state like any other: saved, reloaded, resumed
+    save_state(tmp_path / "s.qcore", dev.art)
+    again = Device(load_state(tmp_path / "s.qcore"), deployed=art, allow_new_classes=True)
+    assert again.art.class_names == dev.art.class_names
+    np.testing.assert_array_equal(again.predict(held), dev.predict(held))
+    assert encode_artifact(again.art) == encode_artifact(dev.art)
+    again.step(B.raw(new_X[:3]), _names(new_y[:3]))  # known now: nothing new
+    assert again.art.class_names == ("low", "mid", "high")
+    again.reset()  # back to the deployed statistics; the class stays known, unseen
+    assert again.art.class_names == ("low", "mid", "high")
+    assert again.art.head.count[NEW] == 0
+
+
+def test_device_command_adds_a_class_only_when_allowed(two_class_artifact, tmp_path, capsys):
+    art, X, y = two_class_artifact
+    art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
+    save_artifact(art_path, art)
+    stream.mkdir()
+    pick = np.flatnonzero(y == NEW)[:4]
+    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=_names(y[pick])))
+    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    assert main(run) == 2  # every batch refused
+    assert "allow_new_classes" in json.loads(capsys.readouterr().out)["error"]
+    assert main([*run, "--allow-new-classes"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["new_classes"] == ["high"]
+    assert load_state(state).class_names == ("low", "mid", "high")

@@ -51,7 +51,7 @@ class DeviceCalibrator:
         t0 = time.perf_counter()
         rep = self.device.step(batch.X, batch.y, normalized=True)
         seconds = time.perf_counter() - t0
-        keys = ("flips", "passes_rejected", "rolled_back", "calibrated", "head_samples")
+        keys = ("flips", "passes_rejected", "rolled_back", "calibrated", "head_samples", "reset")
         extra = {k: rep[k] for k in keys}
         return StepReport(rep["accuracy"], seconds, extra)
 

@@ -42,6 +42,8 @@ ADDED_SETTINGS: dict[str, object] = {
     "head_bits": None,
     "reset_window": 0,
     "reset_margin": ANY,
+    "label_fraction": 1.0,
+    "pseudo_threshold": None,
 }
 _NO_VALUE = object()
 
@@ -167,6 +169,11 @@ class DeviceConfig(Settings):
     reset_margin: float = setting(
         0.02, "reset only when the device's accuracy over that window is lower by more"
     )
+    pseudo_threshold: float | None = setting(
+        None,
+        "slda head: a window without a label whose confidence reaches this is added to the "
+        "statistics as its predicted class (none: unlabelled windows are only predicted)",
+    )
     policy: str = setting("every", "when to calibrate: every, every:N or drift")
     seed: int = setting(0, "seed of the core updates (with the step number)")
 
@@ -196,6 +203,10 @@ class DeviceConfig(Settings):
             raise QCoreError(f"setting reset_window must be >= 0, got {self.reset_window}")
         if not 0.0 <= self.reset_margin <= 1.0:
             raise QCoreError(f"setting reset_margin must lie in [0, 1], got {self.reset_margin}")
+        if self.pseudo_threshold is not None and not 0.0 < self.pseudo_threshold <= 1.0:
+            raise QCoreError(
+                f"setting pseudo_threshold must lie in (0, 1], got {self.pseudo_threshold}"
+            )
         parse_policy(self.policy)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise QCoreError(f"setting seed must be an integer, got {self.seed!r}")
@@ -220,6 +231,11 @@ class RunConfig(Settings):
     target: int = setting(4, "target domain streamed to the device")
     n_batches: int = setting(10, "stream batches cut from the target training part")
     test_fraction: float = setting(0.2, "share of each domain held out for testing")
+    label_fraction: float = setting(
+        1.0,
+        "share of each stream batch's windows that reach the device with their label "
+        "(seeded); the others arrive without one (accuracy is measured on all)",
+    )
     # the small reference InceptionTime (57,030 parameters for 6 channels, 6 classes) keeps
     # the default run to minutes on 2 cores; configs/paper.toml has the paper's 32 x 6
     filters: int = setting(16, "InceptionTime filters per branch")
@@ -255,6 +271,7 @@ class RunConfig(Settings):
     guard_margin: float = _DEVICE.guard_margin
     reset_window: int = _DEVICE.reset_window
     reset_margin: float = _DEVICE.reset_margin
+    pseudo_threshold: float | None = _DEVICE.pseudo_threshold
     policy: str = _DEVICE.policy
     seed: int = setting(0, "seed of every random choice (cloud and device)")
     threads: int = setting(2, "torch and BLAS threads")
@@ -278,6 +295,10 @@ class RunConfig(Settings):
             raise QCoreError(
                 f"setting core_size must be a count >= 1 or a fraction in (0, 1), "
                 f"got {self.core_size}"
+            )
+        if not 0.0 <= self.label_fraction <= 1.0:
+            raise QCoreError(
+                f"setting label_fraction must lie in [0, 1], got {self.label_fraction}"
             )
         if not 0.0 < self.test_fraction < 1.0:
             raise QCoreError(f"setting test_fraction must be in (0, 1), got {self.test_fraction}")

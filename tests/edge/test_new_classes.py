@@ -117,3 +117,21 @@ def test_device_command_adds_a_class_only_when_allowed(two_class_artifact, tmp_p
     line = json.loads(capsys.readouterr().out)
     assert line["new_classes"] == ["high"]
     assert load_state(state).class_names == ("low", "mid", "high")
+
+
+def test_confident_windows_without_labels_feed_the_head_as_their_prediction(
+    two_class_artifact,
+):
+    art, X, y = two_class_artifact
+    Xr = B.raw(X[y != NEW])
+    tau = 0.6
+    dev = Device(art, art.device.replace(pseudo_threshold=tau))
+    report = dev.step(Xr, np.full(len(Xr), -1))
+    pred, conf = np.array(report["predicted"]), np.array(report["confidences"])
+    chosen = conf >= tau
+    assert 0 < report["pseudo_labels"] == int(chosen.sum()) and report["head_samples"] == 0
+    grown = dev.art.head.count - art.head.count
+    np.testing.assert_array_equal(grown, np.bincount(pred[chosen], minlength=2))
+    ignored = Device(art)  # default: windows without a label are only predicted
+    assert ignored.step(Xr, np.full(len(Xr), -1))["pseudo_labels"] == 0
+    assert ignored.art.head is art.head

@@ -230,3 +230,30 @@ def test_progress_says_what_runs(tmp_path, capsys):
     run(cfg, tmp_path, progress=True)
     err = capsys.readouterr().err
     assert "flip network: teacher rounds" in err and "qcore, 4 bits" in err
+
+
+def test_few_labels_reach_the_methods_and_accuracy_counts_every_window(tmp_path):
+    """label_fraction: a seeded share of each batch keeps its labels; a method that takes
+    -1 labels gets them (the slda device adds only the labelled windows to its head), one
+    that does not gets the labelled windows alone; task accuracy is on every window."""
+    from qcore.data.scenario import label_mask
+
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda,finetune", label_fraction=0.25)
+    res = run(cfg, tmp_path / "few")
+    rows = {r["method"]: r for r in res["results"] if "steps" in r}
+    n = res["scenario"]["batch_size"]
+    want = [int(label_mask(n, 0.25, cfg.seed, s).sum()) for s in range(1, cfg.n_batches + 1)]
+    assert want[0] == round(0.25 * n) and 0 < want[0] < n
+    for row in rows.values():
+        assert [s["labelled"] for s in row["steps"]] == want
+    assert [s["head_samples"] for s in rows["slda"]["steps"]] == want
+    full = run(cfg.replace(label_fraction=1.0), tmp_path / "full")
+    none_full = next(r for r in full["results"] if r["method"] == "none")
+    # the deployed model never changes: the same accuracies whatever reaches the device
+    assert [s["task_acc"] for s in rows["none"]["steps"]] == [
+        s["task_acc"] for s in none_full["steps"]
+    ]
+    blind = run(cfg.replace(label_fraction=0.0, method="slda,finetune"), tmp_path / "none")
+    for row in (r for r in blind["results"] if "steps" in r):
+        assert all(s["labelled"] == 0 for s in row["steps"])
+        assert row["target_acc"] == row["steps"][0]["target_acc"]  # nothing moved

@@ -34,7 +34,7 @@ class BNStats(Baseline):
         return self.qm.device_bytes()["total"]
 
 
-@register("bn-stats")
+@register("bn-stats", unlabelled=True)
 def _bn_stats(dep: Deployment) -> BNStats:
     from qcore.cloud.export import to_qmodel  # cloud side: the hand-over only
 

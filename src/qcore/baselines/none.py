@@ -31,7 +31,7 @@ class NoCalibration:
         return self.qm.device_bytes()["total"]
 
 
-@register("none")
+@register("none", unlabelled=True)
 def _none(dep: Deployment) -> NoCalibration:
     from qcore.cloud.export import to_qmodel  # cloud side: the hand-over only
 

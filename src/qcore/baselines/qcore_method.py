@@ -48,8 +48,12 @@ class DeviceCalibrator:
         return self.device.predict(X, normalized=True)
 
     def observe(self, batch: Batch) -> StepReport:
+        """One device step on ``batch`` (class indices, -1 for a window without a label),
+        handed over by class name, as a user would, so that raw labels such as -1/1
+        (class names "-1" and "1") are never mistaken for indices."""
+        names = np.array([*self.device.art.class_names, ""])  # index -1 -> "": no label
         t0 = time.perf_counter()
-        rep = self.device.step(batch.X, batch.y, normalized=True)
+        rep = self.device.step(batch.X, names[batch.y], normalized=True)
         seconds = time.perf_counter() - t0
         keys = ("flips", "passes_rejected", "rolled_back", "calibrated", "head_samples", "reset")
         extra = {k: rep[k] for k in keys}
@@ -109,7 +113,7 @@ def device_calibrator(
     return DeviceCalibrator(art, update)
 
 
-@register("qcore", uses_qcore=True)
+@register("qcore", uses_qcore=True, unlabelled=True)
 def _qcore(dep: Deployment) -> DeviceCalibrator:
     """The paper's recipe: the core, guarded flip passes, BatchNorm, the deployed head."""
     return device_calibrator(dep, dep.core, dep.cfg.device_config().replace(head="model"))

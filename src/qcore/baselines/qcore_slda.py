@@ -29,7 +29,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
 def _head_with(name: str) -> None:
     changes = ABLATIONS[name]
 
-    @register(name, uses_qcore=True)
+    @register(name, uses_qcore=True, unlabelled=True)
     def _factory(dep: Deployment) -> DeviceCalibrator:
         device = dep.cfg.device_config().replace(head="slda", **changes)
         return device_calibrator(dep, dep.core, device)

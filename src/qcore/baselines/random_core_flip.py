@@ -39,7 +39,7 @@ class ReservoirUpdate:
         return Core(Xc, yc, np.zeros(len(yc), dtype=np.int64), origin)
 
 
-@register("random-core-flip")
+@register("random-core-flip", unlabelled=True)
 def _random_core_flip(dep: Deployment) -> DeviceCalibrator:
     c = dep.cfg
     rng = np.random.default_rng(c.seed)

@@ -21,14 +21,17 @@ Factory = Callable[["Deployment"], Any]
 METHODS: dict[str, Factory] = {}
 USES_QCORE: set[str] = set()  # methods that need the core chosen from training dynamics
 BACKPROP: set[str] = set()  # methods that back-propagate on the device
+UNLABELLED: set[str] = set()  # methods that take batches whose unlabelled windows are -1
 
 
 def register(
-    name: str, *, uses_qcore: bool = False, backprop: bool = False
+    name: str, *, uses_qcore: bool = False, backprop: bool = False, unlabelled: bool = False
 ) -> Callable[[Factory], Factory]:
     """Register ``factory`` as method ``name``; ``uses_qcore``: it starts from the QCore
     (so the cloud must record training dynamics for it); ``backprop``: it back-propagates
-    on the device (the plots draw these methods apart from the back-prop-free ones)."""
+    on the device (the plots draw these methods apart from the back-prop-free ones);
+    ``unlabelled``: its ``observe`` takes a batch whose windows without a label are -1
+    (the others get the labelled windows only, and no call for a batch without any)."""
 
     def deco(factory: Factory) -> Factory:
         if name in METHODS:
@@ -38,6 +41,8 @@ def register(
             USES_QCORE.add(name)
         if backprop:
             BACKPROP.add(name)
+        if unlabelled:
+            UNLABELLED.add(name)
         return factory
 
     return deco

@@ -13,7 +13,7 @@ from qcore.baselines.qcore_method import DeviceCalibrator, device_calibrator
 from qcore.baselines.registry import Deployment, register
 
 
-@register("slda")
+@register("slda", unlabelled=True)
 def _slda(dep: Deployment) -> DeviceCalibrator:
     device = dep.cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
     return device_calibrator(dep, None, device)

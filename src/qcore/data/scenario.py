@@ -185,3 +185,17 @@ def make_scenario(
         n_classes=ds.n_classes,
         class_names=ds.class_names,
     )
+
+
+LABEL_STREAM = 0x1ABE1  # third seed word of the label masks, apart from the device's draws
+
+
+def label_mask(n: int, fraction: float, seed: int, step: int) -> np.ndarray:
+    """Which of a stream batch's ``n`` windows reach the device with their label: bool
+    ``(n,)`` with ``round(fraction * n)`` True, drawn by a generator seeded by
+    ``(seed, step, LABEL_STREAM)`` (``step`` 1-based), so every method of a run sees the
+    same labels."""
+    k = int(round(fraction * n))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng([seed, step, LABEL_STREAM]).permutation(n)[:k]] = True
+    return mask

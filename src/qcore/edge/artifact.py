@@ -118,11 +118,11 @@ class Artifact:
         if (
             len(self.class_names) != k
             or k < self.model.n_classes
-            or not all(isinstance(n, str) for n in self.class_names)
+            or not all(isinstance(n, str) and n for n in self.class_names)
             or len(set(self.class_names)) != k
         ):
             raise QCoreError(
-                f"need {k} distinct class names (strings), the model's {self.model.n_classes} "
+                f"need {k} distinct, non-empty class names, the model's {self.model.n_classes} "
                 f"first, got {len(self.class_names)}"
             )
         _check_json_dict(self.config, "artifact config")

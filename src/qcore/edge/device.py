@@ -255,6 +255,17 @@ class Device:
             scores = head_logits(*self.deployed_head, features)
         return int((scores.argmax(1) == labels).sum())
 
+    def _pseudo_labelled(self, labels: np.ndarray | None, probs: np.ndarray) -> np.ndarray | None:
+        """Windows without a label confident enough to feed the streaming head as their
+        predicted class (``pseudo_threshold``), or None when there are none."""
+        tau = self.config.pseudo_threshold
+        if tau is None or self.head is None:
+            return None
+        chosen = probs >= tau
+        if labels is not None:
+            chosen &= labels < 0
+        return chosen if chosen.any() else None
+
     def _reset_reason(self, recent: list[list[int]]) -> str | None:
         """Why the device must return to the deployed model, or None: a full window of
         recent labelled batches on which it was less accurate by more than the margin."""
@@ -335,7 +346,8 @@ class Device:
         due, fired = self._due(new_step, detector, confidence)
         pred = logits.argmax(1)
         mask = None if labels is None or not (labels >= 0).any() else labels >= 0
-        calibrate = due and mask is not None
+        pseudo = self._pseudo_labelled(labels, probs) if due else None
+        calibrate = due and (mask is not None or pseudo is not None)
         report: dict[str, Any] = {
             "step": new_step,
             "n": int(len(X)),
@@ -359,6 +371,7 @@ class Device:
             "core_acc_after": None,
             "batch_acc_after": None,
             "head_samples": 0,
+            "pseudo_labels": 0,
             "head_solved": False,
             "reset": False,
             "reset_reason": None,
@@ -384,7 +397,14 @@ class Device:
                 runtime = {**runtime, RESETS_KEY: int(runtime.get(RESETS_KEY, 0)) + 1}
                 report.update(reset=True, reset_reason=reason)
             runtime = {**runtime, RECENT_KEY: recent}
-        if calibrate:
+        if calibrate and mask is None:  # confident predictions alone feed the head
+            assert pseudo is not None and stats is not None and features is not None
+            t1 = time.perf_counter()
+            stats = update_head(stats, features[pseudo], pred[pseudo])
+            head = solve_head(stats, self.config)
+            report.update(pseudo_labels=int(pseudo.sum()), head_solved=True)
+            report["calib_ms"] = (time.perf_counter() - t1) * 1e3
+        elif calibrate:
             assert labels is not None and mask is not None
             y, Xl = labels[mask], Xn[mask]
             t1 = time.perf_counter()
@@ -414,9 +434,15 @@ class Device:
             if stats is not None and head is not None:
                 if model is not art.model or features is None:  # the backbone moved
                     features = forward_features(model, Xn)[1]
-                stats = update_head(stats, features[mask], y)
+                if pseudo is not None:  # plus the confident windows without a label
+                    chosen = mask | pseudo
+                    y = np.where(mask, labels, pred)[chosen]
+                    report["pseudo_labels"] = int(pseudo.sum())
+                else:
+                    chosen = mask
+                stats = update_head(stats, features[chosen], y)
                 head = solve_head(stats, self.config)
-                report.update(head_samples=int(len(y)), head_solved=True)
+                report.update(head_samples=int(mask.sum()), head_solved=True)
             report["calib_ms"] = (time.perf_counter() - t1) * 1e3
         runtime = {**runtime, MOVED_KEY: moved}
         if self.policy.kind == "drift":

@@ -19,7 +19,10 @@ Presets:
 * ``wide``: one source, every other subject: HAPT 1 -> each of the other 29 subjects and
   USC-HAD 1 -> each of the other 13 when its files are found, 4 bits, seed 0, methods
   ``none,bn-stats,qcore,backprop,slda``. The cells of one source share one trained float
-  model; its report adds the distribution over pairs (``pairs.md``, ``pairs.png``).
+  model; its report adds the distribution over pairs (``pairs.md``, ``pairs.png``);
+* ``labels``: few labels: the test pairs of ``method`` at 2/4/8 bits, seeds 0/1/2, each
+  with label fractions 1, 0.25, 0.1, 0.05 and 0 (``label_fractions=...`` changes them),
+  methods ``none,bn-stats,backprop,slda``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from pathlib import Path
 from qcore.config import RunConfig, parse_overrides
 from qcore.errors import QCoreError
 
-PRESETS = ("quick", "full", "method", "wide")
+PRESETS = ("quick", "full", "method", "wide", "labels")
 # set per cell by the grid: a --set for them would be silently overwritten
 _GRID_OWNED = ("dataset", "source", "target", "seed")
 _USCHAD_PAIR = ("usc-had", 1, 11)
 WIDE_METHODS = "none,bn-stats,qcore,backprop,slda"
+LABELS_METHODS = "none,bn-stats,backprop,slda"
+LABEL_FRACTIONS = (1.0, 0.25, 0.1, 0.05, 0.0)
 _SUBJECTS = {"hapt": 30, "usc-had": 14}
 
 Pair = tuple[str, int, int]
@@ -42,26 +47,35 @@ Pair = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class Grid:
-    """Settings shared by every cell (``base``), the domain pairs and the seeds."""
+    """Settings shared by every cell (``base``), the domain pairs, the seeds and the
+    label fractions (default: the base's alone)."""
 
     base: RunConfig
     pairs: tuple[Pair, ...]
     seeds: tuple[int, ...]
+    label_fractions: tuple[float, ...] = ()
 
     def cells(self) -> list[RunConfig]:
-        """One validated config per (pair, seed, bit-width), in that nesting order."""
+        """One validated config per (pair, seed, bit-width, label fraction), in that
+        nesting order."""
+        fractions = self.label_fractions or (self.base.label_fraction,)
         return [
-            self.base.replace(dataset=d, source=s, target=t, seed=seed, bits=(b,))
+            self.base.replace(dataset=d, source=s, target=t, seed=seed, bits=(b,), label_fraction=f)
             for d, s, t in self.pairs
             for seed in self.seeds
             for b in self.base.bits
+            for f in fractions
         ]
 
 
 def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
-    """``out_dir/cells/<dataset>-<source>-<target>-s<seed>-b<bits>``: one cell's run folder."""
+    """``out_dir/cells/<dataset>-<source>-<target>-s<seed>-b<bits>``, with ``-l<fraction>``
+    when only that share of the stream's windows is labelled: one cell's run folder."""
     bits = "-".join(str(b) for b in cfg.bits)
-    return out_dir / "cells" / f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
+    name = f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
+    if cfg.label_fraction != 1.0:
+        name += f"-l{cfg.label_fraction:g}"
+    return out_dir / "cells" / name
 
 
 def all_methods() -> str:
@@ -114,6 +128,10 @@ def preset(name: str) -> Grid:
     if name == "method":
         base = RunConfig(bits=(2, 4, 8), method="none,backprop,qcore", threads=1)
         return Grid(base, _with_uschad((("hapt", 1, 4), ("hapt", 1, 25))), (0, 1, 2))
+    if name == "labels":
+        base = RunConfig(bits=(2, 4, 8), method=LABELS_METHODS, threads=1)
+        pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
+        return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
     if name == "wide":
         base = RunConfig(bits=(4,), method=WIDE_METHODS, threads=1)
         pairs = one_to_all("hapt") + (one_to_all("usc-had") if _uschad_found() else ())
@@ -148,10 +166,21 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _parse_fractions(text: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise QCoreError(f"setting label_fractions: cannot read {text!r} as numbers") from None
+    if not fractions:
+        raise QCoreError("setting label_fractions needs at least one fraction")
+    return fractions
+
+
 def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """A preset changed by ``key=value`` overrides.
 
-    ``pairs=dataset:source:target,...`` and ``seeds=0,1,...`` change the grid; any other
+    ``pairs=dataset:source:target,...``, ``seeds=0,1,...`` and ``label_fractions=1,0.1,...``
+    change the grid; any other
     key is a :class:`RunConfig` setting for every cell (``bits=2,4``, ``method=none,er``,
     ``epochs=2``, ...). ``dataset``/``source``/``target``/``seed`` belong to the grid.
     """
@@ -165,7 +194,10 @@ def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) 
             )
     pairs = _parse_pairs(sets.pop("pairs")) if "pairs" in sets else grid.pairs
     seeds = _parse_seeds(sets.pop("seeds")) if "seeds" in sets else grid.seeds
+    fractions = grid.label_fractions
+    if "label_fractions" in sets:
+        fractions = _parse_fractions(sets.pop("label_fractions"))
     data = {**grid.base.to_dict(), **sets}
-    grid = Grid(RunConfig.from_dict(data), pairs, seeds)
+    grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions)
     grid.cells()  # validate every cell (e.g. source == target) before anything runs
     return grid

@@ -133,6 +133,7 @@ def _colors(methods: list[str]) -> dict[str, object]:
 def family_style(method: str) -> dict[str, object]:
     """Line style and marker by family: back-prop on the device (solid, circles),
     back-prop-free (dashed, squares), no calibration (dotted, no marker)."""
+    method = method.split("@")[0]  # "slda@0.1": slda with few labels
     if method == "none":
         return {"linestyle": ":", "marker": None}
     if method in _backprop():
@@ -239,7 +240,7 @@ def plot_cost(rows: list[dict], path: Path) -> None:
     for (m, b), g in sorted(groups(rows, ("method", "bits")).items()):
         acc = float(np.mean([r["target_acc"] for r in g]))
         accs.append(acc)
-        face = colors[m] if m in _backprop() else "none"
+        face = colors[m] if m.split("@")[0] in _backprop() else "none"
         kw = {"edgecolors": colors[m], "facecolors": face, "marker": markers.get(b, "o"), "s": 28}
         axes[0].scatter(np.mean([r["step_seconds"] for r in g]), acc, **kw)
         axes[1].scatter(np.mean([r["device_bytes"] for r in g]), acc, **kw)

@@ -36,6 +36,8 @@ CSV_COLUMNS = (
     "target",
     "bits",
     "method",
+    "base_method",
+    "label_fraction",
     "seed",
     "target_acc",
     "source_acc",
@@ -80,14 +82,19 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
             "source": cfg.source,
             "target": cfg.target,
         }
+        fraction = float(res["config"].get("label_fraction", 1.0))
         for r in res["results"]:
             if "steps" not in r:
                 continue
+            # a stream with few labels is another row of its method: "slda@0.1"
+            name = r["method"] if fraction == 1.0 else f"{r['method']}@{fraction:g}"
             rows.append(
                 {
                     **key,
                     "bits": r["bits"],
-                    "method": r["method"],
+                    "method": name,
+                    "base_method": r["method"],
+                    "label_fraction": fraction,
                     "seed": cfg.seed,
                     "target_acc": r["target_acc"],
                     "source_acc": r["source_acc"],
@@ -107,7 +114,7 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                         "dataset": cfg.dataset,
                         "scenario": key["scenario"],
                         "bits": r["bits"],
-                        "method": r["method"],
+                        "method": name,
                         "seed": cfg.seed,
                         **{k: s[k] for k in STREAM_COLUMNS[5:]},
                         **{k: s[k] for k in FLIP_STEP_KEYS if k in s},
@@ -145,7 +152,7 @@ def markdown_table(rows: list[dict]) -> str:
     )
     lines = []
     for (d, sc, b, m), g in sorted(groups(rows, ("dataset", "scenario", "bits", "method")).items()):
-        col = {k: [r[k] for r in g] for k in CSV_COLUMNS[7:]}
+        col = {k: [r[k] for r in g] for k in CSV_COLUMNS[CSV_COLUMNS.index("target_acc") :]}
         lines.append(
             f"| {d} | {sc} | {b} | {m} | {len(g)} | {_fmt(col['target_acc_before'])} "
             f"| {_fmt(col['target_acc'])} | {_fmt(col['source_acc_before'])} "
@@ -346,6 +353,44 @@ def pairs_markdown(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def labels_markdown(rows: list[dict]) -> str:
+    """The text of ``labels.md`` when the rows hold streams with few labels: per dataset,
+    pair and bit-width, a row per method and a column per label fraction (final target
+    accuracy, mean over seeds), then for every method the share of its full-label gain
+    over ``none`` it keeps at each fraction; empty otherwise."""
+    fractions = sorted({r["label_fraction"] for r in rows}, reverse=True)
+    if fractions == [1.0] or not fractions:
+        return ""
+    out = [
+        "# Few labels: final target accuracy against the share of labelled windows\n\n"
+        "Mean over seeds. Kept: the method's gain over `none` at that fraction as a share of "
+        "its gain with every label (both against `none` at the same fraction).\n"
+    ]
+    for (d, sc, b), rs in sorted(groups(rows, ("dataset", "scenario", "bits")).items()):
+        acc = {k: float(np.mean([r["target_acc"] for r in g]))
+               for k, g in groups(rs, ("base_method", "label_fraction")).items()}  # fmt: skip
+        methods = sorted({r["base_method"] for r in rs})
+        head = " | ".join(f"{f:g}" for f in fractions)
+        out.append(f"## {d} {sc}, {b} bits\n\n| method | {head} |\n|---|{'---|' * len(fractions)}")
+        for m in methods:
+            out.append(
+                f"| {m} | "
+                + " | ".join(f"{acc[(m, f)]:.3f}" if (m, f) in acc else "-" for f in fractions)
+                + " |"
+            )
+        for m in methods:
+            full = acc.get((m, 1.0), np.nan) - acc.get(("none", 1.0), np.nan)
+            if m == "none" or not np.isfinite(full) or full <= 0:
+                continue
+            kept = [
+                (acc.get((m, f), np.nan) - acc.get(("none", f), np.nan)) / full for f in fractions
+            ]
+            cells = " | ".join("-" if not np.isfinite(k) else f"{100 * k:.0f}%" for k in kept)
+            out.append(f"| {m}: gain kept | {cells} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and, when the rows
     have them, ``flips.md`` and ``pairs.md`` (removed otherwise, so that neither ever
@@ -360,7 +405,11 @@ def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
         + markdown_table(rows)
     )
     (out_dir / "summary.md").write_text(summary_table(rows))
-    extras = (("flips.md", flips_markdown(rows, steps)), ("pairs.md", pairs_markdown(rows)))
+    extras = (
+        ("flips.md", flips_markdown(rows, steps)),
+        ("pairs.md", pairs_markdown(rows)),
+        ("labels.md", labels_markdown(rows)),
+    )
     for name, text in extras:
         if text:
             (out_dir / name).write_text(text)

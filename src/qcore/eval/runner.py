@@ -18,15 +18,16 @@ import numpy as np
 from qcore.baselines.all import available
 from qcore.baselines.all import make as make_method
 from qcore.baselines.qcore_method import DeviceCalibrator
-from qcore.baselines.registry import USES_QCORE, Deployment
+from qcore.baselines.registry import UNLABELLED, USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import accuracy
 from qcore.config import RunConfig
 from qcore.core.fileio import write_json_atomic
 from qcore.core.metrics import accuracy as acc_of
+from qcore.core.types import Batch, StepReport
 from qcore.data.registry import load_dataset
-from qcore.data.scenario import Scenario, make_scenario
+from qcore.data.scenario import Scenario, label_mask, make_scenario
 from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
 
@@ -38,18 +39,55 @@ def _eval(model, sc: Scenario) -> dict[str, float]:
     }
 
 
-def stream(calibrator, sc: Scenario, progress: bool = False, label: str = "stream") -> list[dict]:
-    """Feed every stream batch to ``calibrator``; evaluate after each step."""
+def _partly_labelled(calibrator, batch: Batch, mask: np.ndarray, unlabelled: bool):
+    """``observe`` a batch of which only the windows in ``mask`` keep their label: as -1
+    labels for a method that takes them (``unlabelled``), else the labelled windows
+    alone (no call at all when there are none). Returns (report or None, task accuracy
+    before the step on every window)."""
+    task_acc = acc_of(calibrator.predict(batch.X), batch.y)
+    if unlabelled:
+        rep = calibrator.observe(Batch(batch.X, np.where(mask, batch.y, -1)))
+    elif mask.any():
+        rep = calibrator.observe(Batch(batch.X[mask], batch.y[mask]))
+    else:
+        rep = None
+    return rep, task_acc
+
+
+def stream(
+    calibrator,
+    sc: Scenario,
+    progress: bool = False,
+    label: str = "stream",
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    unlabelled: bool = False,
+) -> list[dict]:
+    """Feed every stream batch to ``calibrator``; evaluate after each step.
+
+    With ``label_fraction`` < 1 only a seeded share of each batch's windows carries its
+    label (:func:`qcore.data.scenario.label_mask`); ``unlabelled``: the method takes the
+    others as -1 labels, else it sees the labelled windows alone. ``task_acc`` is always
+    measured on every window of the batch."""
     from tqdm.auto import tqdm
 
     steps = []
     for i, batch in enumerate(tqdm(sc.stream, desc=label, disable=not progress)):
-        rep = calibrator.observe(batch)
+        if label_fraction < 1.0:
+            mask = label_mask(len(batch), label_fraction, seed, i + 1)
+            rep, task_acc = _partly_labelled(calibrator, batch, mask, unlabelled)
+            if rep is None:
+                rep = StepReport(task_acc, 0.0, {})
+            labelled = int(mask.sum())
+        else:
+            rep = calibrator.observe(batch)
+            task_acc, labelled = rep.task_acc, len(batch)
         core = getattr(calibrator, "core", None)
         steps.append(
             {
                 "step": i + 1,
-                "task_acc": rep.task_acc,
+                "task_acc": task_acc,
+                "labelled": labelled,
                 "source_acc": acc_of(calibrator.predict(sc.source_test.X), sc.source_test.y),
                 "target_acc": acc_of(calibrator.predict(sc.target_test.X), sc.target_test.y),
                 "core_acc": acc_of(calibrator.predict(core.X), core.y)
@@ -211,7 +249,15 @@ def _stream_row(
         "cloud_seconds": time.perf_counter() - cloud_t0,
         **dep.extras,
     }
-    steps = stream(cal, sc, progress, label=f"{method}, {bits} bits")
+    steps = stream(
+        cal,
+        sc,
+        progress,
+        label=f"{method}, {bits} bits",
+        label_fraction=cfg.label_fraction,
+        seed=cfg.seed,
+        unlabelled=method in UNLABELLED,
+    )
     if save:
         _save(out_dir, bits, cal.art)
     last = steps[-1]

@@ -17,6 +17,12 @@ CLI = [sys.executable, "-m", "qcore.cli", "device"]
 SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 
 
+def _default_signals() -> None:
+    """In the child before exec: Ctrl-C as in a terminal. A suite started in the
+    background by a shell ignores SIGINT, and Python keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code", "word"), SIGNALS)
 def test_a_signal_between_batches_ends_cleanly(tiny_model, tiny_xy, tmp_path, sig, code, word):
     X, y = tiny_xy
@@ -27,6 +33,7 @@ def test_a_signal_between_batches_ends_cleanly(tiny_model, tiny_xy, tmp_path, si
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=_default_signals,
     )
     assert proc.stdin is not None and proc.stdout is not None
     payload = B.npz_bytes(X=batches[0][0], y=batches[0][1])

@@ -44,6 +44,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "reset_margin": ANY,
     "label_fraction": 1.0,
     "pseudo_threshold": None,
+    "new_classes": "",
 }
 _NO_VALUE = object()
 
@@ -231,6 +232,11 @@ class RunConfig(Settings):
     target: int = setting(4, "target domain streamed to the device")
     n_batches: int = setting(10, "stream batches cut from the target training part")
     test_fraction: float = setting(0.2, "share of each domain held out for testing")
+    new_classes: str = setting(
+        "",
+        "classes held out of the cloud (comma-separated names or indices): the stream brings "
+        "them to the device as new classes",
+    )
     label_fraction: float = setting(
         1.0,
         "share of each stream batch's windows that reach the device with their label "

@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from qcore.cli import main
 from qcore.config import RunConfig
 from qcore.edge.artifact import load_artifact
+from qcore.errors import QCoreError
 from qcore.eval.runner import run
 
 TINY = dict(
@@ -257,3 +258,25 @@ def test_few_labels_reach_the_methods_and_accuracy_counts_every_window(tmp_path)
     for row in (r for r in blind["results"] if "steps" in r):
         assert all(s["labelled"] == 0 for s in row["steps"])
         assert row["target_acc"] == row["steps"][0]["target_acc"]  # nothing moved
+
+
+def test_a_class_held_out_of_the_cloud_is_learnt_on_the_device(tmp_path):
+    from qcore.edge.artifact import load_artifact
+
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda", new_classes="class3")
+    res = run(cfg, tmp_path)
+    rows = {r["method"]: r for r in res["results"] if "steps" in r}
+    deployed = load_artifact(tmp_path / "deployed-4bit.qcore")
+    assert deployed.class_names == ("class0", "class1", "class2")  # the cloud never saw it
+    assert deployed.model.n_classes == 3
+    calibrated = load_artifact(tmp_path / "calibrated-4bit.qcore")
+    assert calibrated.class_names == ("class0", "class1", "class2", "class3")
+    assert calibrated.head.count[3] == rows["slda"]["steps"][-1]["new_seen"] > 0
+    assert all(s["new_recall"] == 0.0 for s in rows["none"]["steps"])  # cannot name it
+    assert rows["slda"]["new_recall"] > 0.5
+    seen = [s["new_seen"] for s in rows["slda"]["steps"]]
+    assert seen == sorted(seen) and rows["slda"]["windows_to_recall"] in [*seen, None]
+    with pytest.raises(QCoreError, match="cannot learn a class the cloud never saw"):
+        run(cfg.replace(method="finetune"), tmp_path / "bp")
+    with pytest.raises(QCoreError, match="neither a class name"):
+        run(cfg.replace(new_classes="class9"), tmp_path / "bad")

@@ -30,11 +30,21 @@ class DeviceCalibrator:
     """The stream's view of a :class:`Device` fed normalised batches.
 
     ``deployed``: the artifact the device started from (the runner saves it).
+    ``label_names``: the classes of the stream's labels and predictions, when they include
+    classes the artifact does not know (the device then adds them as they come);
+    default: the artifact's.
     """
 
-    def __init__(self, art: Artifact, update: CoreUpdate | None = None) -> None:
+    def __init__(
+        self,
+        art: Artifact,
+        update: CoreUpdate | None = None,
+        label_names: tuple[str, ...] | None = None,
+    ) -> None:
         self.deployed = art
-        self.device = Device(art, update=update)
+        self.label_names = art.class_names if label_names is None else label_names
+        allow_new = self.label_names != art.class_names
+        self.device = Device(art, update=update, allow_new_classes=allow_new)
 
     @property
     def art(self) -> Artifact:
@@ -45,13 +55,19 @@ class DeviceCalibrator:
         return self.device.art.core
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.device.predict(X, normalized=True)
+        """Class indices of the stream's labels (:attr:`label_names`)."""
+        pred = self.device.predict(X, normalized=True)
+        names = self.device.art.class_names
+        if names == self.label_names:
+            return pred
+        index = {n: k for k, n in enumerate(self.label_names)}
+        return np.array([index[n] for n in names], dtype=np.int64)[pred]
 
     def observe(self, batch: Batch) -> StepReport:
         """One device step on ``batch`` (class indices, -1 for a window without a label),
         handed over by class name, as a user would, so that raw labels such as -1/1
         (class names "-1" and "1") are never mistaken for indices."""
-        names = np.array([*self.device.art.class_names, ""])  # index -1 -> "": no label
+        names = np.array([*self.label_names, ""])  # index -1 -> "": no label
         t0 = time.perf_counter()
         rep = self.device.step(batch.X, names[batch.y], normalized=True)
         seconds = time.perf_counter() - t0
@@ -110,7 +126,7 @@ def device_calibrator(
     art = device_artifact(
         dep.qmodel, core, net, normalizer, names, c, device, head_data, dep.source_X.shape[2]
     )
-    return DeviceCalibrator(art, update)
+    return DeviceCalibrator(art, update, dep.label_names or None)
 
 
 @register("qcore", uses_qcore=True, unlabelled=True)

@@ -56,6 +56,8 @@ class Deployment:
     before changing it); ``core``: the QCore chosen from training dynamics;
     ``source_X``/``source_y``: the source training set, for methods that fill their own
     buffer in the cloud; ``normalizer``/``class_names``: what an artifact records;
+    ``label_names``: the classes of the stream's labels when they include classes the
+    cloud never saw (empty: ``class_names``);
     ``extras``: cloud-side results a method adds (e.g. the flip network's agreement
     report), copied into the results row; ``shared``: cloud products that several methods
     of the same bit-width would otherwise compute again (e.g. the flip network of a core),
@@ -72,6 +74,8 @@ class Deployment:
     batch_len: int
     normalizer: Any = None
     class_names: tuple[str, ...] = ()
+    # the class names of the stream's labels when the cloud held some out (new classes)
+    label_names: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
     progress: bool = False  # show progress bars for long cloud-side work

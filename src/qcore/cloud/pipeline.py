@@ -69,7 +69,7 @@ CACHE_VERSION = 1  # bump when training changes what the same settings produce
 # one source and seed shares one trained model.
 TRAINING_KEYS = (
     "dataset", "data_path", "source", "test_fraction", "filters", "depth", "epochs", "lr",
-    "batch_size", "record_every", "dynamics_bits", "seed", "threads",
+    "batch_size", "record_every", "dynamics_bits", "seed", "threads", "new_classes",
 )  # fmt: skip
 
 

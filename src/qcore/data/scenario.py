@@ -199,3 +199,49 @@ def label_mask(n: int, fraction: float, seed: int, step: int) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[np.random.default_rng([seed, step, LABEL_STREAM]).permutation(n)[:k]] = True
     return mask
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Classes held out of the cloud (its training, core and head statistics): the stream
+    brings them to the device as new classes. ``known``: the data's indices of the
+    classes the cloud sees, in order (the model's class ``k`` is the data's
+    ``known[k]``); ``held``: those it never sees."""
+
+    known: np.ndarray
+    held: np.ndarray
+
+    def cloud_split(self, split: Split) -> Split:
+        """The windows of ``split`` whose class the cloud sees, labelled as the model."""
+        keep = np.isin(split.y, self.known)
+        model_index = np.full(int(max(self.known.max(), self.held.max())) + 1, -1)
+        model_index[self.known] = np.arange(len(self.known))
+        return Split(split.X[keep], model_index[split.y[keep]].astype(np.int64))
+
+    def to_data(self, predicted: np.ndarray) -> np.ndarray:
+        """The model's class indices as the data's."""
+        return self.known[predicted]
+
+
+def held_out(spec: str, class_names: tuple[str, ...] | list[str]) -> HeldOut | None:
+    """The classes named (or indexed) in the comma-separated ``spec``, or None if empty."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return None
+    index = {n: k for k, n in enumerate(class_names)}
+    held = []
+    for n in names:
+        if n in index:
+            held.append(index[n])
+        elif n.isdigit() and int(n) < len(class_names):
+            held.append(int(n))
+        else:
+            raise QCoreError(
+                f"setting new_classes: {n!r} is neither a class name ({', '.join(class_names)}) "
+                f"nor an index 0..{len(class_names) - 1}"
+            )
+    held_arr = np.array(sorted(set(held)), dtype=np.int64)
+    known = np.array([k for k in range(len(class_names)) if k not in held], dtype=np.int64)
+    if len(known) < 2:
+        raise QCoreError("setting new_classes must leave the cloud at least two classes")
+    return HeldOut(known, held_arr)

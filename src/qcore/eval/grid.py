@@ -22,7 +22,10 @@ Presets:
   model; its report adds the distribution over pairs (``pairs.md``, ``pairs.png``);
 * ``labels``: few labels: the test pairs of ``method`` at 2/4/8 bits, seeds 0/1/2, each
   with label fractions 1, 0.25, 0.1, 0.05 and 0 (``label_fractions=...`` changes them),
-  methods ``none,bn-stats,backprop,slda``.
+  methods ``none,bn-stats,backprop,slda``;
+* ``newclass``: new classes: HAPT 1 -> 4 and 1 -> 25 at 2/4/8 bits, seed 0, each of the
+  6 classes held out of the cloud in turn (``held_out=...`` changes them), methods
+  ``none,slda``; its report adds ``newclass.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from qcore.config import RunConfig, parse_overrides
 from qcore.errors import QCoreError
 
-PRESETS = ("quick", "full", "method", "wide", "labels")
+PRESETS = ("quick", "full", "method", "wide", "labels", "newclass")
 # set per cell by the grid: a --set for them would be silently overwritten
 _GRID_OWNED = ("dataset", "source", "target", "seed")
 _USCHAD_PAIR = ("usc-had", 1, 11)
@@ -54,27 +57,41 @@ class Grid:
     pairs: tuple[Pair, ...]
     seeds: tuple[int, ...]
     label_fractions: tuple[float, ...] = ()
+    new_classes: tuple[str, ...] = ()  # one cell per entry: the classes it holds out
 
     def cells(self) -> list[RunConfig]:
-        """One validated config per (pair, seed, bit-width, label fraction), in that
-        nesting order."""
+        """One validated config per (pair, seed, bit-width, label fraction, held-out
+        classes), in that nesting order."""
         fractions = self.label_fractions or (self.base.label_fraction,)
+        held = self.new_classes or (self.base.new_classes,)
         return [
-            self.base.replace(dataset=d, source=s, target=t, seed=seed, bits=(b,), label_fraction=f)
+            self.base.replace(
+                dataset=d,
+                source=s,
+                target=t,
+                seed=seed,
+                bits=(b,),
+                label_fraction=f,
+                new_classes=h,
+            )  # fmt: skip
             for d, s, t in self.pairs
             for seed in self.seeds
             for b in self.base.bits
             for f in fractions
+            for h in held
         ]
 
 
 def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
     """``out_dir/cells/<dataset>-<source>-<target>-s<seed>-b<bits>``, with ``-l<fraction>``
-    when only that share of the stream's windows is labelled: one cell's run folder."""
+    when only that share of the stream's windows is labelled and ``-new-<classes>`` when
+    the cloud held classes out: one cell's run folder."""
     bits = "-".join(str(b) for b in cfg.bits)
     name = f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
     if cfg.label_fraction != 1.0:
         name += f"-l{cfg.label_fraction:g}"
+    if cfg.new_classes:
+        name += "-new-" + "".join(c if c.isalnum() else "_" for c in cfg.new_classes)
     return out_dir / "cells" / name
 
 
@@ -98,6 +115,12 @@ def _uschad_found() -> bool:
 def _with_uschad(pairs: tuple[Pair, ...]) -> tuple[Pair, ...]:
     """``pairs`` plus USC-HAD 1->11 when its files are found."""
     return pairs + ((_USCHAD_PAIR,) if _uschad_found() else ())
+
+
+def load_class_names(dataset: str) -> tuple[str, ...]:
+    from qcore.data.registry import load_dataset
+
+    return tuple(load_dataset(dataset).class_names)
 
 
 def one_to_all(dataset: str, source: int = 1) -> tuple[Pair, ...]:
@@ -132,6 +155,10 @@ def preset(name: str) -> Grid:
         base = RunConfig(bits=(2, 4, 8), method=LABELS_METHODS, threads=1)
         pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
         return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
+    if name == "newclass":
+        base = RunConfig(bits=(2, 4, 8), method="none,slda", threads=1)
+        classes = load_class_names("hapt")
+        return Grid(base, (("hapt", 1, 4), ("hapt", 1, 25)), (0,), new_classes=classes)
     if name == "wide":
         base = RunConfig(bits=(4,), method=WIDE_METHODS, threads=1)
         pairs = one_to_all("hapt") + (one_to_all("usc-had") if _uschad_found() else ())
@@ -179,8 +206,9 @@ def _parse_fractions(text: str) -> tuple[float, ...]:
 def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """A preset changed by ``key=value`` overrides.
 
-    ``pairs=dataset:source:target,...``, ``seeds=0,1,...`` and ``label_fractions=1,0.1,...``
-    change the grid; any other
+    ``pairs=dataset:source:target,...``, ``seeds=0,1,...``, ``label_fractions=1,0.1,...``
+    and ``held_out=CLASS,...`` (one cell per class held out of the cloud) change the grid;
+    any other
     key is a :class:`RunConfig` setting for every cell (``bits=2,4``, ``method=none,er``,
     ``epochs=2``, ...). ``dataset``/``source``/``target``/``seed`` belong to the grid.
     """
@@ -197,7 +225,10 @@ def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) 
     fractions = grid.label_fractions
     if "label_fractions" in sets:
         fractions = _parse_fractions(sets.pop("label_fractions"))
+    held = grid.new_classes
+    if "held_out" in sets:
+        held = tuple(h.strip() for h in sets.pop("held_out").split(",") if h.strip())
     data = {**grid.base.to_dict(), **sets}
-    grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions)
+    grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions, held)
     grid.cells()  # validate every cell (e.g. source == target) before anything runs
     return grid

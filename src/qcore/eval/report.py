@@ -60,6 +60,7 @@ STREAM_COLUMNS = (
     "seconds",
 )
 QCORE = "qcore"  # the method whose rows feed the flip tables
+NEW_CLASS_KEYS = ("old_acc", "new_recall", "windows_to_recall")  # rows with held-out classes
 MIN_PAIRS = 3  # pairs of one dataset and bit-width from which pairs.md is written
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # per stream step of a flip method: codes moved in the step, and whether the device's
@@ -76,9 +77,10 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
     rows, steps = [], []
     for cfg in cells:
         res = json.loads((cell_dir(out_dir, cfg) / "results.json").read_text())
+        held = f" new {cfg.new_classes}" if cfg.new_classes else ""
         key = {
             "dataset": cfg.dataset,
-            "scenario": f"{cfg.source}->{cfg.target}",
+            "scenario": f"{cfg.source}->{cfg.target}{held}",
             "source": cfg.source,
             "target": cfg.target,
         }
@@ -104,6 +106,7 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                     "cloud_seconds": r["cloud_seconds"],
                     "device_bytes": r["device_bytes"],
                     "cell_seconds": res.get("seconds", float("nan")),
+                    **{k: r[k] for k in NEW_CLASS_KEYS if k in r},
                     "trained": not res["results"][0].get("cached", False),
                     **({"flipnet": r["flipnet"]} if "flipnet" in r else {}),
                 }
@@ -391,6 +394,35 @@ def labels_markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def newclass_markdown(rows: list[dict]) -> str:
+    """The text of ``newclass.md`` when rows hold classes the cloud never saw: per pair,
+    held-out class and bit-width, each method's accuracy on the target's old classes,
+    its recall of the new class after the stream, and the labelled windows of it given
+    when its recall first reached 0.8 (mean over seeds); empty otherwise."""
+    held = [r for r in rows if "new_recall" in r]
+    if not held:
+        return ""
+    out = [
+        "# New classes: a class held out of the cloud, learnt on the device\n\n"
+        "Old: target test accuracy on the classes the cloud saw (for `none`, the deployed "
+        "model's); recall: of the held-out class on the target test set after the stream; "
+        "windows: labelled windows of it the method had been given when that recall first "
+        "reached 0.8 (- never). Mean over seeds.\n\n"
+        "| dataset | pair, class held out | bits | method | old | old - none's old | recall | "
+        "windows |\n|---|---|---|---|---|---|---|---|"
+    ]
+    by = groups(held, ("dataset", "scenario", "bits", "method"))
+    for (d, sc, b, m), g in sorted(by.items()):
+        old = float(np.mean([r["old_acc"] for r in g]))
+        ref = by.get((d, sc, b, "none"))
+        drop = f"{old - np.mean([r['old_acc'] for r in ref]):+.3f}" if ref else "-"
+        hits = [r["windows_to_recall"] for r in g]
+        windows = "-" if any(h is None for h in hits) else f"{np.mean(hits):.0f}"
+        recall = float(np.mean([r["new_recall"] for r in g]))
+        out.append(f"| {d} | {sc} | {b} | {m} | {old:.3f} | {drop} | {recall:.3f} | {windows} |")
+    return "\n".join(out) + "\n"
+
+
 def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and, when the rows
     have them, ``flips.md`` and ``pairs.md`` (removed otherwise, so that neither ever
@@ -409,6 +441,7 @@ def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
         ("flips.md", flips_markdown(rows, steps)),
         ("pairs.md", pairs_markdown(rows)),
         ("labels.md", labels_markdown(rows)),
+        ("newclass.md", newclass_markdown(rows)),
     )
     for name, text in extras:
         if text:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,22 +22,60 @@ from qcore.baselines.qcore_method import DeviceCalibrator
 from qcore.baselines.registry import UNLABELLED, USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
-from qcore.cloud.train import accuracy
+from qcore.cloud.train import accuracy, predict_logits
 from qcore.config import RunConfig
 from qcore.core.fileio import write_json_atomic
 from qcore.core.metrics import accuracy as acc_of
 from qcore.core.types import Batch, StepReport
 from qcore.data.registry import load_dataset
-from qcore.data.scenario import Scenario, label_mask, make_scenario
+from qcore.data.scenario import HeldOut, Scenario, held_out, label_mask, make_scenario
 from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
 
 
-def _eval(model, sc: Scenario) -> dict[str, float]:
+def _eval(model, sc: Scenario, hold: HeldOut | None = None) -> dict[str, float]:
+    """Source and target test accuracy of a torch model (of the classes the cloud saw)."""
+    if hold is None:
+        return {
+            "source_acc": accuracy(model, sc.source_test.X, sc.source_test.y),
+            "target_acc": accuracy(model, sc.target_test.X, sc.target_test.y),
+        }
     return {
-        "source_acc": accuracy(model, sc.source_test.X, sc.source_test.y),
-        "target_acc": accuracy(model, sc.target_test.X, sc.target_test.y),
+        f"{name}_acc": acc_of(hold.to_data(predict_logits(model, split.X).argmax(1)), split.y)
+        for name, split in (("source", sc.source_test), ("target", sc.target_test))
     }
+
+
+class _SeenClasses:
+    """A method that knows only the cloud's classes, its predictions read as the data's
+    (``none`` when the cloud held classes out)."""
+
+    def __init__(self, calibrator: Any, hold: HeldOut) -> None:
+        self.calibrator, self.hold = calibrator, hold
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.hold.to_data(self.calibrator.predict(X))
+
+    def observe(self, batch: Batch) -> StepReport:
+        return self.calibrator.observe(batch)
+
+    def device_bytes(self) -> int:
+        return int(self.calibrator.device_bytes())
+
+
+def _new_class_view(method: str, cal: Any, hold: HeldOut | None) -> Any:
+    """``cal`` as the stream sees it when the cloud held classes out: a streaming-head
+    device adds them; ``none`` predicts the cloud's classes; nothing else can learn one."""
+    if hold is None:
+        return cal
+    if isinstance(cal, DeviceCalibrator) and cal.device.head is not None:
+        return cal
+    if method == "none":
+        return _SeenClasses(cal, hold)
+    raise QCoreError(
+        f"method {method!r} cannot learn a class the cloud never saw: with new_classes use "
+        "none or a streaming-head method (slda, slda-bn, slda-flips, qcore-slda)"
+    )
 
 
 def _partly_labelled(calibrator, batch: Batch, mask: np.ndarray, unlabelled: bool):
@@ -62,18 +101,23 @@ def stream(
     label_fraction: float = 1.0,
     seed: int = 0,
     unlabelled: bool = False,
+    hold: HeldOut | None = None,
 ) -> list[dict]:
     """Feed every stream batch to ``calibrator``; evaluate after each step.
 
     With ``label_fraction`` < 1 only a seeded share of each batch's windows carries its
     label (:func:`qcore.data.scenario.label_mask`); ``unlabelled``: the method takes the
     others as -1 labels, else it sees the labelled windows alone. ``task_acc`` is always
-    measured on every window of the batch."""
+    measured on every window of the batch. With ``hold`` (classes the cloud never saw)
+    each step also records ``old_acc`` (target test windows of the cloud's classes),
+    ``new_recall`` (those of the held-out classes predicted right) and ``new_seen``
+    (labelled windows of held-out classes the method has been given so far)."""
     from tqdm.auto import tqdm
 
     steps = []
+    seen_new = 0
     for i, batch in enumerate(tqdm(sc.stream, desc=label, disable=not progress)):
-        if label_fraction < 1.0:
+        if label_fraction < 1.0 or hold is not None:
             mask = label_mask(len(batch), label_fraction, seed, i + 1)
             rep, task_acc = _partly_labelled(calibrator, batch, mask, unlabelled)
             if rep is None:
@@ -83,19 +127,29 @@ def stream(
             rep = calibrator.observe(batch)
             task_acc, labelled = rep.task_acc, len(batch)
         core = getattr(calibrator, "core", None)
+        target_pred = calibrator.predict(sc.target_test.X)
+        extra = dict(rep.extra)
+        if hold is not None:
+            new = np.isin(sc.target_test.y, hold.held)
+            seen_new += int(np.isin(batch.y[mask], hold.held).sum())
+            extra.update(
+                old_acc=acc_of(target_pred[~new], sc.target_test.y[~new]),
+                new_recall=acc_of(target_pred[new], sc.target_test.y[new]),
+                new_seen=seen_new,
+            )
         steps.append(
             {
                 "step": i + 1,
                 "task_acc": task_acc,
                 "labelled": labelled,
                 "source_acc": acc_of(calibrator.predict(sc.source_test.X), sc.source_test.y),
-                "target_acc": acc_of(calibrator.predict(sc.target_test.X), sc.target_test.y),
+                "target_acc": acc_of(target_pred, sc.target_test.y),
                 "core_acc": acc_of(calibrator.predict(core.X), core.y)
                 if core is not None
                 else float("nan"),
                 "seconds": rep.seconds,
                 "device_bytes": calibrator.device_bytes(),
-                **rep.extra,
+                **extra,
             }
         )
     return steps
@@ -122,13 +176,16 @@ def run(
         )
     ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
     sc = make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
-    Xs, ys = sc.source_train.X, sc.source_train.y
+    hold = held_out(cfg.new_classes, sc.class_names)
+    cloud = sc.source_train if hold is None else hold.cloud_split(sc.source_train)
+    Xs, ys = cloud.X, cloud.y
+    n_classes = sc.n_classes if hold is None else len(hold.known)
     t0 = time.perf_counter()
     model, dyn, cached = pipeline.cached_model(
         cfg,
         Xs,
         ys,
-        sc.n_classes,
+        n_classes,
         (out_dir / ".cache" if cache is True else cache) if cache else None,
         dynamics=bool(USES_QCORE & set(cfg.methods)),
         progress=progress,
@@ -138,7 +195,7 @@ def run(
         {
             "method": "float",
             "bits": None,
-            **_eval(model, sc),
+            **_eval(model, sc, hold),
             "device_bytes": to_qmodel(model).device_bytes()["total"],
             "seconds": train_seconds,
             "cached": cached,
@@ -164,14 +221,14 @@ def run(
             {
                 "method": "ptq",
                 "bits": bits,
-                **_eval(qmodel, sc),
+                **_eval(qmodel, sc, hold),
                 "device_bytes": to_qmodel(qmodel).device_bytes()["total"],
                 "seconds": time.perf_counter() - t0,
             }
         )
         t0 = time.perf_counter()
         pipeline.calibrate_on_source(qmodel, Xs, ys, cfg)
-        deployed = _eval(qmodel, sc)
+        deployed = _eval(qmodel, sc, hold)
         rows.append(
             {
                 "method": "backprop-source",
@@ -184,8 +241,20 @@ def run(
         for method in cfg.methods:
             rows.append(
                 _stream_row(
-                    cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved, shared
-                )
+                    cfg,
+                    method,
+                    sc,
+                    qmodel,
+                    core,
+                    bits,
+                    deployed,
+                    progress,
+                    out_dir,
+                    saved,
+                    shared,
+                    cloud,
+                    hold,
+                )  # fmt: skip
             )
         write_json_atomic(out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
     result = {
@@ -216,27 +285,33 @@ def _save(out_dir: Path, bits: int, art: Artifact) -> None:
     save_artifact(out_dir / f"{name}-{bits}bit.qcore", art)
 
 
+NEW_CLASS_RECALL = 0.8  # the recall at which a new class counts as recognised
+
+
 def _stream_row(
-    cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved, shared
+    cfg, method, sc, qmodel, core, bits, deployed, progress, out_dir, saved, shared, cloud, hold
 ) -> dict:
     """Stream one method; the first device method of the run (``saved`` records it) writes
-    its deployed artifact and its state after the stream."""
+    its deployed artifact and its state after the stream. ``cloud``: the source training
+    windows the cloud saw; ``hold``: the classes it did not (or None)."""
+    names = tuple(sc.class_names)
     dep = Deployment(
         cfg=cfg,
         bits=bits,
         qmodel=qmodel,
         core=core,
-        source_X=sc.source_train.X,
-        source_y=sc.source_train.y,
-        n_classes=sc.n_classes,
+        source_X=cloud.X,
+        source_y=cloud.y,
+        n_classes=sc.n_classes if hold is None else len(hold.known),
         batch_len=len(sc.stream[0]),
         normalizer=sc.normalizer,
-        class_names=tuple(sc.class_names),
+        class_names=names if hold is None else tuple(names[k] for k in hold.known),
+        label_names=() if hold is None else names,
         shared=shared,
         progress=progress,
     )
     cloud_t0 = time.perf_counter()
-    cal = make_method(method, dep)
+    cal = _new_class_view(method, make_method(method, dep), hold)
     save = isinstance(cal, DeviceCalibrator) and bits not in saved
     if save:  # the deployable file: model, core, flip network, head statistics
         saved.add(bits)
@@ -257,10 +332,19 @@ def _stream_row(
         label_fraction=cfg.label_fraction,
         seed=cfg.seed,
         unlabelled=method in UNLABELLED,
+        hold=hold,
     )
     if save:
         _save(out_dir, bits, cal.art)
     last = steps[-1]
+    if hold is not None:
+        # labelled windows of the new classes given when target recall first reached 0.8
+        hit = [s["new_seen"] for s in steps if s["new_recall"] >= NEW_CLASS_RECALL]
+        row.update(
+            old_acc=last["old_acc"],
+            new_recall=last["new_recall"],
+            windows_to_recall=hit[0] if hit else None,
+        )
     row.update(
         {
             "source_acc": last["source_acc"],

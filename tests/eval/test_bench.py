@@ -97,6 +97,29 @@ def test_presets(monkeypatch, uschad_found):
     )
 
 
+@pytest.mark.parametrize("uschad_found", [False, True])
+def test_the_wide_labels_and_newclass_presets(monkeypatch, uschad_found):
+    monkeypatch.setattr(grid_module, "_uschad_found", lambda: uschad_found)
+    wide = make_grid("wide")
+    targets = [p for p in wide.pairs if p[0] == "hapt"]
+    assert targets == [("hapt", 1, t) for t in range(2, 31)]
+    assert len(wide.pairs) == 29 + 13 * uschad_found
+    assert wide.base.bits == (4,) and wide.seeds == (0,)
+    assert wide.base.methods == ("none", "bn-stats", "qcore", "backprop", "slda")
+    labels = make_grid("labels", ["label_fractions=1,0.1"])
+    cells = labels.cells()
+    assert len(cells) == len(labels.pairs) * 3 * 3 * 2
+    assert {c.label_fraction for c in cells} == {1.0, 0.1}
+    names = {cell_dir(Path("o"), c).name for c in cells}
+    assert "hapt-1-4-s0-b2" in names and "hapt-1-4-s0-b2-l0.1" in names
+    assert len(names) == len(cells)
+    newclass = make_grid("newclass", ["held_out=SITTING,LAYING", "bits=4"])
+    assert [c.new_classes for c in newclass.cells()][:2] == ["SITTING", "LAYING"]
+    assert cell_dir(Path("o"), newclass.cells()[0]).name == "hapt-1-4-s0-b4-new-SITTING"
+    with pytest.raises(QCoreError, match="label_fractions"):
+        make_grid("labels", ["label_fractions=half"])
+
+
 def test_bad_settings():
     for bad in (["seed=3"], ["pairs=synthetic:0"], ["pairs=synthetic:1:1"], ["nope=1"]):
         with pytest.raises(QCoreError):

@@ -30,8 +30,10 @@ Presets:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qcore.config import RunConfig, parse_overrides
 from qcore.errors import QCoreError
@@ -183,24 +185,15 @@ def _parse_pairs(text: str) -> tuple[Pair, ...]:
     return tuple(pairs)
 
 
-def _parse_seeds(text: str) -> tuple[int, ...]:
+def _parse_list(key: str, text: str, convert: Callable[[str], Any]) -> tuple:
+    """The comma-separated values of grid setting ``key``, each read by ``convert``."""
     try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+        values = tuple(convert(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:
-        raise QCoreError(f"setting seeds: cannot read {text!r} as integers") from None
-    if not seeds:
-        raise QCoreError("setting seeds needs at least one seed")
-    return seeds
-
-
-def _parse_fractions(text: str) -> tuple[float, ...]:
-    try:
-        fractions = tuple(float(f) for f in text.split(",") if f.strip())
-    except ValueError:
-        raise QCoreError(f"setting label_fractions: cannot read {text!r} as numbers") from None
-    if not fractions:
-        raise QCoreError("setting label_fractions needs at least one fraction")
-    return fractions
+        raise QCoreError(f"setting {key}: cannot read {text!r} as a list of values") from None
+    if not values:
+        raise QCoreError(f"setting {key} needs at least one value")
+    return values
 
 
 def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Grid:
@@ -221,13 +214,13 @@ def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) 
                 " ... or seeds=0,1,... instead"
             )
     pairs = _parse_pairs(sets.pop("pairs")) if "pairs" in sets else grid.pairs
-    seeds = _parse_seeds(sets.pop("seeds")) if "seeds" in sets else grid.seeds
+    seeds = _parse_list("seeds", sets.pop("seeds"), int) if "seeds" in sets else grid.seeds
     fractions = grid.label_fractions
     if "label_fractions" in sets:
-        fractions = _parse_fractions(sets.pop("label_fractions"))
+        fractions = _parse_list("label_fractions", sets.pop("label_fractions"), float)
     held = grid.new_classes
     if "held_out" in sets:
-        held = tuple(h.strip() for h in sets.pop("held_out").split(",") if h.strip())
+        held = _parse_list("held_out", sets.pop("held_out"), str)
     data = {**grid.base.to_dict(), **sets}
     grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions, held)
     grid.cells()  # validate every cell (e.g. source == target) before anything runs

@@ -4,8 +4,9 @@ One run (:mod:`qcore.eval.runner`): :func:`plot_stream`. The grid
 (:mod:`qcore.eval.bench`), from the report's tidy rows: ``DIR/stream.png`` (target
 accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-width),
 ``DIR/cost.png`` (target accuracy against device time per step and against device
-bytes) and, for grids over many pairs, ``DIR/pairs.png`` (the distribution over pairs),
-written by :func:`write_plots`. A grid of more than :data:`MAX_PANELS` pairs gets no
+bytes), for grids over many pairs ``DIR/pairs.png`` (the distribution over pairs) and
+for grids over label fractions ``DIR/labels.png`` (accuracy against the share of labelled
+windows), written by :func:`write_plots`. A grid of more than :data:`MAX_PANELS` pairs gets no
 per-pair plots (stream, bits): its pairs are summarised by ``pairs.png``.
 """
 
@@ -68,17 +69,60 @@ def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     not call for is removed, so that none describes other cells."""
     few = len({(r["dataset"], r["scenario"]) for r in rows}) <= MAX_PANELS
     wide = bool(pair_values(rows))
+    fractions = len({r.get("label_fraction", 1.0) for r in rows}) > 1
     plots = (
         ("stream.png", few, lambda p: plot_grid_stream(rows, steps, p)),
         ("bits.png", few, lambda p: plot_bits(rows, p)),
         ("cost.png", True, lambda p: plot_cost(rows, p)),
         ("pairs.png", wide, lambda p: plot_pairs(rows, p)),
+        ("labels.png", fractions, lambda p: plot_labels(rows, p)),
     )
     for name, wanted, draw in plots:
         if wanted:
             draw(out_dir / name)
         else:
             (out_dir / name).unlink(missing_ok=True)
+
+
+def plot_labels(rows: list[dict], path: Path) -> None:
+    """Final target accuracy against the share of labelled windows: one panel per
+    (dataset, pair), one line per method and bit-width (mean over seeds); the x-axis
+    places the fractions evenly, 0 to 1."""
+    plt = _pyplot()
+    panels = sorted({(r["dataset"], r["scenario"]) for r in rows})
+    fractions = sorted({r["label_fraction"] for r in rows})
+    methods = sorted({r["base_method"] for r in rows})
+    colors = _colors(methods)
+    bits = sorted({r["bits"] for r in rows})
+    widths = dict(zip(bits, (0.8, 1.3, 1.8, 2.3, 2.8), strict=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (d, sc) in zip(axes[0], panels, strict=True):
+        sub = groups([r for r in rows if (r["dataset"], r["scenario"]) == (d, sc)],
+                     ("base_method", "bits", "label_fraction"))  # fmt: skip
+        values = []
+        for m in methods:
+            for b in bits:
+                xs = [i for i, f in enumerate(fractions) if (m, b, f) in sub]
+                ys = [float(np.mean([r["target_acc"] for r in sub[(m, b, fractions[i])]]))
+                      for i in xs]  # fmt: skip
+                if not xs:
+                    continue
+                label = f"{m}, {b} bits"
+                ax.plot(xs, ys, color=colors[m], lw=widths.get(b, 1.0), ms=4, label=label,
+                        **family_style(m))  # fmt: skip
+                values += ys
+        ax.set_xticks(range(len(fractions)), [f"{f:g}" for f in fractions])
+        ax.set_xlabel("share of each batch's windows that carry a label")
+        ax.set_ylabel("final target accuracy")
+        ax.set_title(f"{d} {sc}: final target accuracy (mean over seeds)", fontsize=9)
+        _ylim(ax, values)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=7)
+    fig.text(0.5, 0.005, FAMILIES + "; thicker lines: more bits", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.86))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_pairs(rows: list[dict], path: Path) -> None:

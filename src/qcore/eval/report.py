@@ -296,7 +296,8 @@ def pair_values(rows: list[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
     the final target accuracy and its gain over ``none`` on the same pair (means over
     seeds; the gain is NaN where ``none`` did not run)."""
     out: dict[tuple, dict[str, dict[str, float]]] = {}
-    for (d, b), rs in sorted(groups(rows, ("dataset", "bits")).items()):
+    plain = [r for r in rows if "new_recall" not in r]  # held-out classes are not pairs
+    for (d, b), rs in sorted(groups(plain, ("dataset", "bits")).items()):
         if len({r["scenario"] for r in rs}) < MIN_PAIRS:
             continue
         mean = {k: float(np.mean([r["target_acc"] for r in g]))

@@ -32,3 +32,23 @@ def test_shapes_and_raw_input_layers():
 def test_bad_model_settings():
     with pytest.raises(ValueError):
         InceptionTime(0, 3)
+
+
+@pytest.mark.parametrize("bits", [None, 2, 4, 8])
+def test_a_grown_head_keeps_the_old_outputs_and_adds_quiet_ones(bits):
+    from qcore.cloud.model import add_head_rows
+    from qcore.cloud.quantize import quantize_model
+
+    torch.manual_seed(0)
+    X = torch.randn(16, 3, 32)
+    model = InceptionTime(3, 4, filters=4, depth=3).eval()
+    if bits is not None:
+        model = quantize_model(model, bits, X.numpy(), 0)
+    with torch.no_grad():
+        before = model(X)
+        add_head_rows(model, 2)
+        after = model(X)
+    assert after.shape == (16, 6) and model.n_classes == 6
+    torch.testing.assert_close(after[:, :4], before)
+    lowest = float(model.head.bias[:4].detach().min())
+    torch.testing.assert_close(after[:, 4:], torch.full((16, 2), lowest))

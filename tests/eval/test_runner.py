@@ -263,7 +263,7 @@ def test_few_labels_reach_the_methods_and_accuracy_counts_every_window(tmp_path)
 def test_a_class_held_out_of_the_cloud_is_learnt_on_the_device(tmp_path):
     from qcore.edge.artifact import load_artifact
 
-    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda", new_classes="class3")
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda,backprop", new_classes="class3")
     res = run(cfg, tmp_path)
     rows = {r["method"]: r for r in res["results"] if "steps" in r}
     deployed = load_artifact(tmp_path / "deployed-4bit.qcore")
@@ -274,9 +274,10 @@ def test_a_class_held_out_of_the_cloud_is_learnt_on_the_device(tmp_path):
     assert calibrated.head.count[3] == rows["slda"]["steps"][-1]["new_seen"] > 0
     assert all(s["new_recall"] == 0.0 for s in rows["none"]["steps"])  # cannot name it
     assert rows["slda"]["new_recall"] > 0.5
+    assert rows["backprop"]["new_recall"] > 0  # its head grew a row and learnt it
     seen = [s["new_seen"] for s in rows["slda"]["steps"]]
     assert seen == sorted(seen) and rows["slda"]["windows_to_recall"] in [*seen, None]
     with pytest.raises(QCoreError, match="cannot learn a class the cloud never saw"):
-        run(cfg.replace(method="finetune"), tmp_path / "bp")
+        run(cfg.replace(method="bn-stats"), tmp_path / "bn")
     with pytest.raises(QCoreError, match="neither a class name"):
         run(cfg.replace(new_classes="class9"), tmp_path / "bad")

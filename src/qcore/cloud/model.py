@@ -101,3 +101,27 @@ def raw_input_layers(model: InceptionTime) -> set[str]:
     if "2" in model.shortcuts and model.shortcuts["2"].conv is not None:
         names.add("shortcuts.2.conv")
     return names
+
+
+def add_head_rows(model: InceptionTime, n_new: int) -> None:
+    """Give ``model``'s head ``n_new`` more outputs, for classes it was never trained on,
+    in place: zero weights, each new bias the lowest existing one, each new row's weight
+    quantization parameters the median of the existing rows' (so that 0 is a code). What
+    back-prop on the device then trains like the rest of the head."""
+    old = model.head
+    k = old.out_features
+    new = QLinear(old.in_features, k + n_new)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:k] = old.weight
+        new.bias[:k] = old.bias
+        new.bias[k:] = old.bias.min()
+        new.w_scale[:k] = old.w_scale
+        new.w_scale[k:] = old.w_scale.median()
+        new.w_zero_point[:k] = old.w_zero_point
+        new.w_zero_point[k:] = torch.round(old.w_zero_point.median())
+        new.a_scale.copy_(old.a_scale)
+        new.a_zero_point.copy_(old.a_zero_point)
+    new.bits, new.act_bits = old.bits, old.act_bits
+    model.head = new.to(old.weight.device)
+    model.n_classes = k + n_new

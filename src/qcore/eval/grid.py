@@ -25,7 +25,7 @@ Presets:
   methods ``none,bn-stats,backprop,slda``;
 * ``newclass``: new classes: HAPT 1 -> 4 and 1 -> 25 at 2/4/8 bits, seed 0, each of the
   6 classes held out of the cloud in turn (``held_out=...`` changes them), methods
-  ``none,slda``; its report adds ``newclass.md``.
+  ``none,slda,backprop``; its report adds ``newclass.md``.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def preset(name: str) -> Grid:
         pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
         return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
     if name == "newclass":
-        base = RunConfig(bits=(2, 4, 8), method="none,slda", threads=1)
+        base = RunConfig(bits=(2, 4, 8), method="none,slda,backprop", threads=1)
         classes = load_class_names("hapt")
         return Grid(base, (("hapt", 1, 4), ("hapt", 1, 25)), (0,), new_classes=classes)
     if name == "wide":

@@ -19,7 +19,7 @@ import numpy as np
 from qcore.baselines.all import available
 from qcore.baselines.all import make as make_method
 from qcore.baselines.qcore_method import DeviceCalibrator
-from qcore.baselines.registry import UNLABELLED, USES_QCORE, Deployment
+from qcore.baselines.registry import BACKPROP, UNLABELLED, USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import accuracy, predict_logits
@@ -63,18 +63,56 @@ class _SeenClasses:
         return int(self.calibrator.device_bytes())
 
 
+class _GrowingHead:
+    """A back-prop method when the cloud held classes out: its model's head gains an
+    output (:func:`qcore.cloud.model.add_head_rows`) when a class's first labelled window
+    arrives, which back-prop then trains with the rest; labels and predictions are
+    translated between the data's classes and the model's outputs (the cloud's classes
+    first, then the new ones in order of arrival)."""
+
+    def __init__(self, calibrator: Any, hold: HeldOut) -> None:
+        self.calibrator = calibrator
+        self.order = [int(k) for k in hold.known]  # model output -> data class
+
+    @property
+    def core(self) -> Any:
+        return getattr(self.calibrator, "core", None)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.array(self.order)[self.calibrator.predict(X)]
+
+    def observe(self, batch: Batch) -> StepReport:
+        from qcore.cloud.model import add_head_rows
+
+        given = [int(c) for c in np.unique(batch.y[batch.y >= 0])]
+        new = [c for c in given if c not in self.order]
+        if new:
+            add_head_rows(self.calibrator.model, len(new))
+            self.order += new
+        output = {c: k for k, c in enumerate(self.order)}
+        y = np.array([output.get(int(c), -1) for c in batch.y], dtype=np.int64)
+        return self.calibrator.observe(Batch(batch.X, y))
+
+    def device_bytes(self) -> int:
+        return int(self.calibrator.device_bytes())
+
+
 def _new_class_view(method: str, cal: Any, hold: HeldOut | None) -> Any:
     """``cal`` as the stream sees it when the cloud held classes out: a streaming-head
-    device adds them; ``none`` predicts the cloud's classes; nothing else can learn one."""
+    device adds them to its statistics, a back-prop method to its model's head; ``none``
+    predicts the cloud's classes; other methods cannot learn one."""
     if hold is None:
         return cal
     if isinstance(cal, DeviceCalibrator) and cal.device.head is not None:
         return cal
     if method == "none":
         return _SeenClasses(cal, hold)
+    if method in BACKPROP and hasattr(cal, "model"):
+        return _GrowingHead(cal, hold)
     raise QCoreError(
         f"method {method!r} cannot learn a class the cloud never saw: with new_classes use "
-        "none or a streaming-head method (slda, slda-bn, slda-flips, qcore-slda)"
+        "none, a streaming-head method (slda, slda-bn, slda-flips, qcore-slda) or a "
+        "back-prop method"
     )
 
 

@@ -45,6 +45,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "label_fraction": 1.0,
     "pseudo_threshold": None,
     "new_classes": "",
+    "head_source_weight": 1.0,
 }
 _NO_VALUE = object()
 
@@ -261,6 +262,11 @@ class RunConfig(Settings):
     calib_lr: float = setting(1e-3, "back-prop calibration learning rate")
     source_calib_epochs: int = setting(2, "back-prop calibration epochs on the source")
     core_size: float = setting(20, "core samples (>= 1) or a fraction of the source (< 1)")
+    head_source_weight: float = setting(
+        1.0,
+        "streaming head: weight of each source window in the statistics the cloud ships "
+        "(1: as much as a labelled target window; smaller: target labels move it sooner)",
+    )
     flip_teacher_lr: float = setting(
         0.05, "flip teacher's Adam lr in units of each layer's quantization step"
     )
@@ -301,6 +307,10 @@ class RunConfig(Settings):
             raise QCoreError(
                 f"setting core_size must be a count >= 1 or a fraction in (0, 1), "
                 f"got {self.core_size}"
+            )
+        if not 0.0 < self.head_source_weight <= 1.0:
+            raise QCoreError(
+                f"setting head_source_weight must lie in (0, 1], got {self.head_source_weight}"
             )
         if not 0.0 <= self.label_fraction <= 1.0:
             raise QCoreError(

@@ -214,3 +214,39 @@ def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, m
         assert dep_right == int((deployed.predict(Xb) == yb).sum())
         differed += right != dep_right
     assert differed and dev.art.runtime["backbone_moved"] is moves
+
+
+def test_the_source_weight_scales_what_the_cloud_ships(tiny_model, tiny_xy):
+    """head_source_weight: each source window counts as that share of a target window
+    (counts and scatter scaled, means kept), so target labels move the means sooner."""
+    from qcore.cloud import pipeline
+
+    X, y = tiny_xy
+    cfg = B.kit_config()
+    qmodel = pipeline.quantize(tiny_model, 4, X, cfg)
+    device = cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+    arts = [
+        pipeline.device_artifact(
+            qmodel,
+            None,
+            None,
+            B.Norm(),
+            B.CLASSES,
+            cfg.replace(head_source_weight=w),
+            device,
+            (X, y),
+            X.shape[2],
+        )  # fmt: skip
+        for w in (1.0, 0.1)
+    ]
+    full, light = (a.head for a in arts)
+    np.testing.assert_allclose(light.count, 0.1 * full.count, rtol=1e-6)
+    np.testing.assert_allclose(light.scatter, 0.1 * full.scatter, rtol=1e-5)
+    np.testing.assert_array_equal(light.mean, full.mean)
+    Xb, yb = B.stream_batches(X, (y + 1) % 3, 1, batch=12)[0]  # target labels that disagree
+    after = []
+    for a in arts:
+        dev = Device(a)
+        dev.step(Xb, yb)
+        after.append(np.abs(dev.art.head.mean - a.head.mean).max())
+    assert after[1] > after[0]  # the lighter source lets the same labels move the means more

@@ -31,7 +31,7 @@ from qcore.coreset.scores import qcore_scores
 from qcore.coreset.select import core_size_from
 from qcore.edge.artifact import Artifact, build_artifact
 from qcore.edge.flip import FlipNet
-from qcore.edge.head import batch_stats
+from qcore.edge.head import HeadStats, batch_stats
 from qcore.edge.infer import forward_features
 
 
@@ -213,13 +213,17 @@ def device_artifact(
     """What ships to a device, at step 0: the integer model, core, flip network,
     normaliser, class names, the run's settings and the device's (``device``, default
     ``cfg.device_config()``). With ``head_data`` (source windows and labels) the streaming
-    head's statistics start from the deployed model's pooled features of those windows.
+    head's statistics start from the deployed model's pooled features of those windows,
+    each weighted ``cfg.head_source_weight`` (counts and scatter scaled, means kept).
     ``window_length`` is needed when there is no core to take it from."""
     qm = to_qmodel(qmodel)
     head = None
     if head_data is not None:
         X, y = head_data
         head = batch_stats(forward_features(qm, X)[1], y, qm.n_classes)
+        w = cfg.head_source_weight  # the source's windows as so many target windows
+        if w != 1.0:
+            head = HeadStats(head.count * w, head.mean, head.scatter * w)
     device = cfg.device_config() if device is None else device
     return build_artifact(
         qm, core, net, normalizer, class_names, cfg.to_dict(), window_length, device, head

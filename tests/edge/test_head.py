@@ -250,3 +250,14 @@ def test_the_source_weight_scales_what_the_cloud_ships(tiny_model, tiny_xy):
         dev.step(Xb, yb)
         after.append(np.abs(dev.art.head.mean - a.head.mean).max())
     assert after[1] > after[0]  # the lighter source lets the same labels move the means more
+
+
+def test_a_reset_keeps_a_model_head_device_on_its_model_head(head_artifact):
+    """reset() returns to the deployed statistics but never switches a device that
+    predicts with the model's own head (head=model) over to the streaming head."""
+    art, X, y = head_artifact
+    dev = Device(art, art.device.replace(head="model", flip_steps=0, bn_mode="frozen"))
+    dev.step(*B.stream_batches(X, y, 1)[0])
+    dev.reset()
+    assert dev.head is None
+    np.testing.assert_array_equal(dev.predict(B.raw(X)), Device(art).predict(B.raw(X)))

@@ -39,8 +39,11 @@ from typing import Any
 import numpy as np
 
 from qcore.config import DeviceConfig
+from qcore.core.qmodel import QuantizedModel
+from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact
 from qcore.edge.drift import PageHinkley
+from qcore.edge.head import HeadStats
 from qcore.edge.head import grow as grow_head
 from qcore.edge.head import logits as head_logits
 from qcore.edge.head import update as update_head
@@ -56,6 +59,7 @@ CONSUMED_KEY = "consumed"  # artifact.runtime[CONSUMED_KEY]: ids of the batches 
 # whether the backbone differs from the deployed one (else the deployed model's features
 # are the device's own and cost nothing)
 RECENT_KEY, RESETS_KEY, MOVED_KEY = "recent", "resets", "backbone_moved"
+Head = tuple[np.ndarray, np.ndarray]  # the solved streaming head: weights, bias
 
 
 def rss_bytes() -> int | None:
@@ -280,21 +284,35 @@ class Device:
             f"model {theirs / n:.3f}: returned to the deployed model"
         )
 
+    def _deployed_parts(
+        self, n_classes: int, runtime: dict
+    ) -> tuple[QuantizedModel, Core | None, HeadStats | None, Head | None, dict]:
+        """What returning to the deployed model gives: its backbone and core, its head
+        statistics grown to ``n_classes`` (classes the device learnt stay known, without
+        samples), the streaming head solved from them (None for a device predicting with
+        the model's own head), and ``runtime`` with the guard's record restarted and the
+        return counted."""
+        dep = self.deployed
+        assert dep is not None
+        stats = None if dep.head is None else grow_head(dep.head, n_classes)
+        head = None if self.head is None or stats is None else solve_head(stats, self.config)
+        runtime = {
+            **runtime,
+            RECENT_KEY: [],
+            MOVED_KEY: False,
+            RESETS_KEY: int(runtime.get(RESETS_KEY, 0)) + 1,
+        }
+        return dep.model, dep.core, stats, head, runtime
+
     def reset(self) -> None:
         """Return to the deployed model (backbone, core, head statistics); the step count,
         the record of consumed batches and the drift detector stay."""
         if self.deployed is None:
             raise QCoreError("cannot reset: the device does not know its deployed artifact")
-        dep, art = self.deployed, self.art
-        runtime = {
-            **art.runtime,
-            RECENT_KEY: [],
-            MOVED_KEY: False,
-            RESETS_KEY: int(art.runtime.get(RESETS_KEY, 0)) + 1,
-        }
-        stats = None if dep.head is None else grow_head(dep.head, len(art.class_names))
-        self.art = replace(art, model=dep.model, core=dep.core, head=stats, runtime=runtime)
-        self.head = None if stats is None else solve_head(stats, self.config)
+        art = self.art
+        model, core, stats, head, runtime = self._deployed_parts(len(art.class_names), art.runtime)
+        self.art = replace(art, model=model, core=core, head=stats, runtime=runtime)
+        self.head = head
 
     def normalize(self, X: np.ndarray) -> np.ndarray:
         """Raw sensor windows -> the model's input (the artifact's normaliser)."""
@@ -387,62 +405,55 @@ class Device:
             recent = [*runtime.get(RECENT_KEY, []), [*mark, len(yl)]]
             recent = recent[-self.config.reset_window :]
             reason = self._reset_reason(recent)
-            if reason is not None:
-                dep = self.deployed
-                model, core = dep.model, dep.core
-                stats = None if dep.head is None else grow_head(dep.head, len(names))
-                head = None if head is None or stats is None else solve_head(stats, self.config)
+            if reason is None:
+                runtime = {**runtime, RECENT_KEY: recent}
+            else:
+                model, core, stats, head, runtime = self._deployed_parts(len(names), runtime)
                 model_logits = features = None
-                moved, recent = False, []
-                runtime = {**runtime, RESETS_KEY: int(runtime.get(RESETS_KEY, 0)) + 1}
+                moved = False
                 report.update(reset=True, reset_reason=reason)
-            runtime = {**runtime, RECENT_KEY: recent}
-        if calibrate and mask is None:  # confident predictions alone feed the head
-            assert pseudo is not None and stats is not None and features is not None
+        if calibrate:
             t1 = time.perf_counter()
-            stats = update_head(stats, features[pseudo], pred[pseudo])
-            head = solve_head(stats, self.config)
-            report.update(pseudo_labels=int(pseudo.sum()), head_solved=True)
-            report["calib_ms"] = (time.perf_counter() - t1) * 1e3
-        elif calibrate:
-            assert labels is not None and mask is not None
-            y, Xl = labels[mask], Xn[mask]
-            t1 = time.perf_counter()
-            if new:  # validated: there is a streaming head
-                assert stats is not None
-                names, stats = names + new, grow_head(stats, len(names) + len(new))
-                report["new_classes"] = list(new)
-            old = y < model.n_classes  # the backbone calibrates on the model's own classes
-            if (moves_backbone(self.config) or core is not None) and old.any():
-                if model_logits is None:
-                    model_logits, features = forward_features(model, Xn)
-                model_correct = model_logits[mask][old].argmax(1) == y[old]
-                res = calibration_step(
-                    model,
-                    core,
-                    art.flipnet,
-                    Xl[old],
-                    y[old],
-                    model_correct,
-                    new_step,
-                    self.config,
-                    self.update,
-                )
-                moved = moved or res.model is not model
-                model, core = res.model, res.core
-                report.update(res.report())
+            given = np.zeros(len(Xn), dtype=bool) if mask is None else mask
+            if mask is not None:
+                assert labels is not None
+                y = labels[mask]
+                if new:  # validated: there is a streaming head
+                    assert stats is not None
+                    names, stats = names + new, grow_head(stats, len(names) + len(new))
+                    report["new_classes"] = list(new)
+                old = y < model.n_classes  # the backbone calibrates on the model's own classes
+                if (moves_backbone(self.config) or core is not None) and old.any():
+                    if model_logits is None:
+                        model_logits, features = forward_features(model, Xn)
+                    model_correct = model_logits[mask][old].argmax(1) == y[old]
+                    res = calibration_step(
+                        model,
+                        core,
+                        art.flipnet,
+                        Xn[mask][old],
+                        y[old],
+                        model_correct,
+                        new_step,
+                        self.config,
+                        self.update,
+                    )
+                    moved = moved or res.model is not model
+                    model, core = res.model, res.core
+                    report.update(res.report())
             if stats is not None and head is not None:
                 if model is not art.model or features is None:  # the backbone moved
                     features = forward_features(model, Xn)[1]
-                if pseudo is not None:  # plus the confident windows without a label
-                    chosen = mask | pseudo
-                    y = np.where(mask, labels, pred)[chosen]
-                    report["pseudo_labels"] = int(pseudo.sum())
-                else:
-                    chosen = mask
-                stats = update_head(stats, features[chosen], y)
+                # the labelled windows, plus the confident ones without a label as predicted
+                chosen = given if pseudo is None else given | pseudo
+                as_class = pred if labels is None else np.where(given, labels, pred)
+                stats = update_head(stats, features[chosen], as_class[chosen])
                 head = solve_head(stats, self.config)
-                report.update(head_samples=int(mask.sum()), head_solved=True)
+                report.update(
+                    head_samples=int(given.sum()),
+                    pseudo_labels=0 if pseudo is None else int(pseudo.sum()),
+                    head_solved=True,
+                )
             report["calib_ms"] = (time.perf_counter() - t1) * 1e3
         runtime = {**runtime, MOVED_KEY: moved}
         if self.policy.kind == "drift":

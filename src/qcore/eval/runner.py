@@ -22,7 +22,7 @@ from qcore.baselines.qcore_method import DeviceCalibrator
 from qcore.baselines.registry import BACKPROP, UNLABELLED, USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
-from qcore.cloud.train import accuracy, predict_logits
+from qcore.cloud.train import predict_logits
 from qcore.config import RunConfig
 from qcore.core.fileio import write_json_atomic
 from qcore.core.metrics import accuracy as acc_of
@@ -34,44 +34,25 @@ from qcore.errors import QCoreError
 
 
 def _eval(model, sc: Scenario, hold: HeldOut | None = None) -> dict[str, float]:
-    """Source and target test accuracy of a torch model (of the classes the cloud saw)."""
-    if hold is None:
-        return {
-            "source_acc": accuracy(model, sc.source_test.X, sc.source_test.y),
-            "target_acc": accuracy(model, sc.target_test.X, sc.target_test.y),
-        }
-    return {
-        f"{name}_acc": acc_of(hold.to_data(predict_logits(model, split.X).argmax(1)), split.y)
-        for name, split in (("source", sc.source_test), ("target", sc.target_test))
-    }
+    """Source and target test accuracy of a torch model (whose outputs are the cloud's
+    classes, read as the data's when ``hold`` held some out)."""
+    out = {}
+    for name, split in (("source", sc.source_test), ("target", sc.target_test)):
+        pred = predict_logits(model, split.X).argmax(1)
+        out[f"{name}_acc"] = acc_of(pred if hold is None else hold.to_data(pred), split.y)
+    return out
 
 
-class _SeenClasses:
-    """A method that knows only the cloud's classes, its predictions read as the data's
-    (``none`` when the cloud held classes out)."""
+class _CloudClasses:
+    """A method whose model knows the cloud's classes when the cloud held some out:
+    labels and predictions are translated between the data's classes and the model's
+    outputs (the cloud's classes first, then new ones in order of arrival). With ``grow``
+    (back-prop methods) the model's head gains an output when a class's first labelled
+    window arrives (:func:`qcore.cloud.model.add_head_rows`), which back-prop then trains
+    with the rest; without it (``none``) a new class stays unlabelled to the method."""
 
-    def __init__(self, calibrator: Any, hold: HeldOut) -> None:
-        self.calibrator, self.hold = calibrator, hold
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.hold.to_data(self.calibrator.predict(X))
-
-    def observe(self, batch: Batch) -> StepReport:
-        return self.calibrator.observe(batch)
-
-    def device_bytes(self) -> int:
-        return int(self.calibrator.device_bytes())
-
-
-class _GrowingHead:
-    """A back-prop method when the cloud held classes out: its model's head gains an
-    output (:func:`qcore.cloud.model.add_head_rows`) when a class's first labelled window
-    arrives, which back-prop then trains with the rest; labels and predictions are
-    translated between the data's classes and the model's outputs (the cloud's classes
-    first, then the new ones in order of arrival)."""
-
-    def __init__(self, calibrator: Any, hold: HeldOut) -> None:
-        self.calibrator = calibrator
+    def __init__(self, calibrator: Any, hold: HeldOut, grow: bool) -> None:
+        self.calibrator, self.grow = calibrator, grow
         self.order = [int(k) for k in hold.known]  # model output -> data class
 
     @property
@@ -82,13 +63,14 @@ class _GrowingHead:
         return np.array(self.order)[self.calibrator.predict(X)]
 
     def observe(self, batch: Batch) -> StepReport:
-        from qcore.cloud.model import add_head_rows
+        if self.grow:
+            from qcore.cloud.model import add_head_rows
 
-        given = [int(c) for c in np.unique(batch.y[batch.y >= 0])]
-        new = [c for c in given if c not in self.order]
-        if new:
-            add_head_rows(self.calibrator.model, len(new))
-            self.order += new
+            given = [int(c) for c in np.unique(batch.y[batch.y >= 0])]
+            new = [c for c in given if c not in self.order]
+            if new:
+                add_head_rows(self.calibrator.model, len(new))
+                self.order += new
         output = {c: k for k, c in enumerate(self.order)}
         y = np.array([output.get(int(c), -1) for c in batch.y], dtype=np.int64)
         return self.calibrator.observe(Batch(batch.X, y))
@@ -106,9 +88,9 @@ def _new_class_view(method: str, cal: Any, hold: HeldOut | None) -> Any:
     if isinstance(cal, DeviceCalibrator) and cal.device.head is not None:
         return cal
     if method == "none":
-        return _SeenClasses(cal, hold)
+        return _CloudClasses(cal, hold, grow=False)
     if method in BACKPROP and hasattr(cal, "model"):
-        return _GrowingHead(cal, hold)
+        return _CloudClasses(cal, hold, grow=True)
     raise QCoreError(
         f"method {method!r} cannot learn a class the cloud never saw: with new_classes use "
         "none, a streaming-head method (slda, slda-bn, slda-flips, qcore-slda) or a "

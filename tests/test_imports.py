@@ -101,12 +101,26 @@ def test_the_walk_sees_imports_inside_functions():
     assert "qcore.baselines.all" in GRAPH["qcore.eval.grid"]  # imported inside a function
 
 
-def test_importing_the_config_loads_no_edge_and_no_torch():
+def loaded_by(statements: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with ``prefixes`` that a fresh interpreter has loaded after
+    running ``statements`` (which may assert on ``sys.modules`` themselves)."""
     code = (
-        "import sys, qcore.config\n"
-        "bad = [m for m in sys.modules if m.startswith(('qcore.edge', 'torch'))]\n"
-        "print(bad)\n"
+        f"import sys\n{statements}\nprint([m for m in sys.modules if m.startswith({prefixes!r})])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_importing_the_config_loads_no_edge_and_no_torch():
+    assert loaded_by("import qcore.config", ("qcore.edge", "torch")) == []
+
+
+def test_the_public_names_load_on_first_use_and_the_edge_ones_load_no_torch():
+    statements = (
+        "import qcore\n"
+        "assert [m for m in sys.modules if m.startswith('qcore.')] == ['qcore.errors']\n"
+        "from qcore import Device, DeviceConfig, load_artifact\n"
+        "from qcore.edge import predict"
+    )
+    assert loaded_by(statements, ("torch", "qcore.cloud")) == []

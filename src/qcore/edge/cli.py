@@ -81,11 +81,11 @@ def _open_device(args: argparse.Namespace) -> tuple[Device, bool]:
     if not Path(args.state).resolve().parent.is_dir():  # fail before the first step, not after
         raise QCoreError(f"folder of state file {args.state} does not exist")
     shipped = read_regular_file(args.artifact, "artifact")  # needed even to resume a state
-    art, resumed = resume_or_start(args.state, args.artifact)
+    deployed = decode_artifact(shipped, str(args.artifact))  # read once, checksummed once
+    art, resumed = resume_or_start(args.state, deployed)
     art = bind_state(art, hashlib.sha256(shipped).hexdigest(), args.artifact, args.state)
     # the artifact's (or the state's) device settings, with this run's overrides
     config = override_device(art.device, args.set or [])
-    deployed = decode_artifact(shipped, str(args.artifact))
     allow_new = getattr(args, "allow_new_classes", False)
     return Device(art, config, deployed=deployed, allow_new_classes=allow_new), resumed
 

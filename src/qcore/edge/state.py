@@ -49,8 +49,11 @@ def remove_stale_temps(path: str | Path) -> int:
     return removed
 
 
-def resume_or_start(state_path: str | Path, artifact_path: str | Path) -> tuple[Artifact, bool]:
-    """The saved state if ``state_path`` exists, else the shipped artifact; and which one.
+def resume_or_start(
+    state_path: str | Path, artifact: str | Path | Artifact
+) -> tuple[Artifact, bool]:
+    """The saved state if ``state_path`` exists, else the shipped artifact (its path, or
+    the artifact already read); and which one.
 
     Returns ``(artifact, resumed)``. A corrupt state is an error, not a silent restart:
     falling back to the shipped artifact would discard calibration without saying so.
@@ -59,7 +62,7 @@ def resume_or_start(state_path: str | Path, artifact_path: str | Path) -> tuple[
     remove_stale_temps(state_path)
     if state_path.exists():
         return load_state(state_path), True
-    return load_artifact(artifact_path), False
+    return (artifact if isinstance(artifact, Artifact) else load_artifact(artifact)), False
 
 
 ARTIFACT_KEY = "artifact_sha256"  # runtime: the SHA-256 of the artifact the state grew from

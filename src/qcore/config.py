@@ -46,6 +46,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "pseudo_threshold": None,
     "new_classes": "",
     "head_source_weight": 1.0,
+    "reset_alpha": None,
 }
 _NO_VALUE = object()
 
@@ -171,6 +172,11 @@ class DeviceConfig(Settings):
     reset_margin: float = setting(
         0.02, "reset only when the device's accuracy over that window is lower by more"
     )
+    reset_alpha: float | None = setting(
+        None,
+        "reset only when, in addition, an exact one-sided sign test on the windows where the "
+        "device and the deployed model disagree gives p below this (none: the margin alone)",
+    )
     pseudo_threshold: float | None = setting(
         None,
         "slda head: a window without a label whose confidence reaches this is added to the "
@@ -205,6 +211,8 @@ class DeviceConfig(Settings):
             raise QCoreError(f"setting reset_window must be >= 0, got {self.reset_window}")
         if not 0.0 <= self.reset_margin <= 1.0:
             raise QCoreError(f"setting reset_margin must lie in [0, 1], got {self.reset_margin}")
+        if self.reset_alpha is not None and not 0.0 < self.reset_alpha <= 1.0:
+            raise QCoreError(f"setting reset_alpha must lie in (0, 1], got {self.reset_alpha}")
         if self.pseudo_threshold is not None and not 0.0 < self.pseudo_threshold <= 1.0:
             raise QCoreError(
                 f"setting pseudo_threshold must lie in (0, 1], got {self.pseudo_threshold}"
@@ -285,6 +293,7 @@ class RunConfig(Settings):
     guard_margin: float = _DEVICE.guard_margin
     reset_window: int = _DEVICE.reset_window
     reset_margin: float = _DEVICE.reset_margin
+    reset_alpha: float | None = _DEVICE.reset_alpha
     pseudo_threshold: float | None = _DEVICE.pseudo_threshold
     policy: str = _DEVICE.policy
     seed: int = setting(0, "seed of every random choice (cloud and device)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import stat
 import struct
@@ -29,7 +30,7 @@ from qcore.edge.artifact import (
 )
 from qcore.edge.batches import load_batch, read_frames
 from qcore.edge.cli import add_commands, main
-from qcore.edge.device import Device
+from qcore.edge.device import Device, sign_test
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.infer import forward
@@ -216,6 +217,48 @@ def test_user_guard_returns_to_the_deployed_model(parts) -> None:
         np.testing.assert_array_equal(a, b)
     assert guarded.art.runtime["resets"] == len(fired)
     assert guarded.art.step == len(data)
+
+
+def test_sign_test_is_the_binomial_tail() -> None:
+    """p = the share of the 2^n equally likely ways n disagreements can split in which
+    the device loses at least ``losses`` (counted by brute force)."""
+    for n in range(0, 9):
+        for losses in range(0, n + 1):
+            splits = itertools.product((0, 1), repeat=n)
+            tail = sum(sum(s) >= losses for s in splits) / 2**n
+            assert sign_test(losses, n - losses) == pytest.approx(tail, abs=1e-12)
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 0) == 1 / 32
+
+
+def test_user_guard_waits_for_evidence_with_reset_alpha(parts) -> None:
+    """With ``reset_alpha`` the guard also needs the disagreements to be one-sided beyond
+    chance: at 1 it fires exactly where the margin alone does, at a level no window of
+    these batches can reach it never fires, and its reason gives the counts and p."""
+    art = make_art(parts, harmful=True)
+    data = batches(parts, 5)
+
+    def resets(**kw) -> list[dict]:
+        dev = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS, **kw)
+        return [dev.step(X, y) for X, y in data]
+
+    margin_only = resets()
+    assert any(r["reset"] for r in margin_only)
+    at_one = resets(reset_alpha=1.0)
+    assert [r["reset"] for r in at_one] == [r["reset"] for r in margin_only]
+    fired = next(r for r in at_one if r["reset"])
+    assert "p = " in fired["reset_reason"] and "alone wrong on" in fired["reset_reason"]
+    n = sum(len(y) for _, y in data[:2])
+    assert not any(r["reset"] for r in resets(reset_alpha=0.5**n))
+
+
+def test_user_guard_reads_records_without_disagreement_counts(parts) -> None:
+    """Records of [device right, deployed right, windows] (states kept before the
+    disagreement counts) count the least disagreement they allow."""
+    art = make_art(parts)
+    dev = make_device(art, reset_window=2, reset_margin=0.0, reset_alpha=0.05)
+    assert dev._reset_reason([[10, 13, 20], [10, 13, 20]]) is not None  # 0 wins, 6 losses
+    assert dev._reset_reason([[12, 13, 20], [12, 13, 20]]) is None  # 2 losses: p = 0.25
+    assert dev._reset_reason([[10, 13, 20, 1, 4], [10, 13, 20, 1, 4]]) is None  # 8 of 10: p = 0.055
 
 
 def test_reset_restores_the_deployed_model_and_keeps_the_record(parts, tmp_path) -> None:

@@ -19,10 +19,12 @@ their labels:
 Before calibrating on a labelled batch the device also guards its user: it keeps, for
 its last ``reset_window`` labelled batches, how many windows it predicted right and how
 many the deployed model (the artifact it started from) would have. When the device's
-share over a full window is lower by more than ``reset_margin``, calibration has made it
-worse for this user: it returns to the deployed model (backbone, core and head
-statistics), says so in the report (``reset``), and goes on from there. :meth:`reset`
-does the same on request (``qcore reset``).
+share over a full window is lower by more than ``reset_margin`` (and, with
+``reset_alpha``, an exact sign test on the windows where the two disagree says the
+difference is more than chance), calibration has made it worse for this user: it
+returns to the deployed model (backbone, core and head statistics), says so in the
+report (``reset``), and goes on from there. :meth:`reset` does the same on request
+(``qcore reset``).
 
 The step works on copies and commits them in one assignment at the end, so an
 exception anywhere leaves the device exactly as it was. NumPy only.
@@ -31,6 +33,7 @@ exception anywhere leaves the device exactly as it was. NumPy only.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import replace
@@ -54,10 +57,12 @@ from qcore.errors import QCoreError
 
 DRIFT_KEY = "drift"  # artifact.runtime[DRIFT_KEY]: the detector's state between runs
 CONSUMED_KEY = "consumed"  # artifact.runtime[CONSUMED_KEY]: ids of the batches consumed
-# artifact.runtime[RECENT_KEY]: [device right, deployed right, windows] per recent labelled
-# batch; RESETS_KEY: how often the device returned to the deployed model; MOVED_KEY:
-# whether the backbone differs from the deployed one (else the deployed model's features
-# are the device's own and cost nothing)
+# artifact.runtime[RECENT_KEY]: [device right, deployed right, windows, device alone right,
+# deployed alone right] per recent labelled batch (a record of the first three alone, as
+# states kept them before, counts the least disagreement they allow); RESETS_KEY: how
+# often the device returned to the deployed model; MOVED_KEY: whether the backbone differs
+# from the deployed one (else the deployed model's features are the device's own and cost
+# nothing)
 RECENT_KEY, RESETS_KEY, MOVED_KEY = "recent", "resets", "backbone_moved"
 Head = tuple[np.ndarray, np.ndarray]  # the solved streaming head: weights, bias
 
@@ -82,6 +87,14 @@ def peak_rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def sign_test(losses: int, wins: int) -> float:
+    """One-sided exact sign test: the chance of at least ``losses`` of the
+    ``losses + wins`` disagreements going against the device if each went either way
+    with probability 1/2 (McNemar's exact test for paired predictions)."""
+    n = losses + wins
+    return sum(math.comb(n, k) for k in range(losses, n + 1)) / 2**n
 
 
 def _softmax_max(logits: np.ndarray) -> np.ndarray:
@@ -245,8 +258,8 @@ class Device:
         model_logits: np.ndarray,
         features: np.ndarray | None,
         moved: bool,
-    ) -> int:
-        """Windows of the batch the deployed model predicts right. While the backbone is
+    ) -> np.ndarray:
+        """Which windows of the batch the deployed model predicts right. While the backbone is
         the deployed one, its logits and features are the device's own: only the deployed
         head (if any) is evaluated; otherwise one forward pass of the deployed model."""
         assert self.deployed is not None
@@ -257,7 +270,7 @@ class Device:
         else:
             assert features is not None
             scores = head_logits(*self.deployed_head, features)
-        return int((scores.argmax(1) == labels).sum())
+        return scores.argmax(1) == labels
 
     def _pseudo_labelled(self, labels: np.ndarray | None, probs: np.ndarray) -> np.ndarray | None:
         """Windows without a label confident enough to feed the streaming head as their
@@ -272,16 +285,25 @@ class Device:
 
     def _reset_reason(self, recent: list[list[int]]) -> str | None:
         """Why the device must return to the deployed model, or None: a full window of
-        recent labelled batches on which it was less accurate by more than the margin."""
+        recent labelled batches on which it was less accurate by more than the margin
+        (and, with ``reset_alpha``, by more than chance)."""
         cfg = self.config
         if len(recent) < cfg.reset_window:
             return None
         mine, theirs, n = (sum(r[k] for r in recent) for k in range(3))
         if mine / n >= theirs / n - cfg.reset_margin:
             return None
+        why = ""
+        if cfg.reset_alpha is not None:
+            wins = sum(r[3] if len(r) > 3 else max(r[0] - r[1], 0) for r in recent)
+            losses = sum(r[4] if len(r) > 3 else max(r[1] - r[0], 0) for r in recent)
+            p = sign_test(losses, wins)
+            if p >= cfg.reset_alpha:
+                return None
+            why = f" (it alone wrong on {losses} windows, alone right on {wins}: p = {p:.3g})"
         return (
             f"accuracy {mine / n:.3f} on the last {len(recent)} labelled batches, the deployed "
-            f"model {theirs / n:.3f}: returned to the deployed model"
+            f"model {theirs / n:.3f}{why}: returned to the deployed model"
         )
 
     def _deployed_parts(
@@ -400,9 +422,11 @@ class Device:
         if mask is not None and self.deployed is not None and self.config.reset_window > 0:
             assert labels is not None
             yl, fl = labels[mask], None if features is None else features[mask]
-            right = int((pred[mask] == yl).sum())
-            mark = [right, self._deployed_right(Xn[mask], yl, model_logits[mask], fl, moved)]
-            recent = [*runtime.get(RECENT_KEY, []), [*mark, len(yl)]]
+            right = pred[mask] == yl
+            theirs = self._deployed_right(Xn[mask], yl, model_logits[mask], fl, moved)
+            mark = [int(right.sum()), int(theirs.sum()), len(yl)]
+            mark += [int((right & ~theirs).sum()), int((theirs & ~right).sum())]
+            recent = [*runtime.get(RECENT_KEY, []), mark]
             recent = recent[-self.config.reset_window :]
             reason = self._reset_reason(recent)
             if reason is None:

@@ -196,7 +196,8 @@ def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
 @pytest.mark.parametrize("moves", [False, True])
 def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, moves):
     """The guard's record holds, per labelled batch, the windows the device and the
-    deployed model (deployed backbone and head statistics) predicted right; with a frozen
+    deployed model (deployed backbone and head statistics) predicted right, and those only
+    one of them predicted right; with a frozen
     backbone the deployed model's features are the device's own. The labels are shifted
     by one class, so that the device learns to predict otherwise than the deployed model."""
     art, X, y = head_artifact
@@ -209,9 +210,11 @@ def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, m
     for Xb, yb in B.stream_batches(X, (y + 1) % 3, 6, batch=12):
         before = dev.predict(Xb)
         dev.step(Xb, yb)
-        right, dep_right, n = dev.art.runtime["recent"][-1]
-        assert (right, n) == (int((before == yb).sum()), len(yb))
-        assert dep_right == int((deployed.predict(Xb) == yb).sum())
+        right, dep_right, n, alone, dep_alone = dev.art.runtime["recent"][-1]
+        mine, theirs = before == yb, deployed.predict(Xb) == yb
+        assert (right, n) == (int(mine.sum()), len(yb))
+        assert dep_right == int(theirs.sum())
+        assert (alone, dep_alone) == (int((mine & ~theirs).sum()), int((theirs & ~mine).sum()))
         differed += right != dep_right
     assert differed and dev.art.runtime["backbone_moved"] is moves
 

@@ -174,8 +174,9 @@ class DeviceConfig(Settings):
     )
     reset_alpha: float | None = setting(
         None,
-        "reset only when, in addition, an exact one-sided sign test on the windows where the "
-        "device and the deployed model disagree gives p below this (none: the margin alone)",
+        "while the backbone has not moved (the device learns only its head), reset only when, "
+        "in addition, an exact one-sided sign test on the windows where the device and the "
+        "deployed model disagree gives p below this (none: the margin alone)",
     )
     pseudo_threshold: float | None = setting(
         None,

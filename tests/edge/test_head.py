@@ -219,6 +219,28 @@ def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, m
     assert differed and dev.art.runtime["backbone_moved"] is moves
 
 
+def test_the_sign_test_judges_a_device_that_learns_only_its_head(head_artifact):
+    """With a frozen backbone, ``reset_alpha`` also asks the disagreements to be one-sided
+    beyond chance: at 1 the guard fires exactly where the margin alone does, at a level no
+    window of these batches can reach it never fires. The user first labels every window
+    one class off, then truly: the device learnt the shift and now loses to the deployed
+    model."""
+    art, X, y = head_artifact
+    shifted = B.stream_batches(X, (y + 1) % 3, 4, batch=12)
+    data = shifted + B.stream_batches(X, y, 4, batch=12, seed=2)
+
+    def resets(**kw) -> list[bool]:
+        dev = _slda(art, reset_window=2, reset_margin=0.0, **kw)
+        reports = [dev.step(Xb, yb) for Xb, yb in data]
+        assert dev.art.runtime["backbone_moved"] is False
+        return [r["reset"] for r in reports]
+
+    margin_only = resets()
+    assert any(margin_only[4:])
+    assert resets(reset_alpha=1.0) == margin_only
+    assert not any(resets(reset_alpha=0.5 ** (2 * 12)))
+
+
 def test_the_source_weight_scales_what_the_cloud_ships(tiny_model, tiny_xy):
     """head_source_weight: each source window counts as that share of a target window
     (counts and scatter scaled, means kept), so target labels move the means sooner."""

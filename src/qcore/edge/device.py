@@ -283,10 +283,12 @@ class Device:
             chosen &= labels < 0
         return chosen if chosen.any() else None
 
-    def _reset_reason(self, recent: list[list[int]]) -> str | None:
+    def _reset_reason(self, recent: list[list[int]], moved: bool) -> str | None:
         """Why the device must return to the deployed model, or None: a full window of
         recent labelled batches on which it was less accurate by more than the margin
-        (and, with ``reset_alpha``, by more than chance)."""
+        (and, with ``reset_alpha`` while the backbone has not ``moved``, by more than
+        chance: a device that learns only its head from labels is undone on evidence, a
+        damaged backbone on the margin alone)."""
         cfg = self.config
         if len(recent) < cfg.reset_window:
             return None
@@ -294,7 +296,7 @@ class Device:
         if mine / n >= theirs / n - cfg.reset_margin:
             return None
         why = ""
-        if cfg.reset_alpha is not None:
+        if cfg.reset_alpha is not None and not moved:
             wins = sum(r[3] if len(r) > 3 else max(r[0] - r[1], 0) for r in recent)
             losses = sum(r[4] if len(r) > 3 else max(r[1] - r[0], 0) for r in recent)
             p = sign_test(losses, wins)
@@ -428,7 +430,7 @@ class Device:
             mark += [int((right & ~theirs).sum()), int((theirs & ~right).sum())]
             recent = [*runtime.get(RECENT_KEY, []), mark]
             recent = recent[-self.config.reset_window :]
-            reason = self._reset_reason(recent)
+            reason = self._reset_reason(recent, moved)
             if reason is None:
                 runtime = {**runtime, RECENT_KEY: recent}
             else:

@@ -173,7 +173,7 @@ class DeviceConfig(Settings):
         0.02, "reset only when the device's accuracy over that window is lower by more"
     )
     reset_alpha: float | None = setting(
-        None,
+        0.05,
         "while the backbone has not moved (the device learns only its head), reset only when, "
         "in addition, an exact one-sided sign test on the windows where the device and the "
         "deployed model disagree gives p below this (none: the margin alone)",

@@ -19,9 +19,10 @@ their labels:
 Before calibrating on a labelled batch the device also guards its user: it keeps, for
 its last ``reset_window`` labelled batches, how many windows it predicted right and how
 many the deployed model (the artifact it started from) would have. When the device's
-share over a full window is lower by more than ``reset_margin`` (and, with
-``reset_alpha``, an exact sign test on the windows where the two disagree says the
-difference is more than chance), calibration has made it worse for this user: it
+share over a full window is lower by more than ``reset_margin`` (and, while the backbone
+has not moved, an exact sign test on the windows where the two disagree says at level
+``reset_alpha`` that the difference is more than chance), calibration has made it worse
+for this user: it
 returns to the deployed model (backbone, core and head statistics), says so in the
 report (``reset``), and goes on from there. :meth:`reset` does the same on request
 (``qcore reset``).

@@ -197,9 +197,9 @@ def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
 def test_the_user_guard_counts_what_the_deployed_model_predicts(head_artifact, moves):
     """The guard's record holds, per labelled batch, the windows the device and the
     deployed model (deployed backbone and head statistics) predicted right, and those only
-    one of them predicted right; with a frozen
-    backbone the deployed model's features are the device's own. The labels are shifted
-    by one class, so that the device learns to predict otherwise than the deployed model."""
+    one of them predicted right; with a frozen backbone the deployed model's features are
+    the device's own. The labels are shifted by one class, so that the device learns to
+    predict otherwise than the deployed model."""
     art, X, y = head_artifact
     changes = {"flip_guard": "off", "guard_margin": 1.0, "flip_budget": 0.2} if moves else {}
     cfg = art.device.replace(

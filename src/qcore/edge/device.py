@@ -22,9 +22,8 @@ many the deployed model (the artifact it started from) would have. When the devi
 share over a full window is lower by more than ``reset_margin`` (and, while the backbone
 has not moved, an exact sign test on the windows where the two disagree says at level
 ``reset_alpha`` that the difference is more than chance), calibration has made it worse
-for this user: it
-returns to the deployed model (backbone, core and head statistics), says so in the
-report (``reset``), and goes on from there. :meth:`reset` does the same on request
+for this user: it returns to the deployed model (backbone, core and head statistics),
+says so in the report (``reset``), and goes on from there. :meth:`reset` does the same on request
 (``qcore reset``).
 
 The step works on copies and commits them in one assignment at the end, so an

@@ -54,8 +54,8 @@ from qcore.config import RunConfig  # noqa: E402
 from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import artifact_sizes, save_artifact  # noqa: E402
-from qcore.edge.calibrate import flip_calibrate  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
+from qcore.edge.flip_passes import flip_calibrate  # noqa: E402
 from qcore.edge.infer import forward  # noqa: E402
 
 BITS = (2, 4, 8)

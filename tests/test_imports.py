@@ -1,4 +1,4 @@
-"""Dependencies point one way: core <- coreset <- edge <- cloud <- baselines <- eval <- cli.
+"""Dependencies point one way: core <- coreset <- edge <- cloud <- methods <- eval <- cli.
 
 Every ``import`` of a ``qcore`` module in ``src/qcore`` (at module level or inside a
 function) is read from the source; a module may import its own package or a lower layer,
@@ -25,7 +25,7 @@ LAYERS = {
     "coreset": 3,
     "edge": 4,
     "cloud": 5,
-    "baselines": 6,
+    "methods": 6,
     "eval": 7,
     "cli": 8,
 }
@@ -98,7 +98,7 @@ def test_the_walk_sees_imports_inside_functions():
     assert "qcore.cloud.pipeline" in GRAPH["qcore.eval.runner"] or any(
         "qcore.cloud" in m for m in GRAPH["qcore.eval.runner"]
     )
-    assert "qcore.baselines.all" in GRAPH["qcore.eval.grid"]  # imported inside a function
+    assert "qcore.methods.all" in GRAPH["qcore.eval.grid"]  # imported inside a function
 
 
 def loaded_by(statements: str, prefixes: tuple[str, ...]) -> list[str]:

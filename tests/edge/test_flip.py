@@ -10,8 +10,8 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
 from qcore.cloud.quantize import quantize_model
 from qcore.core.quant import SUPPORTED_BITS, qrange, quantize_weight
-from qcore.edge.calibrate import cross_entropy, flip_calibrate
 from qcore.edge.flip import apply_flips, error_signal, gradient_proxy, window_sums
+from qcore.edge.flip_passes import cross_entropy, flip_calibrate
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.errors import QCoreError
 

@@ -180,7 +180,7 @@ def test_device_config_defaults_name_the_head():
 
 @pytest.mark.parametrize("bits", [2, 8])
 def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
-    from qcore.edge.step import solve_head
+    from qcore.edge.backbone import solve_head
 
     art, _, _ = head_artifact
     cfg = art.device.replace(head="slda", head_bits=bits)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from qcore.baselines.qcore_method import DeviceCalibrator
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
@@ -19,6 +18,7 @@ from qcore.edge.artifact import encode_artifact, load_artifact
 from qcore.edge.device import Device
 from qcore.edge.infer import forward
 from qcore.eval.runner import run
+from qcore.methods.qcore_method import DeviceCalibrator
 
 
 @pytest.fixture(scope="module")

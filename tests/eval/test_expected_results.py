@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from qcore.baselines.all import available
 from qcore.config import RunConfig
 from qcore.eval.runner import run
+from qcore.methods.all import available
 
 EXPECTED = Path(__file__).parent / "expected" / "synthetic.json"
 TOL = 0.06  # mean accuracy on the incoming batches

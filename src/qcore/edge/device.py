@@ -10,7 +10,7 @@ their labels:
 3. decide by policy whether to calibrate: ``every`` batch, ``every:N`` (the N-th, 2N-th,
    ... batch) or ``drift`` (when a Page-Hinkley test on the batch's mean max-softmax
    confidence fires, see :mod:`qcore.edge.drift`);
-4. run the one calibration step, :func:`qcore.edge.step.calibration_step` (BatchNorm,
+4. run the one calibration step, :func:`qcore.edge.backbone.calibration_step` (BatchNorm,
    flip passes, rollback guard, core update), configured by the artifact's
    :class:`DeviceConfig`, then, with ``head=slda``, add the batch to the streaming head's
    statistics (reusing the prediction's features when the backbone did not move) and
@@ -45,6 +45,7 @@ from qcore.config import DeviceConfig
 from qcore.core.qmodel import QuantizedModel
 from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact
+from qcore.edge.backbone import CoreUpdate, calibration_step, moves_backbone, solve_head
 from qcore.edge.drift import PageHinkley
 from qcore.edge.head import HeadStats
 from qcore.edge.head import grow as grow_head
@@ -52,7 +53,6 @@ from qcore.edge.head import logits as head_logits
 from qcore.edge.head import update as update_head
 from qcore.edge.infer import forward, forward_features, predict
 from qcore.edge.labels import read_labels
-from qcore.edge.step import CoreUpdate, calibration_step, moves_backbone, solve_head
 from qcore.errors import QCoreError
 
 DRIFT_KEY = "drift"  # artifact.runtime[DRIFT_KEY]: the detector's state between runs

@@ -35,7 +35,7 @@ from qcore.core.fileio import write_atomic
 from qcore.core.qmodel import QLayer
 from qcore.core.quant import QuantizedTensor
 from qcore.edge.artifact import Artifact
-from qcore.edge.step import solve_head
+from qcore.edge.backbone import solve_head
 from qcore.errors import QCoreError
 
 OPSET = 17

@@ -99,7 +99,7 @@ def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
 
 def all_methods() -> str:
     """Every registered method, comma-separated, sorted by name."""
-    from qcore.baselines.all import available
+    from qcore.methods.all import available
 
     return ",".join(sorted(available()))
 

@@ -187,8 +187,8 @@ def family_style(method: str) -> dict[str, object]:
 
 def _backprop() -> set[str]:
     """The methods registered as back-propagating (importing them all fills the registry)."""
-    import qcore.baselines.all  # noqa: F401
-    from qcore.baselines.registry import BACKPROP
+    import qcore.methods.all  # noqa: F401
+    from qcore.methods.registry import BACKPROP
 
     return BACKPROP
 

@@ -16,10 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from qcore.baselines.all import available
-from qcore.baselines.all import make as make_method
-from qcore.baselines.qcore_method import DeviceCalibrator
-from qcore.baselines.registry import BACKPROP, UNLABELLED, USES_QCORE, Deployment
 from qcore.cloud import pipeline
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits
@@ -31,6 +27,10 @@ from qcore.data.registry import load_dataset
 from qcore.data.scenario import HeldOut, Scenario, held_out, label_mask, make_scenario
 from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
+from qcore.methods.all import available
+from qcore.methods.all import make as make_method
+from qcore.methods.qcore_method import DeviceCalibrator
+from qcore.methods.registry import BACKPROP, UNLABELLED, USES_QCORE, Deployment
 
 
 def _eval(model, sc: Scenario, hold: HeldOut | None = None) -> dict[str, float]:

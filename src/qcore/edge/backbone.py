@@ -1,8 +1,9 @@
-"""One device calibration step, the only one: what ``qcore device``, ``qcore run`` and
-``qcore bench`` all execute.
+"""Backbone calibration: the part of the device step
+(:meth:`qcore.edge.device.Device.step`) that changes the feature extractor and the core,
+the same code under ``qcore device``, ``qcore run`` and ``qcore bench``.
 
 Given the batch (normalised windows and labels) and whether the current model got each
-window right, a step
+window right, :func:`calibration_step`
 
 1. calibrates on core plus batch with :func:`qcore.edge.flip_passes.flip_calibrate`
    (BatchNorm mode, guarded flip passes, flip budget, all from :class:`DeviceConfig`);

@@ -1,10 +1,13 @@
-"""One on-device calibration step: BatchNorm statistics, then guarded flip passes.
+"""The flip passes of backbone calibration: BatchNorm statistics, then guarded passes
+of the flip network's proposals (:func:`flip_calibrate`), under a flip budget.
 
-Forward passes only: no gradient, no optimizer. The correctness of every calibration
-sample in every pass is returned, because the QCore update scores samples by the
-misses observed over these passes (docs/method.md). A pass keeps of each layer's input
-only its window sums (:func:`qcore.edge.flip.sums_reducer`), computed chunk by chunk,
-so memory does not grow with the windows' length.
+:func:`qcore.edge.backbone.calibration_step` runs them on core plus batch inside the
+device step (:meth:`qcore.edge.device.Device.step`). Forward passes only: no gradient,
+no optimizer. The correctness of every calibration sample in every pass is returned,
+because the QCore update scores samples by the misses observed over these passes
+(docs/method.md). A pass keeps of each layer's input only its window sums
+(:func:`qcore.edge.flip.sums_reducer`), computed chunk by chunk, so memory does not grow
+with the windows' length.
 """
 
 from __future__ import annotations
@@ -204,40 +207,64 @@ def flip_calibrate(
     if bn_mode == "reestimate":
         qm = bn_reestimate(qm, X)
     trace = _trace(qm, X)
-    loss = cross_entropy(_logits(trace), y)
-    correct = [_logits(trace).argmax(1) == y]
-    applied, rejected = 0, 0
+    state = _Passes(qm, trace, cross_entropy(_logits(trace), y), [_logits(trace).argmax(1) == y])
     for _ in range(steps):
         assert net is not None  # checked above
-        if guard == "backtrack":
-            qm, trace, loss, n_flips, n_proposed = _backtracked_pass(
-                qm, net, trace, X, y, loss, budget
-            )
-            if n_flips == 0:
-                rejected += int(n_proposed > 0)
-                break
-            applied += n_flips
-            correct.append(_logits(trace).argmax(1) == y)
-            continue
-        if guard == "layer":
-            qm, n_flips = _layer_guarded_pass(qm, net, trace, X, y, loss)
-            if n_flips == 0:
-                break
-            trace = _trace(qm, X)
-            loss = cross_entropy(_logits(trace), y)
-            applied += n_flips
-            correct.append(_logits(trace).argmax(1) == y)
-            continue
-        e = error_signal(_logits(trace), y)
-        candidate, n_flips = propose_flips(qm, net, trace.reduced, e, budget)
+        if not _next_pass(state, net, X, y, guard, budget):
+            break
+    return FlipStepResult(state.qm, np.stack(state.correct), state.applied, state.rejected)
+
+
+@dataclass
+class _Passes:
+    """The passes so far: the model, its trace and loss on ``(X, y)``, the correctness
+    after each kept pass, the flips applied and the passes rejected."""
+
+    qm: QuantizedModel
+    trace: Trace
+    loss: float
+    correct: list[np.ndarray]
+    applied: int = 0
+    rejected: int = 0
+
+    def keep(
+        self, qm: QuantizedModel, trace: Trace, loss: float, n_flips: int, y: np.ndarray
+    ) -> None:
+        """Make ``qm`` (with its trace and loss) the current model after a kept pass."""
+        self.qm, self.trace, self.loss = qm, trace, loss
+        self.applied += n_flips
+        self.correct.append(_logits(trace).argmax(1) == y)
+
+
+def _next_pass(
+    s: _Passes, net: FlipNet, X: np.ndarray, y: np.ndarray, guard: FlipGuard, budget: float | None
+) -> bool:
+    """Run one pass under ``guard`` and record it in ``s``; False when the passes end
+    (nothing flipped, or a pass rejected under ``"pass"`` or ``"backtrack"``)."""
+    if guard == "backtrack":
+        qm, trace, loss, n_flips, n_proposed = _backtracked_pass(
+            s.qm, net, s.trace, X, y, s.loss, budget
+        )
         if n_flips == 0:
-            break
-        cand_trace = _trace(candidate, X)
-        cand_loss = cross_entropy(_logits(cand_trace), y)
-        if guard == "pass" and cand_loss > loss:
-            rejected += 1
-            break
-        qm, trace, loss = candidate, cand_trace, cand_loss
-        applied += n_flips
-        correct.append(_logits(trace).argmax(1) == y)
-    return FlipStepResult(qm, np.stack(correct), applied, rejected)
+            s.rejected += int(n_proposed > 0)
+            return False
+        s.keep(qm, trace, loss, n_flips, y)
+        return True
+    if guard == "layer":
+        qm, n_flips = _layer_guarded_pass(s.qm, net, s.trace, X, y, s.loss)
+        if n_flips == 0:
+            return False
+        trace = _trace(qm, X)
+        s.keep(qm, trace, cross_entropy(_logits(trace), y), n_flips, y)
+        return True
+    e = error_signal(_logits(s.trace), y)
+    candidate, n_flips = propose_flips(s.qm, net, s.trace.reduced, e, budget)
+    if n_flips == 0:
+        return False
+    cand_trace = _trace(candidate, X)
+    cand_loss = cross_entropy(_logits(cand_trace), y)
+    if guard == "pass" and cand_loss > s.loss:
+        s.rejected += 1
+        return False
+    s.keep(candidate, cand_trace, cand_loss, n_flips, y)
+    return True

@@ -141,6 +141,17 @@ def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
     bits = m.get("bits")
     if bits is not None and not is_count(bits):
         raise corrupt(source, f"model bit-width {bits!r} is not an integer")
+    layers = _decode_layers(header, r, source)
+    norms = _decode_norms(header, r, source)
+    n_channels, n_classes, filters, depth = dims
+    qm = QuantizedModel(n_channels, n_classes, filters, depth, bits, layers, norms)
+    check_structure(qm)  # before anything indexes layers by the model's dimensions
+    return qm
+
+
+def _decode_layers(header: Any, r: Reader, source: str) -> dict[str, QLayer]:
+    """The header's ``layers`` with their weights (codes or float) and activation
+    parameters; every ``act_layers`` entry must name one of them."""
     layers: dict[str, QLayer] = {}
     act = _decode_act(r, get_field(header, "act_layers", list, source))
     for entry in get_field(header, "layers", list, source):
@@ -173,6 +184,11 @@ def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
         layers[name] = QLayer(weight, act.pop(name, None), bias, k)
     if act:
         raise corrupt(source, f"activation parameters for unknown layers {sorted(act)}")
+    return layers
+
+
+def _decode_norms(header: Any, r: Reader, source: str) -> dict[str, BatchNorm]:
+    """The header's BatchNorms, each with a positive ``eps`` and 1-D parameters."""
     norms: dict[str, BatchNorm] = {}
     for entry in get_field(header, "norms", list, source):
         name = get_field(entry, "name", str, source)
@@ -189,10 +205,7 @@ def decode_model(header: Any, r: Reader, source: str) -> QuantizedModel:
             r.take(f"norms/{name}/running_var", "float32", gamma.shape),
             eps,
         )
-    n_channels, n_classes, filters, depth = dims
-    qm = QuantizedModel(n_channels, n_classes, filters, depth, bits, layers, norms)
-    check_structure(qm)  # before anything indexes layers by the model's dimensions
-    return qm
+    return norms
 
 
 def _rank23(w: np.ndarray, name: str, source: str) -> np.ndarray:

@@ -13,8 +13,8 @@ and the head ``W = Λ mean^T``, ``b_c = -mean_c^T Λ mean_c / 2`` with
 ``D x D`` solve). A batch is merged per class with Chan's parallel update, so the
 statistics after any sequence of batches equal those of one batch computation over all
 the samples, up to float rounding, whatever the batching. No gradient, no optimizer, no
-stored samples. The statistics are kept in float32 (``4 (K + K D + D^2)`` bytes: 17,304
-for 6 classes and 64 features) and every update and solve computes in float64. NumPy only.
+stored samples. The statistics are kept in float32 (``4 (K + K D + D^2)`` bytes: 17,944
+bytes for 6 classes and 64 features) and every update and solve computes in float64. NumPy only.
 """
 
 from __future__ import annotations

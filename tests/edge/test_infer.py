@@ -178,10 +178,11 @@ def test_block_wise_passes_agree_with_one_block(config: str, monkeypatch) -> Non
     move a value across an activation-quantization boundary (a tie, one step of 4 bits
     in one of 12,800 values): statistics are compared at 1e-3 relative."""
     import qcore.edge.infer as infer
+    import qcore.edge.runner as runner
 
     _, qm, X = setup(config, 4)
     whole_bn, whole_logits = bn_reestimate(qm, X), forward(qm, X, chunk_size=len(X))
-    monkeypatch.setattr(infer, "_IM2COL_TARGET_BYTES", 3 * 4 * T * 8 * 39)  # ~3 windows
+    monkeypatch.setattr(runner, "IM2COL_TARGET_BYTES", 3 * 4 * T * 8 * 39)  # ~3 windows
     monkeypatch.setattr(infer, "_MOMENT_BLOCK_BYTES", 8 * 32 * 50)  # 50 rows
     blocks_bn, blocks_logits = bn_reestimate(qm, X), forward(qm, X, chunk_size=len(X))
     np.testing.assert_allclose(blocks_logits, whole_logits, rtol=1e-5, atol=1e-5)

@@ -26,7 +26,8 @@ from qcore.edge.flip import (
     sums_features,
     sums_reducer,
 )
-from qcore.edge.infer import Trace, bn_reestimate, forward, forward_reduced
+from qcore.edge.infer import bn_reestimate, forward, forward_reduced
+from qcore.edge.runner import Trace
 from qcore.errors import QCoreError
 
 
@@ -47,7 +48,7 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
 def _logits(trace: Trace) -> np.ndarray:
     """The logits of a trace recorded by :func:`_trace`."""
     # Every trace here comes from ``forward_reduced``, which never returns one without
-    # logits: ``_Runner.run`` sets them on each chunk's trace and ``_merge`` concatenates
+    # logits: ``Runner.run`` sets them on each chunk's trace and ``_merge`` concatenates
     # them (inputs are never empty). Only an unfilled ``Trace()`` has None.
     assert trace.logits is not None
     return trace.logits

@@ -197,7 +197,7 @@ def main() -> None:
         qm, d = art.model, art.device
         path = out / f"deployed-{bits}bit.qcore"
         save_artifact(path, art)
-        head_cfg = bcfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+        head_cfg = bcfg.device.replace(head="slda", flip_steps=0, bn_mode="frozen")
         head_art = pipeline.device_artifact(
             qmodel, None, None, sc.normalizer, sc.class_names, bcfg, head_cfg, (Xs, ys),
             Xs.shape[2],

@@ -1,13 +1,19 @@
-"""Every setting, in frozen dataclasses: the one home of defaults.
+"""Every setting, in frozen dataclasses: the one home of defaults, help and constraints.
 
-:class:`DeviceConfig` is what a device's calibration step reads (flip passes, guard,
-budget, BatchNorm mode, core update, rollback margin, policy, seed); it travels in the
-artifact. :class:`RunConfig` is a whole run (data, model, training, bit-widths, methods)
-and builds the device's configuration with :meth:`RunConfig.device_config`. Library
-code takes these objects; only the CLI parses TOML files and ``key=value`` overrides into
-them, with errors that name the offending key. Each field carries one line of help in
-its metadata, from which ``qcore run --help`` and ``qcore device --help`` list every
-setting. This module imports nothing beyond ``qcore.core`` and ``qcore.errors``.
+:class:`DeviceConfig` is what a device's calibration step reads (head, flip passes, guard,
+budget, BatchNorm mode, core update, reset, policy, seed); it travels in the artifact.
+:class:`RunConfig` is a whole run (data, model, training, bit-widths, methods) and holds
+the device settings its methods start from in its field ``device``; a method may fix some
+of them (:mod:`qcore.methods.registry`). Library code takes these objects; only the CLI
+parses TOML files and ``key=value`` overrides into them, with errors that name the
+offending key. A run's settings are written flat: one key per setting, the device's
+among the run's (``seed`` once: the run's seed is also the device's), so a flat TOML file,
+``--set head_shrinkage=0.1`` and every stored ``results.json`` read alike.
+
+Each field declares, in :func:`setting`, its default, one line of help (listed by ``qcore
+run --help`` and ``qcore device --help``) and its bounds; its type hint declares the rest
+(integer, number, a ``Literal``'s choices, ``None`` allowed), so one check reads every
+field. This module imports nothing beyond ``qcore.core`` and ``qcore.errors``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,18 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from qcore.core.quant import check_bits
+from qcore.core.settings import (
+    Settings,
+    check_choice,  # noqa: F401  (edge checks arguments with it)
+    from_dict,
+    listing,
+    parse_overrides,
+    setting,
+    settings_of,
+)
 from qcore.errors import QCoreError
 
 FlipGuard = Literal["pass", "backtrack", "layer", "off"]
@@ -51,20 +66,14 @@ ADDED_SETTINGS: dict[str, object] = {
 _NO_VALUE = object()
 
 
-def setting(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word)
-    """A dataclass field with one line of help (listed by ``--help``)."""
-    return field(default=default, metadata={"help": help})
-
-
-def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise QCoreError(f"unknown {key} {value!r}: choose {', '.join(choices)}")
-
-
-def check_flip_budget(budget: float | None) -> None:
-    """A flip budget is None (no cap) or a share of the codes in (0, 1]."""
-    if budget is not None and not 0.0 < budget <= 1.0:
+def check_flip_budget(key: str, budget: float) -> None:
+    """A flip budget is a share of the codes in (0, 1] (None: no cap)."""
+    if not 0.0 < budget <= 1.0:
         raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
+
+
+def _check_bits(key: str, bits: int) -> None:
+    check_bits(bits)
 
 
 @dataclass(frozen=True)
@@ -93,34 +102,8 @@ def parse_policy(spec: object) -> Policy:
     raise QCoreError(f"unknown policy {spec!r}: choose every, every:N (N >= 1) or drift")
 
 
-class Settings:
-    """What every settings dataclass offers: a JSON-ready dict, construction from one
-    (with each value coerced to its field's type), and ``replace``."""
-
-    def to_dict(self) -> dict[str, object]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Self:
-        return from_dict(cls, data)
-
-    def replace(self, **changes: object) -> Self:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-    def made_with(self, stored: dict[str, object]) -> bool:
-        """Whether results recorded with the settings ``stored`` are this config's.
-
-        Every stored key must be a setting with this config's value. A setting the stored
-        dict lacks matches only if it is in :data:`ADDED_SETTINGS` (added without changing
-        what the other settings do) and this config has it at the value listed there.
-        """
-        mine = self.to_dict()
-        if set(stored) - set(mine):
-            return False
-        return all(
-            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) in (v, ANY)
-            for k, v in mine.items()
-        )
+def _check_policy(key: str, spec: str) -> None:
+    parse_policy(spec)
 
 
 @dataclass(frozen=True)
@@ -133,13 +116,13 @@ class DeviceConfig(Settings):
         "(class means and shared covariance of pooled features, updated by every label)",
     )
     head_shrinkage: float = setting(
-        1e-3, "slda head: covariance shrinkage towards the identity, in (0, 1]"
+        1e-3, "slda head: covariance shrinkage towards the identity, in (0, 1]", "(0, 1]"
     )
     head_bits: int | None = setting(
-        None, "slda head: weights rounded to this many bits per class (none: float32)"
+        None, "slda head: weights rounded to this many bits per class (none: float32)", _check_bits
     )
     flip_steps: int = setting(
-        3, "flip passes per calibration step (each one forward pass; 0: no flips)"
+        3, "flip passes per calibration step (each one forward pass; 0: no flips)", ">= 0"
     )
     flip_guard: FlipGuard = setting(
         "pass",
@@ -148,7 +131,9 @@ class DeviceConfig(Settings):
         "layer's flips on their own; off: apply every pass",
     )
     flip_budget: float | None = setting(
-        DEFAULT_FLIP_BUDGET, "most codes one pass may move, as a share of all codes (none: no cap)"
+        DEFAULT_FLIP_BUDGET,
+        "most codes one pass may move, as a share of all codes (none: no cap)",
+        check_flip_budget,
     )
     bn_mode: BnMode = setting(
         "reestimate", "reestimate: BatchNorm statistics from core+batch each step; frozen: keep"
@@ -159,68 +144,37 @@ class DeviceConfig(Settings):
         "(equal quota per class)",
     )
     old_quota: float | None = setting(
-        None, "share of the core reserved for old samples at each update (none: by score)"
+        None,
+        "share of the core reserved for old samples at each update (none: by score)",
+        "[0, 1]",
     )
     guard_margin: float = setting(
-        0.05, "roll a step back when accuracy on the old core or the batch drops by more"
+        0.05, "roll a step back when accuracy on the old core or the batch drops by more", "[0, 1]"
     )
     reset_window: int = setting(
         5,
         "return to the deployed model when, over this many recent labelled batches, the "
         "device predicted worse than the deployed model would have (0: never)",
+        ">= 0",
     )
     reset_margin: float = setting(
-        0.02, "reset only when the device's accuracy over that window is lower by more"
+        0.02, "reset only when the device's accuracy over that window is lower by more", "[0, 1]"
     )
     reset_alpha: float | None = setting(
         0.05,
         "while the backbone has not moved (the device learns only its head), reset only when, "
         "in addition, an exact one-sided sign test on the windows where the device and the "
         "deployed model disagree gives p below this (none: the margin alone)",
+        "(0, 1]",
     )
     pseudo_threshold: float | None = setting(
         None,
         "slda head: a window without a label whose confidence reaches this is added to the "
         "statistics as its predicted class (none: unlabelled windows are only predicted)",
+        "(0, 1]",
     )
-    policy: str = setting("every", "when to calibrate: every, every:N or drift")
+    policy: str = setting("every", "when to calibrate: every, every:N or drift", _check_policy)
     seed: int = setting(0, "seed of the core updates (with the step number)")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.flip_steps, bool) or not isinstance(self.flip_steps, int):
-            raise QCoreError(f"setting flip_steps must be an integer, got {self.flip_steps!r}")
-        if self.flip_steps < 0:
-            raise QCoreError(f"setting flip_steps must be >= 0, got {self.flip_steps}")
-        check_choice("head", self.head, HEADS)
-        if self.head_bits is not None:
-            check_bits(self.head_bits)
-        if not 0.0 < self.head_shrinkage <= 1.0:
-            raise QCoreError(
-                f"setting head_shrinkage must lie in (0, 1], got {self.head_shrinkage}"
-            )
-        check_choice("flip_guard", self.flip_guard, FLIP_GUARDS)
-        check_flip_budget(self.flip_budget)
-        check_choice("bn_mode", self.bn_mode, BN_MODES)
-        check_choice("core_mode", self.core_mode, CORE_MODES)
-        if self.old_quota is not None and not 0.0 <= self.old_quota <= 1.0:
-            raise QCoreError(f"setting old_quota must be in [0, 1], got {self.old_quota}")
-        if not 0.0 <= self.guard_margin <= 1.0:
-            raise QCoreError(f"setting guard_margin must lie in [0, 1], got {self.guard_margin}")
-        if isinstance(self.reset_window, bool) or not isinstance(self.reset_window, int):
-            raise QCoreError(f"setting reset_window must be an integer, got {self.reset_window!r}")
-        if self.reset_window < 0:
-            raise QCoreError(f"setting reset_window must be >= 0, got {self.reset_window}")
-        if not 0.0 <= self.reset_margin <= 1.0:
-            raise QCoreError(f"setting reset_margin must lie in [0, 1], got {self.reset_margin}")
-        if self.reset_alpha is not None and not 0.0 < self.reset_alpha <= 1.0:
-            raise QCoreError(f"setting reset_alpha must lie in (0, 1], got {self.reset_alpha}")
-        if self.pseudo_threshold is not None and not 0.0 < self.pseudo_threshold <= 1.0:
-            raise QCoreError(
-                f"setting pseudo_threshold must lie in (0, 1], got {self.pseudo_threshold}"
-            )
-        parse_policy(self.policy)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise QCoreError(f"setting seed must be an integer, got {self.seed!r}")
 
     @property
     def schedule(self) -> Policy:
@@ -228,20 +182,34 @@ class DeviceConfig(Settings):
 
 
 DEVICE_KEYS = tuple(f.name for f in fields(DeviceConfig))
+# the device settings a run holds in its ``device`` field (its seed is the run's)
+RUN_DEVICE_KEYS = tuple(k for k in DEVICE_KEYS if k != "seed")
 _DEVICE = DeviceConfig()
+
+
+def _check_core_size(key: str, size: float) -> None:
+    if not (0 < size < 1 or (size >= 1 and size == int(size))):
+        raise QCoreError(f"setting {key} must be a count >= 1 or a fraction in (0, 1), got {size}")
 
 
 @dataclass(frozen=True)
 class RunConfig(Settings):
-    """A whole run; the device settings are the fields of :class:`DeviceConfig`."""
+    """A whole run; the device's settings are the :class:`DeviceConfig` in ``device``.
+
+    ``device.seed`` is always the run's ``seed``. ``device_chosen`` names the device
+    settings the user set (in a TOML file or ``--set``: :func:`load_config` records them);
+    with those that differ from DeviceConfig's defaults they are :meth:`chosen_device`,
+    which a method's fixed settings must not contradict. It is not a setting: it is not
+    compared, listed or written.
+    """
 
     # data and scenario
     dataset: str = setting("hapt", "dataset name (qcore data info NAME)")
     data_path: str | None = setting(None, "dataset root or file where the loader needs one")
     source: int = setting(1, "source domain (subject, arm side, ...) the cloud trains on")
     target: int = setting(4, "target domain streamed to the device")
-    n_batches: int = setting(10, "stream batches cut from the target training part")
-    test_fraction: float = setting(0.2, "share of each domain held out for testing")
+    n_batches: int = setting(10, "stream batches cut from the target training part", ">= 1")
+    test_fraction: float = setting(0.2, "share of each domain held out for testing", "(0, 1)")
     new_classes: str = setting(
         "",
         "classes held out of the cloud (comma-separated names or indices): the stream brings "
@@ -251,100 +219,107 @@ class RunConfig(Settings):
         1.0,
         "share of each stream batch's windows that reach the device with their label "
         "(seeded); the others arrive without one (accuracy is measured on all)",
+        "[0, 1]",
     )
     # the small reference InceptionTime (57,030 parameters for 6 channels, 6 classes) keeps
     # the default run to minutes on 2 cores; configs/paper.toml has the paper's 32 x 6
-    filters: int = setting(16, "InceptionTime filters per branch")
-    depth: int = setting(3, "InceptionTime blocks")
-    epochs: int = setting(30, "float training epochs")
-    lr: float = setting(0.01, "float training learning rate (Adam)")
-    batch_size: int = setting(64, "training batch size")
-    record_every: int = setting(5, "epochs between training-dynamics observations")
-    bits: tuple[int, ...] = setting((4,), "bit-widths to deploy (comma-separated, 2..8)")
+    filters: int = setting(16, "InceptionTime filters per branch", ">= 1")
+    depth: int = setting(3, "InceptionTime blocks", ">= 1")
+    epochs: int = setting(30, "float training epochs", ">= 1")
+    lr: float = setting(0.01, "float training learning rate (Adam)", "> 0")
+    batch_size: int = setting(64, "training batch size", ">= 1")
+    record_every: int = setting(5, "epochs between training-dynamics observations", ">= 1")
+    bits: tuple[int, ...] = setting(
+        (4,), "bit-widths to deploy (comma-separated, 2..8)", _check_bits
+    )
     dynamics_bits: tuple[int, ...] = setting(
-        (2, 3, 4, 5, 8), "bit-widths observed in the training dynamics"
+        (2, 3, 4, 5, 8), "bit-widths observed in the training dynamics", _check_bits
     )
     # the default device method: the streaming head alone, chosen on validation pairs
     # (docs/results.md); the paper's recipe is method=qcore
     method: str = setting("slda", "method(s) streamed over the target (comma-separated)")
     calib_steps: int = setting(10, "back-prop steps per batch (backprop, flip teacher)")
-    calib_lr: float = setting(1e-3, "back-prop calibration learning rate")
+    calib_lr: float = setting(1e-3, "back-prop calibration learning rate", "> 0")
     source_calib_epochs: int = setting(2, "back-prop calibration epochs on the source")
-    core_size: float = setting(20, "core samples (>= 1) or a fraction of the source (< 1)")
+    core_size: float = setting(
+        20, "core samples (>= 1) or a fraction of the source (< 1)", _check_core_size
+    )
     # chosen on validation pairs (docs/results.md): with few labels the target moves the
     # class means sooner, with every label the result is the same
     head_source_weight: float = setting(
         0.3,
         "streaming head: weight of each source window in the statistics the cloud ships "
         "(1: as much as a labelled target window; smaller: target labels move it sooner)",
+        "(0, 1]",
     )
     flip_teacher_lr: float = setting(
         0.05, "flip teacher's Adam lr in units of each layer's quantization step"
     )
-    # the device's settings, with DeviceConfig's defaults and help; seed also seeds the cloud
-    head: HeadKind = _DEVICE.head
-    head_shrinkage: float = _DEVICE.head_shrinkage
-    head_bits: int | None = _DEVICE.head_bits
-    flip_steps: int = _DEVICE.flip_steps
-    flip_guard: FlipGuard = _DEVICE.flip_guard
-    flip_budget: float | None = _DEVICE.flip_budget
-    bn_mode: BnMode = _DEVICE.bn_mode
-    core_mode: CoreMode = _DEVICE.core_mode
-    old_quota: float | None = _DEVICE.old_quota
-    guard_margin: float = _DEVICE.guard_margin
-    reset_window: int = _DEVICE.reset_window
-    reset_margin: float = _DEVICE.reset_margin
-    reset_alpha: float | None = _DEVICE.reset_alpha
-    pseudo_threshold: float | None = _DEVICE.pseudo_threshold
-    policy: str = _DEVICE.policy
     seed: int = setting(0, "seed of every random choice (cloud and device)")
-    threads: int = setting(2, "torch and BLAS threads")
+    threads: int = setting(2, "torch and BLAS threads", ">= 1")
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    device_chosen: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in (
-            "n_batches",
-            "filters",
-            "depth",
-            "epochs",
-            "batch_size",
-            "record_every",
-            "threads",
-        ):
-            if getattr(self, name) < 1:
-                raise QCoreError(f"setting {name} must be >= 1, got {getattr(self, name)}")
-        if not (
-            0 < self.core_size < 1
-            or (self.core_size >= 1 and self.core_size == int(self.core_size))
-        ):
-            raise QCoreError(
-                f"setting core_size must be a count >= 1 or a fraction in (0, 1), "
-                f"got {self.core_size}"
-            )
-        if not 0.0 < self.head_source_weight <= 1.0:
-            raise QCoreError(
-                f"setting head_source_weight must lie in (0, 1], got {self.head_source_weight}"
-            )
-        if not 0.0 <= self.label_fraction <= 1.0:
-            raise QCoreError(
-                f"setting label_fraction must lie in [0, 1], got {self.label_fraction}"
-            )
-        if not 0.0 < self.test_fraction < 1.0:
-            raise QCoreError(f"setting test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.lr <= 0 or self.calib_lr <= 0:
-            raise QCoreError("learning rates must be positive")
+        super().__post_init__()
+        if not isinstance(self.device, DeviceConfig):
+            raise QCoreError(f"RunConfig.device must be a DeviceConfig, got {self.device!r}")
+        unknown = sorted(set(self.device_chosen) - set(RUN_DEVICE_KEYS))
+        if unknown:
+            raise QCoreError(f"unknown device setting(s) chosen: {', '.join(unknown)}")
+        if self.device.seed != self.seed:
+            object.__setattr__(self, "device", self.device.replace(seed=self.seed))
         if not self.bits:
             raise QCoreError("setting bits needs at least one bit-width")
-        for b in (*self.bits, *self.dynamics_bits):
-            check_bits(b)
         if not self.methods:
             raise QCoreError("setting method needs at least one method name")
-        self.device_config()  # validates the device settings
         if self.source == self.target:
             raise QCoreError("source and target domains must differ")
 
-    def device_config(self) -> DeviceConfig:
-        """The device's settings of this run."""
-        return DeviceConfig(**{k: getattr(self, k) for k in DEVICE_KEYS})
+    def replace(self, **changes: object) -> Self:
+        """A copy with ``changes``; a device setting's key (``head=...``) changes ``device``."""
+        device = {k: changes.pop(k) for k in RUN_DEVICE_KEYS if k in changes}
+        if device:
+            base = changes.get("device", self.device)
+            changes["device"] = base.replace(**device)  # type: ignore[attr-defined]
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def chosen_device(self) -> dict[str, object]:
+        """The device settings this run chose, by name: those in ``device_chosen`` and
+        those that differ from :class:`DeviceConfig`'s defaults."""
+        return {
+            k: getattr(self.device, k)
+            for k in RUN_DEVICE_KEYS
+            if k in self.device_chosen or getattr(self.device, k) != getattr(_DEVICE, k)
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        """Flat: the run's settings, then the device's (but its seed, the run's)."""
+        device = self.device.to_dict()
+        return {**super().to_dict(), **{k: device[k] for k in RUN_DEVICE_KEYS}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Self:
+        """From a flat dict (TOML, JSON, ``--set`` strings): device keys go to ``device``."""
+        run = {k: v for k, v in data.items() if k not in RUN_DEVICE_KEYS}
+        device = {k: v for k, v in data.items() if k in RUN_DEVICE_KEYS}
+        cfg = from_dict(cls, run)
+        return cfg.replace(device=from_dict(DeviceConfig, {**device, "seed": cfg.seed}))
+
+    def made_with(self, stored: dict[str, object]) -> bool:
+        """Whether results recorded with the flat settings ``stored`` are this run's.
+
+        Every stored key must be a setting with this run's value. A setting the stored
+        dict lacks matches only if it is in :data:`ADDED_SETTINGS` (added without changing
+        what the other settings do) and this run has it at the value listed there.
+        """
+        mine = self.to_dict()
+        if set(stored) - set(mine):
+            return False
+        return all(
+            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) in (v, ANY)
+            for k, v in mine.items()
+        )
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -352,93 +327,35 @@ class RunConfig(Settings):
         return tuple(m.strip() for m in self.method.split(",") if m.strip())
 
 
-def _help(cls: type, name: str) -> str:
-    """A field's help; RunConfig's device fields take DeviceConfig's."""
-    for owner in (cls, DeviceConfig):
-        f = owner.__dataclass_fields__.get(name)  # type: ignore[attr-defined]
-        if f is not None and "help" in f.metadata:
-            return str(f.metadata["help"])
-    return ""
+def settings_help(cls: type, values: DeviceConfig | None = None, source: str = "") -> str:
+    """Every setting of ``cls``: ``name = default`` and its help (for ``--help``).
 
-
-def settings_help(cls: type) -> str:
-    """Every setting of ``cls``: ``name = default`` and its help (for ``--help``)."""
-    where = "--set KEY=VALUE" if cls is DeviceConfig else "--set KEY=VALUE or --config FILE.toml"
-    lines = [f"settings ({where}):"]
-    for f in fields(cls):
-        default = f.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        shown = "none" if shown is None else shown
-        lines.append(f"  {f.name} = {shown}")
-        lines.append(f"      {_help(cls, f.name)}")
-    return "\n".join(lines)
-
-
-C = typing.TypeVar("C")
-
-
-def to_dict(cfg: object) -> dict[str, object]:
-    """A config as a JSON-ready dict (tuples become lists)."""
-    return {
-        f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
-        for f in fields(cfg)  # type: ignore[arg-type]
-    }
-
-
-def from_dict(cls: type[C], data: dict[str, object]) -> C:
-    """``cls`` from a dict of (TOML, JSON or ``--set`` string) values; unknown keys fail."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        kind = "device setting(s)" if cls is DeviceConfig else "setting(s)"
-        raise QCoreError(f"unknown {kind}: {', '.join(unknown)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
-
-
-def _coerce(key: str, value: Any, hint: object) -> object:
-    """Turn a TOML value or a ``--set`` string into the field's type, or say why not."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(int(str(v).strip()) for v in items if str(v).strip())
-        if type(None) in args:  # optional value
-            if value in (None, "", "none", "None"):
-                return None
-            if float in args:
-                return float(value)
-            return int(value) if int in args else str(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise QCoreError(f"setting {key}: cannot read {value!r} as {hint}") from None
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    """``["key=value", ...]`` -> dict, with a clear error for a malformed pair."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise QCoreError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
+    For :class:`DeviceConfig`, ``values`` (read from ``source``, an artifact) replaces
+    the defaults; without it the listing says they are DeviceConfig's defaults.
+    """
+    if cls is RunConfig:
+        run = RunConfig()
+        return "\n".join(
+            [
+                "settings (--set KEY=VALUE or --config FILE.toml):",
+                *listing(run, [f.name for f in settings_of(RunConfig)]),
+                "device settings (DeviceConfig; each method may fix some of them):",
+                *listing(run.device, RUN_DEVICE_KEYS),
+            ]
+        )
+    if values is None:
+        title = (
+            "settings (--set KEY=VALUE), at DeviceConfig's defaults; an artifact runs with "
+            "its own (qcore device ARTIFACT --help lists them):"
+        )
+    else:
+        title = f"settings of {source or 'the artifact'} (--set KEY=VALUE overrides):"
+    return "\n".join([title, *listing(values or _DEVICE, DEVICE_KEYS)])
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Defaults, then a TOML file (flat keys), then ``key=value`` overrides."""
+    """Defaults, then a TOML file (flat keys), then ``key=value`` overrides; the device
+    settings either names are recorded as the run's choice (``device_chosen``)."""
     data: dict[str, object] = {}
     if path is not None:
         p = Path(path)
@@ -449,9 +366,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except tomllib.TOMLDecodeError as exc:
             raise QCoreError(f"config file {p} is not valid TOML: {exc}") from None
     data.update(parse_overrides(list(overrides)))
-    return RunConfig.from_dict(data)
+    cfg = RunConfig.from_dict(data)
+    return cfg.replace(device_chosen=frozenset(data) & set(RUN_DEVICE_KEYS))
 
 
 def override_device(cfg: DeviceConfig, overrides: Sequence[str]) -> DeviceConfig:
     """``cfg`` with ``key=value`` overrides (the device's settings only)."""
-    return DeviceConfig.from_dict({**cfg.to_dict(), **parse_overrides(list(overrides))})
+    data = {**cfg.to_dict(), **parse_overrides(list(overrides))}
+    return from_dict(DeviceConfig, data, "device setting(s)")

@@ -19,7 +19,7 @@ import torch
 
 from qcore.cloud import pipeline
 from qcore.cloud.model import InceptionTime
-from qcore.config import RunConfig
+from qcore.config import DeviceConfig, RunConfig
 from qcore.edge.artifact import Artifact, load_artifact, save_artifact
 from qcore.edge.device import Device
 from qcore.edge.state import bind_state
@@ -63,8 +63,7 @@ def kit_config(bits: int = 4, core_size: int = CORE_SIZE, seed: int = 0) -> RunC
         seed=seed,
         calib_steps=2,
         flip_teacher_lr=0.5,
-        flip_steps=2,
-        flip_budget=0.05,
+        device=DeviceConfig(flip_steps=2, flip_budget=0.05),
     )
 
 

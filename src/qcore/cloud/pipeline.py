@@ -131,9 +131,9 @@ def core_scores(dyn: Dynamics | None, n: int) -> np.ndarray:
 
 
 def select_qcore(cfg: RunConfig, X: np.ndarray, y: np.ndarray, scores: np.ndarray) -> Core:
-    """The initial core: ``cfg.core_size`` samples drawn by score (``cfg.core_mode``)."""
+    """The initial core: ``cfg.core_size`` samples drawn by score (``cfg.device.core_mode``)."""
     size = min(core_size_from(cfg.core_size, len(y)), len(y))
-    return build_core(X, y, scores, size, cfg.core_mode, cfg.seed)
+    return build_core(X, y, scores, size, cfg.device.core_mode, cfg.seed)
 
 
 def quantize(model: torch.nn.Module, bits: int, X: np.ndarray, cfg: RunConfig) -> torch.nn.Module:
@@ -212,7 +212,7 @@ def device_artifact(
 ) -> Artifact:
     """What ships to a device, at step 0: the integer model, core, flip network,
     normaliser, class names, the run's settings and the device's (``device``, default
-    ``cfg.device_config()``). With ``head_data`` (source windows and labels) the streaming
+    ``cfg.device``). With ``head_data`` (source windows and labels) the streaming
     head's statistics start from the deployed model's pooled features of those windows,
     each weighted ``cfg.head_source_weight`` (counts and scatter scaled, means kept).
     ``window_length`` is needed when there is no core to take it from."""
@@ -224,7 +224,7 @@ def device_artifact(
         w = cfg.head_source_weight  # the source's windows as so many target windows
         if w != 1.0:
             head = HeadStats(head.count * w, head.mean, head.scatter * w)
-    device = cfg.device_config() if device is None else device
+    device = cfg.device if device is None else device
     return build_artifact(
         qm, core, net, normalizer, class_names, cfg.to_dict(), window_length, device, head
     )

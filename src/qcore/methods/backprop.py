@@ -17,7 +17,7 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits
 from qcore.coreset.core import Core
 from qcore.methods.common import CoreCalibrator, core_loop
-from qcore.methods.registry import Deployment, register
+from qcore.methods.registry import CORE_LOOP, Deployment, register
 
 
 class BackpropCalibrator(CoreCalibrator):
@@ -51,9 +51,9 @@ class BackpropCalibrator(CoreCalibrator):
         return to_qmodel(self.model).device_bytes()["total"] + self.core.nbytes
 
 
-@register("backprop", uses_qcore=True, backprop=True)
+@register("backprop", uses_qcore=True, backprop=True, reads=CORE_LOOP)
 def _backprop(dep: Deployment) -> BackpropCalibrator:
     c = dep.cfg
     return BackpropCalibrator(
-        dep.qmodel, dep.core, steps=c.calib_steps, lr=c.calib_lr, **core_loop(c)
+        dep.qmodel, dep.core, steps=c.calib_steps, lr=c.calib_lr, **core_loop(dep.device)
     )

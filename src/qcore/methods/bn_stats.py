@@ -13,11 +13,11 @@ from qcore.core.qmodel import QuantizedModel
 from qcore.core.types import Batch
 from qcore.edge.infer import bn_reestimate
 from qcore.edge.infer import predict as edge_predict
-from qcore.methods.common import Baseline
+from qcore.methods.common import StepMethod
 from qcore.methods.registry import Deployment, register
 
 
-class BNStats(Baseline):
+class BNStats(StepMethod):
     """The deployed model whose BatchNorm statistics follow the latest batch."""
 
     def __init__(self, qm: QuantizedModel) -> None:

@@ -1,9 +1,12 @@
-"""What the methods share: a timed ``observe``, the core-calibration loop of the core
-baselines (and its settings from a run's config), and a fixed-capacity sample buffer.
+"""What the methods share: the one template of a method run in-process (a timed step),
+QCore's core loop on top of it, and a fixed-capacity sample buffer.
 
-NumPy only. Every buffer holds at most ``capacity`` samples (the QCore's size, so that a
-buffer sample and a core sample cost the same bytes) and is preallocated: its
-``nbytes`` are the bytes a device reserves, whether or not the buffer is full yet.
+NumPy only. Every method satisfies the :class:`qcore.core.types.Calibrator` protocol;
+those the runner steps in-process derive from :class:`StepMethod`, the device's own step
+is :class:`qcore.methods.qcore_method.DeviceCalibrator`. Every buffer holds at most
+``capacity`` samples (the QCore's size, so that a buffer sample and a core sample cost
+the same bytes) and is preallocated: its ``nbytes`` are the bytes a device reserves,
+whether or not the buffer is full yet.
 """
 
 from __future__ import annotations
@@ -21,20 +24,24 @@ from qcore.edge.backbone import step_rng
 from qcore.errors import QCoreError
 
 if TYPE_CHECKING:
-    from qcore.config import RunConfig
+    from qcore.config import DeviceConfig
 
 
-class Baseline:
-    """``observe`` = accuracy on the batch before calibrating, then the timed ``step``.
+class StepMethod:
+    """The template: ``observe`` = accuracy on the batch before calibrating, then the
+    timed ``step`` (the device's calibration work, the only part timed).
 
-    Subclasses implement ``predict(X) -> labels``, ``step(batch) -> extra`` (the device's
-    calibration work, the only part timed) and ``device_bytes()``.
+    Subclasses implement ``predict(X) -> labels``, ``step(batch) -> extra`` and
+    ``device_bytes()``.
     """
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def step(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def device_bytes(self) -> int:
         raise NotImplementedError
 
     def observe(self, batch: Batch) -> StepReport:
@@ -44,8 +51,8 @@ class Baseline:
         return StepReport(task_acc, time.perf_counter() - t0, extra)
 
 
-class CoreCalibrator:
-    """Calibrate on core + batch, then QCore's fixed-size core update; ``observe`` is timed.
+class CoreCalibrator(StepMethod):
+    """A step on core + batch, then QCore's fixed-size core update.
 
     The loop of the methods that move weights by other means than the device's flip step
     (the back-prop reference, the zeroth-order rival). Subclasses implement
@@ -53,7 +60,7 @@ class CoreCalibrator:
     ``(passes, len(y))``, old core first, then the batch) and ``device_bytes()``. Step
     ``s`` draws from ``self.rng = step_rng(seed, s)``, the device's RNG rule. A subclass
     passes ``seed``, ``core_mode`` and ``old_quota`` through (:func:`core_loop` reads
-    them from a run's config).
+    them from a method's device settings).
     """
 
     def __init__(
@@ -69,15 +76,10 @@ class CoreCalibrator:
         self.rng = step_rng(seed, 0)
         self.n_steps = 0
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
     def calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         raise NotImplementedError
 
-    def observe(self, batch: Batch) -> StepReport:
-        task_acc = accuracy(self.predict(batch.X), batch.y)
-        t0 = time.perf_counter()
+    def step(self, batch: Batch) -> dict[str, float]:
         self.n_steps += 1
         self.rng = step_rng(self.seed, self.n_steps)
         X = np.concatenate([self.core.X, batch.X])
@@ -93,12 +95,13 @@ class CoreCalibrator:
             mode=self.core_mode,
             old_quota=self.old_quota,
         )
-        return StepReport(task_acc, time.perf_counter() - t0, extra)
+        return extra
 
 
-def core_loop(cfg: RunConfig) -> dict[str, Any]:
-    """:class:`CoreCalibrator`'s settings in a run's config, as its keyword arguments."""
-    return {"seed": cfg.seed, "core_mode": cfg.core_mode, "old_quota": cfg.old_quota}
+def core_loop(device: DeviceConfig) -> dict[str, Any]:
+    """:class:`CoreCalibrator`'s settings among a method's device settings, as keyword
+    arguments (the settings a method registers as ``reads=CORE_LOOP``)."""
+    return {"seed": device.seed, "core_mode": device.core_mode, "old_quota": device.old_quota}
 
 
 def reservoir_slots(n_seen: int, n_new: int, capacity: int, rng: np.random.Generator) -> np.ndarray:

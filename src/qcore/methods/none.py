@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from qcore.core.metrics import accuracy
 from qcore.core.qmodel import QuantizedModel
-from qcore.core.types import Batch, StepReport
+from qcore.core.types import Batch
 from qcore.edge.infer import predict as edge_predict
+from qcore.methods.common import StepMethod
 from qcore.methods.registry import Deployment, register
 
 
-class NoCalibration:
-    """The deployed model; a step only predicts the batch."""
+class NoCalibration(StepMethod):
+    """The deployed model; a step changes nothing."""
 
     def __init__(self, qm: QuantizedModel) -> None:
         self.qm = qm
@@ -22,10 +20,8 @@ class NoCalibration:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return edge_predict(self.qm, X)
 
-    def observe(self, batch: Batch) -> StepReport:
-        t0 = time.perf_counter()
-        acc = accuracy(self.predict(batch.X), batch.y)
-        return StepReport(task_acc=acc, seconds=time.perf_counter() - t0)
+    def step(self, batch: Batch) -> dict[str, float]:
+        return {}
 
     def device_bytes(self) -> int:
         return self.qm.device_bytes()["total"]

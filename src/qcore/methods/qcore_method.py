@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from qcore.cloud.pipeline import device_artifact, train_flip_network
-from qcore.config import DeviceConfig
+from qcore.config import DEVICE_KEYS
 from qcore.core.types import Batch, StepReport
 from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact
@@ -72,8 +72,8 @@ class DeviceCalibrator:
         rep = self.device.step(batch.X, names[batch.y], normalized=True)
         seconds = time.perf_counter() - t0
         keys = ("flips", "passes_rejected", "rolled_back", "calibrated", "head_samples", "reset")
-        extra = {k: rep[k] for k in keys}
-        return StepReport(rep["accuracy"], seconds, extra)
+        extra = {k: getattr(rep, k) for k in keys}
+        return StepReport(rep.accuracy, seconds, extra)
 
     def device_bytes(self) -> int:
         """Model, core (as float32 windows), flip network and head statistics."""
@@ -93,18 +93,18 @@ class IdentityNormalizer:
 
 
 def device_calibrator(
-    dep: Deployment,
-    core: Core | None,
-    device: DeviceConfig,
-    update: CoreUpdate | None = None,
+    dep: Deployment, core: Core | None, update: CoreUpdate | None = None
 ) -> DeviceCalibrator:
-    """Build in the cloud what ``device`` needs and start a :class:`Device` on it.
+    """Build in the cloud what the method's device settings (``dep.device``) need and
+    start a :class:`Device` on it.
 
     A flip network is trained for ``core`` when the device flips (its held-out agreement
     report goes to ``dep.extras["flipnet"]``); the streaming head's statistics start from
     the source training set when ``device.head`` is ``"slda"``.
     """
-    c = dep.cfg
+    c, device = dep.cfg, dep.device
+    if device is None:
+        raise QCoreError("a deployment's device settings are set by qcore.methods.all.make")
     net = None
     if device.flip_steps > 0:
         if core is None:
@@ -129,7 +129,7 @@ def device_calibrator(
     return DeviceCalibrator(art, update, dep.label_names or None)
 
 
-@register("qcore", uses_qcore=True, unlabelled=True)
+@register("qcore", uses_qcore=True, unlabelled=True, fixes={"head": "model"}, reads=DEVICE_KEYS)
 def _qcore(dep: Deployment) -> DeviceCalibrator:
     """The paper's recipe: the core, guarded flip passes, BatchNorm, the deployed head."""
-    return device_calibrator(dep, dep.core, dep.cfg.device_config().replace(head="model"))
+    return device_calibrator(dep, dep.core)

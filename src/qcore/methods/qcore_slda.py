@@ -11,11 +11,13 @@ be read against ``slda`` (the head alone):
 * ``slda-flips``: the core and guarded flip passes, BatchNorm frozen.
 
 The core update alone changes nothing the head sees (the backbone stays as deployed), so
-it has no row of its own. The other device settings are the run's.
+it has no row of its own. Each fixes the settings above (and ``head=slda``); the other
+device settings are the run's.
 """
 
 from __future__ import annotations
 
+from qcore.config import DEVICE_KEYS
 from qcore.methods.qcore_method import DeviceCalibrator, device_calibrator
 from qcore.methods.registry import Deployment, register
 
@@ -27,12 +29,11 @@ ABLATIONS: dict[str, dict[str, object]] = {
 
 
 def _head_with(name: str) -> None:
-    changes = ABLATIONS[name]
+    fixes = {"head": "slda", **ABLATIONS[name]}
 
-    @register(name, uses_qcore=True, unlabelled=True)
+    @register(name, uses_qcore=True, unlabelled=True, fixes=fixes, reads=DEVICE_KEYS)
     def _factory(dep: Deployment) -> DeviceCalibrator:
-        device = dep.cfg.device_config().replace(head="slda", **changes)
-        return device_calibrator(dep, dep.core, device)
+        return device_calibrator(dep, dep.core)
 
 
 for _name in ABLATIONS:

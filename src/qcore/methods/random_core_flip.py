@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcore.config import DEVICE_KEYS
 from qcore.coreset.core import Core
 from qcore.edge.backbone import step_rng
 from qcore.methods.common import reservoir_slots, source_reservoir
@@ -39,11 +40,11 @@ class ReservoirUpdate:
         return Core(Xc, yc, np.zeros(len(yc), dtype=np.int64), origin)
 
 
-@register("random-core-flip", unlabelled=True)
+@register("random-core-flip", unlabelled=True, fixes={"head": "model"}, reads=DEVICE_KEYS)
 def _random_core_flip(dep: Deployment) -> DeviceCalibrator:
     c = dep.cfg
     rng = np.random.default_rng(c.seed)
     buffer = source_reservoir(dep.source_X, dep.source_y, len(dep.core), rng)  # QCore's size
     core = buffer.as_core()
     update = ReservoirUpdate(buffer.n_seen, c.seed)
-    return device_calibrator(dep, core, c.device_config().replace(head="model"), update)
+    return device_calibrator(dep, core, update)

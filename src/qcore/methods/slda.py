@@ -9,11 +9,13 @@ again. No flips, no BatchNorm change, no core, no flip network: statistics only.
 
 from __future__ import annotations
 
+from qcore.config import DEVICE_KEYS
 from qcore.methods.qcore_method import DeviceCalibrator, device_calibrator
 from qcore.methods.registry import Deployment, register
 
+FIXED = {"head": "slda", "flip_steps": 0, "bn_mode": "frozen"}
 
-@register("slda", unlabelled=True)
+
+@register("slda", unlabelled=True, fixes=FIXED, reads=DEVICE_KEYS)
 def _slda(dep: Deployment) -> DeviceCalibrator:
-    device = dep.cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
-    return device_calibrator(dep, None, device)
+    return device_calibrator(dep, None)

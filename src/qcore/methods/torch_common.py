@@ -26,11 +26,11 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.train import predict_logits, to_tensor
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
-from qcore.methods.common import Baseline, Buffer, source_reservoir
+from qcore.methods.common import Buffer, StepMethod, source_reservoir
 from qcore.methods.registry import Deployment
 
 
-class TorchBaseline(Baseline):
+class TorchBaseline(StepMethod):
     """A baseline that calibrates a deep copy of the deployed torch model.
 
     ``steps`` Adam steps at rate ``lr`` per stream step (the run's ``calib_steps`` and

@@ -29,7 +29,7 @@ from qcore.edge.flip_passes import cross_entropy
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.edge.infer import predict as edge_predict
 from qcore.methods.common import CoreCalibrator, core_loop
-from qcore.methods.registry import Deployment, register
+from qcore.methods.registry import CORE_LOOP, Deployment, register
 
 
 def shift_codes(qm: QuantizedModel, moves: dict[str, np.ndarray], sign: int) -> QuantizedModel:
@@ -152,16 +152,16 @@ class ZOSPSA(CoreCalibrator):
         return self.qm.device_bytes()["total"] + self.core.nbytes
 
 
-@register("zo-spsa", uses_qcore=True)
+@register("zo-spsa", uses_qcore=True, reads=("flip_guard", "bn_mode", *CORE_LOOP))
 def _zo_spsa(dep: Deployment) -> ZOSPSA:
     from qcore.cloud.export import to_qmodel  # cloud side: the hand-over only
 
-    c = dep.cfg
+    device = dep.device
     return ZOSPSA(
         to_qmodel(dep.qmodel),
         dep.core,
-        iters=c.calib_steps,
-        guard=c.flip_guard,
-        bn_mode=c.bn_mode,
-        **core_loop(c),
+        iters=dep.cfg.calib_steps,
+        guard=device.flip_guard,
+        bn_mode=device.bn_mode,
+        **core_loop(device),
     )

@@ -42,13 +42,9 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def _print_table(result: dict) -> None:
-    print(f"{'method':<16}{'bits':>6}{'source':>9}{'target':>9}{'bytes':>10}{'seconds':>9}")
-    for r in result["results"]:
-        bits = "float" if r["bits"] is None else str(r["bits"])
-        print(
-            f"{r['method']:<16}{bits:>6}{r['source_acc']:>9.3f}{r['target_acc']:>9.3f}"
-            f"{r['device_bytes']:>10}{r['seconds']:>9.2f}"
-        )
+    from qcore.eval.run_table import run_table
+
+    print(run_table(result))
 
 
 def _cmd_run(args: argparse.Namespace) -> None:

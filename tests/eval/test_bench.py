@@ -15,16 +15,17 @@ from qcore.cloud.pipeline import FlipTraining
 from qcore.config import RunConfig
 from qcore.errors import QCoreError
 from qcore.eval import grid as grid_module
-from qcore.eval.bench import run_bench
+from qcore.eval.bench import _is_done, run_bench
 from qcore.eval.bench_cli import add_command
+from qcore.eval.flip_tables import flip_activity_table, flipnet_table
 from qcore.eval.grid import cell_dir, make_grid
 from qcore.eval.report import (
     CSV_COLUMNS,
     STREAM_COLUMNS,
-    flip_activity_table,
-    flipnet_table,
+    collect,
     markdown_table,
     summary_table,
+    write_report,
 )
 
 torch.set_num_threads(1)
@@ -419,3 +420,51 @@ def test_a_killed_worker_loses_no_cell(tmp_path):
     assert cells == sorted(cell_dir(out, c).name for c in grid.cells())
     for name in cells:
         assert "scenario" in json.loads((out / "cells" / name / "results.json").read_text())
+
+
+def test_preset_help_lists_every_preset(capsys):
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, preset in grid_module.PRESETS.items():
+        assert f"{name}: {preset.summary}" in text, name
+    assert len(grid_module.PRESETS) == 6
+
+
+def test_stream_plot_shows_step_zero(tmp_path):
+    """The y-axis of ``stream.png`` covers the accuracies before the first batch."""
+    from qcore.eval.plots import plot_stream
+
+    steps = [{"step": k, "target_acc": 0.9, "source_acc": 0.85} for k in (1, 2)]
+    row = {"method": "slda", "bits": 4, "target_acc_before": 0.2, "source_acc_before": 0.3}
+    fig = plot_stream([{**row, "steps": steps}], tmp_path / "stream.png")
+    (ax,) = fig.axes[:1]
+    low, high = ax.get_ylim()
+    assert low <= 0.2 and high >= 0.9
+    assert (tmp_path / "stream.png").stat().st_size > 1000
+
+
+COMMITTED = Path(__file__).parents[2] / "docs" / "bench-full" / "cells" / "hapt-1-4-s0-b4"
+
+
+def test_committed_results_with_nan_still_load(tmp_path):
+    """A results.json written before strict JSON (``NaN``, ``seconds``) is still a finished
+    cell, and its rows read as before."""
+    text = (COMMITTED / "results.json").read_text()
+    assert "NaN" in text
+    res = json.loads(text)
+    cfg = RunConfig.from_dict(res["config"])
+    cell = cell_dir(tmp_path, cfg)
+    cell.mkdir(parents=True)
+    (cell / "results.json").write_text(text)
+    assert _is_done(cell / "results.json", cfg)  # the grid reuses it
+    rows, steps = collect(tmp_path, [cfg])
+    write_report(tmp_path, rows, steps)
+    assert len(rows) == len(cfg.methods) and (tmp_path / "summary.md").is_file()
+    by = {r["method"]: r for r in rows}
+    for r in res["results"][3:]:
+        assert by[r["method"]]["step_seconds"] == r["seconds"]
+        assert by[r["method"]]["cloud_seconds"] == r["cloud_seconds"]
+        assert by[r["method"]]["target_acc_before"] == r["target_acc_before"]

@@ -60,7 +60,12 @@ def test_results_contract(result):
     assert on_disk["config"]["method"] == "none,backprop,qcore"
     rows = on_disk["results"]
     for r in rows:
-        assert {"method", "bits", "source_acc", "target_acc", "device_bytes", "seconds"} <= set(r)
+        assert {"method", "bits", "source_acc", "target_acc", "device_bytes"} <= set(r)
+    # every row's time says what it measured, in its unit
+    times = {r["method"]: {k for k in r if k.endswith(("_s", "_ms"))} for r in rows}
+    assert times["float"] == {"train_s"} and times["ptq"] == {"quantize_s"}
+    assert times["backprop-source"] == {"calibrate_s"} and times["qcore"] == {"cloud_s", "step_ms"}
+    assert "wall_s" in on_disk and all("seconds" not in r for r in rows)
     qrows = [r for r in rows if r["method"] == "qcore"]
     assert [r["bits"] for r in qrows] == [2, 4]
     for r in qrows:
@@ -68,6 +73,7 @@ def test_results_contract(result):
         assert len(r["steps"]) == 4
         for s in r["steps"]:
             assert {"task_acc", "source_acc", "target_acc", "core_acc", "seconds"} <= set(s)
+        assert r["step_ms"] == pytest.approx(1000 * np.mean([s["seconds"] for s in r["steps"]]))
     assert (out / "stream.png").stat().st_size > 1000
     by = {(r["method"], r["bits"]): r["device_bytes"] for r in rows}
     assert by[("ptq", 2)] < by[("ptq", 4)] < by[("float", None)]
@@ -82,7 +88,7 @@ def test_same_seed_same_numbers(result, tmp_path):
 
     def strip(rows):
         return [
-            {k: v for k, v in r.items() if "seconds" not in k and k != "steps"}
+            {k: v for k, v in r.items() if not k.endswith(("_s", "_ms")) and k != "steps"}
             | {
                 "steps": [
                     {k: v for k, v in s.items() if k != "seconds"} for s in r.get("steps", [])
@@ -281,3 +287,94 @@ def test_a_class_held_out_of_the_cloud_is_learnt_on_the_device(tmp_path):
         run(cfg.replace(method="bn-stats"), tmp_path / "bn")
     with pytest.raises(QCoreError, match="neither a class name"):
         run(cfg.replace(new_classes="class9"), tmp_path / "bad")
+
+
+def _strict(text: str) -> dict:
+    """``json.loads`` that refuses NaN and infinities (not JSON, though Python writes them)."""
+
+    def refuse(name: str):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_json_is_strict_json(result):
+    """A value that could not be measured (``none`` has no core: ``core_acc``) is null."""
+    out, _ = result
+    on_disk = _strict((out / "results.json").read_text())
+    none = next(r for r in on_disk["results"] if r["method"] == "none")
+    assert all(s["core_acc"] is None for s in none["steps"])
+
+
+def test_before_is_what_the_method_ships(tmp_path):
+    """``*_before`` is measured on the method's own device before the first batch: with no
+    label reaching the device nothing moves, so before equals after (the streaming head of
+    ``slda`` predicts otherwise than the deployed model's head)."""
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda", label_fraction=0.0)
+    rows = {r["method"]: r for r in run(cfg, tmp_path)["results"]}
+    for m in ("none", "slda"):
+        assert rows[m]["target_acc_before"] == rows[m]["target_acc"], m
+        assert rows[m]["source_acc_before"] == rows[m]["source_acc"], m
+    assert rows["none"]["target_acc_before"] == rows["backprop-source"]["target_acc"]
+
+
+def test_a_run_adding_methods_trains_nothing(tmp_path, monkeypatch):
+    """The cache holds the training dynamics and the deployed model of each bit-width: a
+    run adding ``backprop`` (which starts from the QCore) after a default-style run trains
+    and calibrates nothing, and gives the first run's rows."""
+    from qcore.cloud import pipeline
+
+    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="slda")
+    first = run(cfg, tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(pipeline, "train_model", refuse)
+    monkeypatch.setattr(pipeline, "calibrate_on_source", refuse)
+    again = run(cfg.replace(method="slda,backprop"), tmp_path)
+    assert again["results"][0]["cached"] and again["results"][2]["cached"]
+    keys = ("method", "bits", "target_acc", "source_acc", "target_acc_before")
+    rows = [[tuple(r.get(k) for k in keys) for r in res["results"][:4]] for res in (first, again)]
+    assert rows[0] == rows[1]
+
+
+def test_cache_keys_are_resolved(tmp_path, monkeypatch):
+    """``new_classes`` names the same held-out class by name or index: one cache entry."""
+    from qcore.cloud import pipeline
+
+    cfg = RunConfig(**{**TINY, "bits": (4,), "epochs": 1}, method="none", new_classes="class3")
+    run(cfg, tmp_path)
+    calls = []
+    real = pipeline.train_model
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = run(cfg.replace(new_classes="3,class3"), tmp_path)
+    assert again["results"][0]["cached"] and not calls
+    run(cfg.replace(new_classes="class2"), tmp_path)  # another class: another model
+    assert len(calls) == 1
+
+
+def test_the_run_table_names_what_each_number_measured(tmp_path, capsys):
+    """``qcore run`` prints before/after accuracies, device milliseconds per step apart
+    from the cloud's seconds, and the label fraction and new-class results when used."""
+    sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    args = ["run", "--out", str(tmp_path), "--quiet", *(x for s in sets for x in ("--set", s))]
+    code, out, _ = cli(capsys, *args, "--set", "bits=4", "--set", "method=none,slda")
+    assert code == 0
+    head, *lines = out.splitlines()
+    names = head.split()
+    assert names == ["method", "bits", "target_before", "target_after", "source_before",
+                     "source_after", "step_ms", "cloud_s", "device_bytes"]  # fmt: skip
+    res = json.loads((tmp_path / "results.json").read_text())
+    table = {line.split()[0]: dict(zip(names, line.split(), strict=True)) for line in lines[:5]}
+    slda = next(r for r in res["results"] if r["method"] == "slda")
+    assert table["slda"]["step_ms"] == f"{slda['step_ms']:.2f}"
+    assert table["slda"]["target_before"] == f"{slda['target_acc_before']:.3f}"
+    assert table["float"]["cloud_s"] == f"{res['results'][0]['train_s']:.1f}"
+    assert table["float"]["target_before"] == "-" and table["ptq"]["step_ms"] == "-"
+    code, out, _ = cli(capsys, *args, "--set", "bits=4", "--set", "method=none,slda",
+                       "--set", "label_fraction=0.5", "--set", "new_classes=class3")  # fmt: skip
+    names = out.splitlines()[0].split()
+    assert names[-4:] == ["label_fraction", "old_acc", "new_recall", "windows_to_recall"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6]}
+    assert rows["float"][-4:] == ["-"] * 4 and rows["slda"][-4] == "0.500"

@@ -8,11 +8,7 @@ all call these functions, each configured by a :class:`RunConfig`.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +21,6 @@ from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.cloud.train import CALIB_WINDOWS, Dynamics, train_float
 from qcore.config import DeviceConfig, RunConfig
-from qcore.core.fileio import write_atomic
 from qcore.coreset.core import Core, build_core
 from qcore.coreset.scores import qcore_scores
 from qcore.coreset.select import core_size_from
@@ -61,66 +56,6 @@ def train_model(
         progress=progress,
     )
     return model, dyn
-
-
-CACHE_VERSION = 1  # bump when training changes what the same settings produce
-# The float model sees the source domain's train split only (its normaliser is fitted
-# there too), so the target and the stream's cut are not part of the key: every pair with
-# one source and seed shares one trained model.
-TRAINING_KEYS = (
-    "dataset", "data_path", "source", "test_fraction", "filters", "depth", "epochs", "lr",
-    "batch_size", "record_every", "dynamics_bits", "seed", "threads", "new_classes",
-)  # fmt: skip
-
-
-def training_key(cfg: RunConfig) -> str:
-    """A hash of everything that determines the trained float model and its dynamics
-    (the settings above, the cache format and the torch version)."""
-    data = {k: cfg.to_dict()[k] for k in TRAINING_KEYS}
-    data.update(cache=CACHE_VERSION, torch=torch.__version__)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cached_model(
-    cfg: RunConfig,
-    X: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    folder: Path | None,
-    *,
-    dynamics: bool = True,
-    progress: bool = False,
-) -> tuple[InceptionTime, Dynamics | None, bool]:
-    """:func:`train_model`, reusing ``folder/float-KEY.pt`` when an earlier run with the
-    same training settings left it (recording dynamics never changes the trained weights,
-    so an entry without them serves runs that need none). Returns (model, dynamics,
-    whether it came from the cache). ``folder=None``: no cache."""
-    path = None if folder is None else folder / f"float-{training_key(cfg)}.pt"
-    if path is not None and path.is_file():
-        entry = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-        if entry["dynamics"] is not None or not dynamics:
-            torch.manual_seed(cfg.seed)
-            model = InceptionTime(X.shape[1], n_classes, cfg.filters, cfg.depth)
-            model.load_state_dict(entry["model"])
-            dyn = entry["dynamics"]
-            if dyn is not None:
-                bits = tuple(None if b < 0 else b for b in dyn["bits"].tolist())
-                dyn = Dynamics(bits, tuple(dyn["epochs"].tolist()), dyn["correct"].numpy())
-            return model.eval(), dyn, True
-    model, dyn = train_model(cfg, X, y, n_classes, dynamics=dynamics, progress=progress)
-    if path is not None:
-        saved = None
-        if dyn is not None:
-            saved = {
-                "bits": torch.tensor([-1 if b is None else b for b in dyn.bits]),
-                "epochs": torch.tensor(dyn.epochs),
-                "correct": torch.from_numpy(dyn.correct),
-            }
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "dynamics": saved}, buf)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, buf.getvalue(), 0o644)
-    return model, dyn, False
 
 
 def core_scores(dyn: Dynamics | None, n: int) -> np.ndarray:

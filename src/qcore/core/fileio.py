@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -60,11 +61,25 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def finite_json(data: object) -> object:
+    """``data`` with every non-finite float (NaN, infinities, also NumPy's) replaced by
+    None, so that it is strict JSON (``null``) once dumped; lists and tuples become lists."""
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def write_json_atomic(path: str | Path, data: object, mode: int = 0o644) -> None:
-    """:func:`write_atomic` of ``data`` as indented JSON, creating the folder if needed."""
+    """:func:`write_atomic` of ``data`` as indented strict JSON (non-finite floats written
+    as ``null``, see :func:`finite_json`), creating the folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data, indent=2).encode("utf-8"), mode)
+    text = json.dumps(finite_json(data), indent=2, allow_nan=False)
+    write_atomic(path, text.encode("utf-8"), mode)
 
 
 def read_regular_file(path: str | Path, what: str = "artifact") -> bytes:

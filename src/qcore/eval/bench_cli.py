@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from qcore.errors import QCoreError
-from qcore.eval.grid import PRESETS, make_grid
+from qcore.eval.grid import PRESETS, make_grid, presets_help
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -51,10 +51,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=list(PRESETS),
         default="quick",
-        help="quick: synthetic, minutes; full: HAPT (+USC-HAD), every method, hours on 2 "
-        "cores; method: none, backprop and qcore on 3 pairs, plus flips.md",
+        help=presets_help(),
     )
     p.add_argument("--out", default=None, help="output folder (default runs/bench-PRESET)")
     p.add_argument(

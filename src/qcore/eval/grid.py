@@ -38,7 +38,6 @@ from typing import Any
 from qcore.config import RunConfig, parse_overrides
 from qcore.errors import QCoreError
 
-PRESETS = ("quick", "full", "method", "wide", "labels", "newclass")
 # set per cell by the grid: a --set for them would be silently overwritten
 _GRID_OWNED = ("dataset", "source", "target", "seed")
 _USCHAD_PAIR = ("usc-had", 1, 11)
@@ -131,41 +130,79 @@ def one_to_all(dataset: str, source: int = 1) -> tuple[Pair, ...]:
     return tuple((dataset, source, t) for t in range(1, n + 1) if t != source)
 
 
+def _quick() -> Grid:
+    base = RunConfig(
+        dataset="synthetic",
+        source=0,
+        target=1,
+        bits=(2, 4, 8),
+        filters=4,
+        depth=3,
+        epochs=5,
+        core_size=10,
+        method=all_methods(),
+        threads=1,
+    )
+    return Grid(base, (("synthetic", 0, 1), ("synthetic", 2, 3)), (0, 1))
+
+
+def _full() -> Grid:
+    base = RunConfig(bits=(2, 3, 4, 5, 8), method=all_methods(), threads=1)
+    return Grid(base, _with_uschad((("hapt", 1, 4),)), (0, 1, 2))
+
+
+def _method() -> Grid:
+    base = RunConfig(bits=(2, 4, 8), method="none,backprop,qcore", threads=1)
+    return Grid(base, _with_uschad((("hapt", 1, 4), ("hapt", 1, 25))), (0, 1, 2))
+
+
+def _wide() -> Grid:
+    base = RunConfig(bits=(4,), method=WIDE_METHODS, threads=1)
+    pairs = one_to_all("hapt") + (one_to_all("usc-had") if _uschad_found() else ())
+    return Grid(base, pairs, (0,))
+
+
+def _labels() -> Grid:
+    base = RunConfig(bits=(2, 4, 8), method=LABELS_METHODS, threads=1)
+    pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
+    return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
+
+
+def _newclass() -> Grid:
+    base = RunConfig(bits=(2, 4, 8), method="none,slda,backprop", threads=1)
+    classes = load_class_names("hapt")
+    return Grid(base, (("hapt", 1, 4), ("hapt", 1, 25)), (0,), new_classes=classes)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid: a one-line ``summary`` (``qcore bench --help`` lists them) and the
+    ``build`` function that makes it (the module docstring describes each)."""
+
+    summary: str
+    build: Callable[[], Grid]
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset("synthetic data, every method, 2 pairs, bits 2/4/8: minutes", _quick),
+    "full": Preset("HAPT 1->4 (+USC-HAD 1->11), every method, 5 bit-widths: hours", _full),
+    "method": Preset("none, backprop and qcore on 3 pairs, plus flips.md", _method),
+    "wide": Preset("HAPT 1 -> every other subject at 4 bits, plus pairs.md", _wide),
+    "labels": Preset("label fractions 1 to 0 on the method pairs, plus labels.md", _labels),
+    "newclass": Preset("each HAPT class held out of the cloud, plus newclass.md", _newclass),
+}
+
+
+def presets_help() -> str:
+    """One ``NAME: summary`` per preset, for ``--preset``'s help."""
+    return "; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items())
+
+
 def preset(name: str) -> Grid:
-    """The ``quick``, ``full``, ``method`` or ``wide`` grid (see the module docstring)."""
-    if name == "quick":
-        base = RunConfig(
-            dataset="synthetic",
-            source=0,
-            target=1,
-            bits=(2, 4, 8),
-            filters=4,
-            depth=3,
-            epochs=5,
-            core_size=10,
-            method=all_methods(),
-            threads=1,
-        )
-        return Grid(base, (("synthetic", 0, 1), ("synthetic", 2, 3)), (0, 1))
-    if name == "full":
-        base = RunConfig(bits=(2, 3, 4, 5, 8), method=all_methods(), threads=1)
-        return Grid(base, _with_uschad((("hapt", 1, 4),)), (0, 1, 2))
-    if name == "method":
-        base = RunConfig(bits=(2, 4, 8), method="none,backprop,qcore", threads=1)
-        return Grid(base, _with_uschad((("hapt", 1, 4), ("hapt", 1, 25))), (0, 1, 2))
-    if name == "labels":
-        base = RunConfig(bits=(2, 4, 8), method=LABELS_METHODS, threads=1)
-        pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
-        return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
-    if name == "newclass":
-        base = RunConfig(bits=(2, 4, 8), method="none,slda,backprop", threads=1)
-        classes = load_class_names("hapt")
-        return Grid(base, (("hapt", 1, 4), ("hapt", 1, 25)), (0,), new_classes=classes)
-    if name == "wide":
-        base = RunConfig(bits=(4,), method=WIDE_METHODS, threads=1)
-        pairs = one_to_all("hapt") + (one_to_all("usc-had") if _uschad_found() else ())
-        return Grid(base, pairs, (0,))
-    raise QCoreError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    """The grid of preset ``name`` (see :data:`PRESETS` and the module docstring)."""
+    if name not in PRESETS:
+        raise QCoreError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].build()
 
 
 def _parse_pairs(text: str) -> tuple[Pair, ...]:

@@ -31,10 +31,11 @@ def _pyplot():
     return plt
 
 
-def plot_stream(rows: list[dict], path: Path, title: str = "") -> None:
+def plot_stream(rows: list[dict], path: Path, title: str = ""):
     """Accuracy over the stream: one panel per bit-width (titled with ``title``, e.g. the
     dataset and pair), one colour per method, solid = target test set (adaptation),
-    dashed = source test set (forgetting)."""
+    dashed = source test set (forgetting), from step 0 (before the first batch) on; the
+    y-axis covers every point drawn. Returns the (closed) matplotlib Figure."""
     plt = _pyplot()
     streamed = [r for r in rows if "steps" in r]
     bits = sorted({r["bits"] for r in streamed})
@@ -53,8 +54,7 @@ def plot_stream(rows: list[dict], path: Path, title: str = "") -> None:
             ax.plot(x, src, linestyle="--", color=c, label=f"{row['method']} source")
         ax.set_title(f"{title}, {b} bits" if title else f"{b} bits", fontsize=9)
         ax.set_xlabel("stream step")
-        values = [v for r in streamed if r["bits"] == b for s in r["steps"]
-                  for v in (s["target_acc"], s["source_acc"])]  # fmt: skip
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
         _ylim(ax, values)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
@@ -62,6 +62,7 @@ def plot_stream(rows: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
 
 
 def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
@@ -195,7 +196,7 @@ def _backprop() -> set[str]:
 
 def _ylim(ax, values: list[float]) -> None:
     """A y-axis that shows the differences: from just below the lowest value to 1."""
-    finite = [v for v in values if np.isfinite(v)]
+    finite = [v for v in values if v is not None and np.isfinite(v)]
     low = min(finite, default=0.0)
     ax.set_ylim(max(0.0, low - 0.05), 1.01)
 

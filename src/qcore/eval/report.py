@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from qcore.config import RunConfig
+from qcore.eval.flip_tables import flips_markdown
 from qcore.eval.grid import cell_dir
-from qcore.eval.metrics import mean_std
+from qcore.eval.metrics import groups, mean_std
 
 CSV_COLUMNS = (
     "dataset",
@@ -59,12 +59,12 @@ STREAM_COLUMNS = (
     "task_acc",
     "seconds",
 )
-QCORE = "qcore"  # the method whose rows feed the flip tables
+ACCURACIES = ("target_acc", "source_acc", "target_acc_before", "source_acc_before")
 NEW_CLASS_KEYS = ("old_acc", "new_recall", "windows_to_recall")  # rows with held-out classes
 MIN_PAIRS = 3  # pairs of one dataset and bit-width from which pairs.md is written
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # per stream step of a flip method: codes moved in the step, and whether the device's
-# guard then rolled the step back (its flips discarded)
+# guard then rolled the step back (its flips discarded); read by :mod:`qcore.eval.flip_tables`
 FLIP_STEP_KEYS = ("flips", "rolled_back")
 
 
@@ -98,15 +98,12 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                     "base_method": r["method"],
                     "label_fraction": fraction,
                     "seed": cfg.seed,
-                    "target_acc": r["target_acc"],
-                    "source_acc": r["source_acc"],
-                    "target_acc_before": r["target_acc_before"],
-                    "source_acc_before": r["source_acc_before"],
-                    "step_seconds": r["seconds"],
-                    "cloud_seconds": r["cloud_seconds"],
+                    **{k: _number(r[k]) for k in ACCURACIES},
+                    **_timings(r),
                     "device_bytes": r["device_bytes"],
-                    "cell_seconds": res.get("seconds", float("nan")),
-                    **{k: r[k] for k in NEW_CLASS_KEYS if k in r},
+                    "cell_seconds": _number(res.get("wall_s", res.get("seconds"))),
+                    **{k: _number(r[k]) for k in NEW_CLASS_KEYS[:2] if k in r},
+                    **({"windows_to_recall": r["windows_to_recall"]} if "new_recall" in r else {}),
                     "trained": not res["results"][0].get("cached", False),
                     **({"flipnet": r["flipnet"]} if "flipnet" in r else {}),
                 }
@@ -126,19 +123,24 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
     return rows, steps
 
 
+def _number(value) -> float:
+    """A number read from results.json, whose ``null`` (strict JSON) or ``NaN`` (older
+    files) both stand for a value that could not be measured: NaN."""
+    return float("nan") if value is None else float(value)
+
+
+def _timings(r: dict) -> dict[str, float]:
+    """A streamed row's device seconds per step and cloud seconds, from ``step_ms`` and
+    ``cloud_s`` (older results.json: ``seconds`` and ``cloud_seconds``)."""
+    step = r["step_ms"] / 1000 if "step_ms" in r else r["seconds"]
+    return {"step_seconds": step, "cloud_seconds": r.get("cloud_s", r.get("cloud_seconds"))}
+
+
 def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-
-
-def groups(rows: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
-    """``rows`` grouped by their values of ``keys``, in order of first appearance."""
-    out: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        out[tuple(r[k] for k in keys)].append(r)
-    return dict(out)
 
 
 def _fmt(values: list[float], digits: int = 3) -> str:
@@ -198,97 +200,6 @@ def summary_table(rows: list[dict]) -> str:
             out.append(f"| {m} | {' | '.join(cells)} | {secs:.3f} | {span} |")
         out.append("")
     return "\n".join(out)
-
-
-def _qcore_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """The ``qcore`` rows with a flip-network report, by (dataset, scenario, bits)."""
-    reps = [r for r in rows if r["method"] == QCORE and "flipnet" in r]
-    return groups(reps, ("dataset", "scenario", "bits"))
-
-
-def _avg(reports: list[dict], who: str, key: str) -> str:
-    """Mean of ``report[who][key]`` over flip-network reports, 3 decimals."""
-    return f"{np.mean([r[who][key] for r in reports]):.3f}"
-
-
-def flipnet_table(rows: list[dict]) -> str:
-    """Held-out agreement of the flip network with its teacher, mean over seeds, per
-    dataset / scenario / bits (Markdown); empty when no ``qcore`` row has the report."""
-    by = _qcore_rows(rows)
-    if not by:
-        return ""
-    arp = ("agreement", "flip_recall", "flip_precision")
-    lines = [
-        "| dataset | scenario | bits | teacher moves | flip net: agreement / recall / precision "
-        "| all-zero: agreement | random, same sparsity: agreement / recall / precision |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (d, sc, b), g in sorted(by.items()):
-        reps = [r["flipnet"] for r in g]
-        moved = np.mean([r["teacher_flip_rate"] for r in reps])
-        lines.append(
-            f"| {d} | {sc} | {b} | {100 * moved:.1f}% "
-            f"| {' / '.join(_avg(reps, 'flipnet', k) for k in arp)} "
-            f"| {_avg(reps, 'all_zero', 'agreement')} "
-            f"| {' / '.join(_avg(reps, 'random', k) for k in arp)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def flip_activity_table(rows: list[dict], steps: list[dict]) -> str:
-    """How the device's guarded flip passes behaved over the stream, all seeds pooled:
-    per dataset / scenario / bits, the steps with accepted flips (codes moved and the step
-    not rolled back) out of all steps that report ``flips``, and the codes moved per such
-    step as % of the model's codes (Markdown); empty when no ``qcore`` step reports
-    ``flips``. The model's codes are those the ``flipnet`` report counted, per held-out
-    teacher round of the runner's :class:`qcore.cloud.pipeline.FlipTraining`."""
-    by = _qcore_rows(rows)
-    if not by:
-        return ""
-    from qcore.cloud.pipeline import FlipTraining
-
-    held_out = FlipTraining().held_out
-    by_step = groups(steps, ("dataset", "scenario", "bits", "method", "seed"))
-    activity: dict[tuple, list[tuple[int, list[float]]]] = {}
-    for key, g in by.items():
-        for r in g:
-            ss = by_step.get((*key, QCORE, r["seed"]), [])
-            flips = [0 if s.get("rolled_back") else s["flips"] for s in ss if "flips" in s]
-            n_codes = r["flipnet"]["n_weights"] // held_out
-            if flips and n_codes > 0:
-                activity.setdefault(key, []).append((n_codes, flips))
-    if not activity:
-        return ""
-    lines = [
-        "| dataset | scenario | bits | steps with accepted flips | code moves per such step, "
-        "summed over its passes, as % of the model's codes: mean (range) |",
-        "|---|---|---|---|---|",
-    ]
-    for (d, sc, b), runs in sorted(activity.items()):
-        moved = [100 * f / n for n, flips in runs for f in flips if f > 0]
-        n_steps = sum(len(flips) for _, flips in runs)
-        share = f"{np.mean(moved):.0f}% ({min(moved):.0f}-{max(moved):.0f}%)" if moved else "-"
-        lines.append(f"| {d} | {sc} | {b} | {len(moved)} / {n_steps} | {share} |")
-    return "\n".join(lines) + "\n"
-
-
-def flips_markdown(rows: list[dict], steps: list[dict]) -> str:
-    """The text of ``flips.md``: the two flip tables that have rows; empty if neither."""
-    agreement, activity = flipnet_table(rows), flip_activity_table(rows, steps)
-    if not agreement and not activity:
-        return ""
-    parts = ["# QCore's flips\n"]
-    if agreement:
-        parts.append(
-            "Flip network against its teacher on the held-out teacher rounds (mean over "
-            "seeds); teacher moves: share of codes the teacher moved.\n\n" + agreement
-        )
-    if activity:
-        parts.append(
-            "Device flips over the stream, all seeds pooled; a step the device's guard "
-            "rolled back counts as a step without accepted flips.\n\n" + activity
-        )
-    return "\n".join(parts)
 
 
 def pair_values(rows: list[dict]) -> dict[tuple, dict[str, dict[str, float]]]:

@@ -1,10 +1,11 @@
-"""The core-calibration loop shared by the back-prop reference and zeroth-order calibration."""
+"""The one template of the in-process methods (a timed step) and the core-calibration loop
+shared by the back-prop reference and zeroth-order calibration."""
 
 import numpy as np
 
 from qcore.core.types import Batch
 from qcore.coreset.core import Core
-from qcore.methods.common import CoreCalibrator
+from qcore.methods.common import CoreCalibrator, StepMethod
 
 
 class _Recorder(CoreCalibrator):
@@ -64,3 +65,28 @@ def test_core_update_is_seeded():
         runs.append(cal.core.X)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+class _Learner(StepMethod):
+    """Predicts class 0 until its first step, class 1 after it."""
+
+    def __init__(self) -> None:
+        self.label = 0
+
+    def predict(self, X):
+        return np.full(len(X), self.label, dtype=np.int64)
+
+    def step(self, batch):
+        self.label = 1
+        return {"learned": 1.0}
+
+    def device_bytes(self) -> int:
+        return 0
+
+
+def test_the_template_reports_the_accuracy_before_the_step():
+    (batch,) = _batches(1)  # every label is 1
+    learner = _Learner()
+    rep = learner.observe(batch)
+    assert rep.task_acc == 0.0 and rep.extra == {"learned": 1.0} and rep.seconds >= 0
+    assert learner.observe(batch).task_acc == 1.0

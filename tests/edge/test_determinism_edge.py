@@ -1,7 +1,7 @@
 """Same seed and inputs give bit-identical weights and core on the edge runtime.
 
 Two in-process devices, and two separate runs of the real command (``python -m
-qcore.edge.cli device``) with different hash seeds, must agree byte for byte after every
+qcore.cli device``) with different hash seeds, must agree byte for byte after every
 step. A different ``--set seed=N`` draws a different core (the core update samples at random).
 """
 
@@ -24,7 +24,7 @@ from qcore.edge.state import load_state
 torch.set_num_threads(1)
 
 
-CLI = [sys.executable, "-m", "qcore.edge.cli", "device"]
+CLI = [sys.executable, "-m", "qcore.cli", "device"]
 N_BATCHES = 6
 
 

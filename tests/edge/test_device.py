@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from qcore.cli import main
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
 from qcore.config import DeviceConfig, parse_policy
@@ -29,7 +30,7 @@ from qcore.edge.artifact import (
     save_artifact,
 )
 from qcore.edge.batches import load_batch, read_frames
-from qcore.edge.cli import add_commands, main
+from qcore.edge.cli import add_commands
 from qcore.edge.device import Device, sign_test
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet

@@ -1,6 +1,6 @@
 """A device killed (SIGKILL) at random moments never leaves a broken or mixed state.
 
-Runs the real command (``python -m qcore.edge.cli device``) on a stream folder many times,
+Runs the real command (``python -m qcore.cli device``) on a stream folder many times,
 killing it after a random delay, and resumes each time from what is on disk. After every
 kill the state file must load and hold exactly the start state or a complete later step
 of the chain the device goes through, consistent with the lines it printed; leftover
@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 
 
 # The stand-alone edge entry point: NumPy only, no torch on this path.
-CLI = [sys.executable, "-m", "qcore.edge.cli", "device"]
+CLI = [sys.executable, "-m", "qcore.cli", "device"]
 N_BATCHES = 24  # long enough that a good share of random kills lands while it persists
 MIN_TRIALS = 24
 MAX_TRIALS = 60

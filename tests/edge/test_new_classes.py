@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from qcore.cli import main
 from qcore.cloud import pipeline
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.train import train_float
 from qcore.edge.artifact import encode_artifact, save_artifact
-from qcore.edge.cli import main
 from qcore.edge.device import Device
 from qcore.edge.state import load_state, save_state
 from qcore.errors import QCoreError

@@ -9,7 +9,6 @@ own noise level), the kind of shift a new wearer or device placement causes.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from qcore.core.rng import as_generator
 from qcore.data.dataset import Dataset
@@ -31,6 +30,8 @@ def _class_templates(
 
 def _rotation(rng: np.random.Generator, n_channels: int, angle: float) -> np.ndarray:
     """A rotation ``(C, C)`` by ``angle`` radians about a random plane mix (identity if C=1)."""
+    import scipy.linalg  # here, not at import: `import qcore.data` stays NumPy only
+
     g = rng.normal(size=(n_channels, n_channels))
     skew = g - g.T
     norm = np.linalg.norm(skew, 2)

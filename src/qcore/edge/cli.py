@@ -1,9 +1,9 @@
 """``qcore export``, ``qcore device`` and ``qcore reset``: ship an artifact, run a device
 on a batch stream, return a device to its deployed model.
 
-:func:`add_commands` registers them on the ``qcore`` parser (``qcore.cli``); this module
-also runs on its own (``python -m qcore.edge.cli ...``) with the same commands, so a
-device needs nothing beyond NumPy and ``qcore.edge``.
+:func:`add_commands` registers them on the ``qcore`` parser (:mod:`qcore.cli`, which
+also turns errors and signals into exit codes). The commands need nothing beyond NumPy and
+``qcore.edge``.
 
 ``qcore device`` reads labelled batches of *un-normalised* windows, either the ``*.npz``
 files of a folder in sorted name order, or ``--stream -``: length-prefixed ``.npz`` frames
@@ -20,7 +20,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,35 +33,47 @@ from qcore.edge.device import Device
 from qcore.edge.state import bind_state, resume_or_start, save_state
 from qcore.errors import QCoreError
 
-__all__ = ["add_commands", "main"]
+__all__ = ["PREDICTIONS_HEADER", "add_commands"]
+
+# columns of `--predictions FILE`, written once at the top of a new or empty file
+PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence")
+
+
+def _deployed_bits(folder: Path) -> list[int]:
+    """The bit-widths of the ``deployed-{bits}bit.qcore`` files in a run folder, sorted."""
+    middles = (p.name[len("deployed-") : -len("bit.qcore")] for p in folder.glob("deployed-*"))
+    return sorted(
+        int(m) for m in middles if m.isdigit() and (folder / f"deployed-{m}bit.qcore").is_file()
+    )
 
 
 def _export_source(path: Path, bits: int | None) -> Path:
     """The artifact to export: ``path`` itself (an artifact or a device state), or a run
-    folder's ``deployed-{bits}bit.qcore``."""
+    folder's ``deployed-{bits}bit.qcore`` (``bits`` may be left out when there is one)."""
     if path.is_file():
         return path
     if not path.is_dir():
         raise QCoreError(f"run directory or artifact {path} does not exist")
+    found = _deployed_bits(path)
+    listed = ", ".join(map(str, found)) if found else "none"
     if bits is None:
-        raise QCoreError(f"{path} is a run folder: say which bit-width with --bits")
-    src = path / f"deployed-{bits}bit.qcore"
-    if not src.exists():
-        found = sorted(
-            int(p.name[len("deployed-") : -len("bit.qcore")])
-            for p in path.glob("deployed-*bit.qcore")
-            if p.name[len("deployed-") : -len("bit.qcore")].isdigit()
-        )
-        listed = ", ".join(map(str, found)) if found else "none"
+        if len(found) == 1:
+            return path / f"deployed-{found[0]}bit.qcore"
+        if not found:
+            raise QCoreError(f"{path} holds no deployed-*bit.qcore artifact: is it a run folder?")
+        raise QCoreError(f"{path} holds the bit-widths {listed}: say which one with --bits")
+    if bits not in found:
         raise QCoreError(f"no {bits}-bit artifact in {path}; bit-widths found: {listed}")
-    return src
+    return path / f"deployed-{bits}bit.qcore"
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     src = _export_source(Path(args.run_dir), args.bits)
     art = load_artifact(src)  # verifies magic, version, checksum and shapes
     try:
-        Device(art)  # what `qcore device` will do with it: refuse now, not on the device
+        # what `qcore device` will do with it: refuse now, not on the device (a state is
+        # its own deployed model here: only whether it runs is asked)
+        Device(art, deployed=art)
     except QCoreError as exc:
         raise QCoreError(f"{src} cannot run on a device: {exc}") from None
     if args.format == "onnx":
@@ -83,7 +94,8 @@ def _open_device(args: argparse.Namespace) -> tuple[Device, bool]:
     shipped = read_regular_file(args.artifact, "artifact")  # needed even to resume a state
     deployed = decode_artifact(shipped, str(args.artifact))  # read once, checksummed once
     art, resumed = resume_or_start(args.state, deployed)
-    art = bind_state(art, hashlib.sha256(shipped).hexdigest(), args.artifact, args.state)
+    sha = hashlib.sha256(shipped).hexdigest()
+    art = bind_state(art, sha, args.artifact, args.state, resumed=resumed)
     # the artifact's (or the state's) device settings, with this run's overrides
     config = override_device(art.device, args.set or [])
     allow_new = getattr(args, "allow_new_classes", False)
@@ -109,6 +121,8 @@ def _cmd_device(args: argparse.Namespace) -> None:
         out = None
         if args.predictions is not None:
             out = stack.enter_context(open(args.predictions, "a", newline="", encoding="utf-8"))
+            if out.tell() == 0:  # a new or empty file: the header, once
+                csv.writer(out).writerow(PREDICTIONS_HEADER)
         processed, skipped, repeated = _consume(args, device, batches, out)
     summary = {
         "processed": processed,
@@ -162,13 +176,24 @@ def _consume(
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``export``, ``device`` and ``reset`` on a subparsers object (``func`` set
     on each)."""
+    _add_export(sub)
+    _add_device(sub)
+    _add_reset(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser(
         "export", help="verify a deployed artifact (or a device state) and write it out"
     )
     exp.add_argument(
         "run_dir", metavar="RUN_OR_FILE", help="output folder of `qcore run`, or a .qcore file"
     )
-    exp.add_argument("--bits", type=int, default=None, help="bit-width (with a run folder)")
+    exp.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="which of a run folder's bit-widths (not needed when the run made one)",
+    )
     exp.add_argument("--out", required=True, metavar="FILE", help="file to write")
     exp.add_argument(
         "--format",
@@ -178,6 +203,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     exp.set_defaults(func=_cmd_export)
 
+
+def _add_device(sub: argparse._SubParsersAction) -> None:
     dev = sub.add_parser(
         "device",
         help="run a device on a stream of labelled batches",
@@ -208,10 +235,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--predictions",
         metavar="FILE",
         default=None,
-        help="append one CSV row per window: batch, step, window, predicted class, confidence",
+        help="append one CSV row per window (a new file starts with the header batch, step, "
+        "window, predicted, confidence)",
     )
     dev.set_defaults(func=_cmd_device)
 
+
+def _add_reset(sub: argparse._SubParsersAction) -> None:
     res = sub.add_parser(
         "reset",
         help="return a device state to the deployed model it grew from",
@@ -223,43 +253,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     res.add_argument("artifact", metavar="FILE", help="the artifact the state started from")
     res.add_argument("--state", required=True, help="state file to reset")
     res.set_defaults(func=_cmd_reset, set=None)
-
-
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that a command ends like on Ctrl-C."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed command's ``func``: errors print one line (exit 2); Ctrl-C (SIGINT)
-    and SIGTERM print one line and exit 130 and 143. Every file a command saves is written
-    atomically, so an interruption leaves it as it was or complete."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("qcore: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("qcore: terminated", file=sys.stderr)
-        return 143
-    except (QCoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"qcore: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point with the two edge commands (see :func:`run_command`)."""
-    parser = argparse.ArgumentParser(prog="qcore-edge", description=__doc__.split("\n")[0])
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return run_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,12 @@ windows ``X`` float32 ``(n, n_channels, window_length)`` to logits ``(n, n_class
   symmetric 'same' padding, ``MaxPool`` (kernel 3, stride 1, padding 1), ``Concat``,
   ``Relu``, residual ``Add``, ``ReduceMean`` over time and ``Gemm`` for the head;
 * with a streaming head (``head=slda``), its solved weights and bias as a float ``Gemm``
-  on the pooled features (the head's statistics stay on the device).
+  on the pooled features (the head's statistics stay on the device), one row per class it
+  knows, classes learnt on the device included.
+
+The model's ``metadata_props`` carry ``class_names`` (a JSON list: logit ``k`` is class
+``class_names[k]``) and ``window_length`` (the time steps of a window, as the device takes
+them). The contract is written out in docs/api.md.
 
 Convolution sums run in another order than the device's im2col products, so logits agree
 up to float32 rounding (a test checks predictions agree on at least 99.5% of windows).
@@ -26,6 +31,7 @@ up to float32 rounding (a test checks predictions agree on at least 99.5% of win
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +137,39 @@ def build_onnx(art: Artifact) -> Any:
         x = y
     features = g.op("ReduceMean", [x], "features", axes=[2], keepdims=0)
     if art.device.head == "slda" and art.head is not None:
-        weight, bias = solve_head(art.head, art.device)
+        weight, bias = solve_head(art.head, art.device)  # (n_classes, n_features), (n_classes,)
         w, bias_name = g.const(weight, "slda.weight"), g.const(bias, "slda.bias")
         logits = g.op("Gemm", [features, w, bias_name], "slda", transB=1)
+        n_out = int(weight.shape[0])  # every class the head knows, grown ones included
     else:
         head = qm.layers["head"]
         inputs = [_act(g, features, head, "head"), _weight(g, "head", head)]
         if head.bias is not None:
             inputs.append(g.const(head.bias.astype(np.float32), "head.bias"))
         logits = g.op("Gemm", inputs, "head", transB=1)
+        n_out = qm.n_classes
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     graph = helper.make_graph(
         g.nodes,
         "qcore",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", qm.n_channels, "t"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", qm.n_classes])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", n_out])],
         g.inits,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcore"
     )
     model.ir_version = 8  # readable by every ONNX Runtime that runs opset 17
+    helper.set_model_props(model, _metadata(art, n_out))
     checker.check_model(model)
     return model
+
+
+def _metadata(art: Artifact, n_out: int) -> dict[str, str]:
+    """The model's ``metadata_props``: the names of its ``n_out`` logits in order (JSON)
+    and the window length the device takes."""
+    names = json.dumps(list(art.class_names[:n_out]))
+    return {"class_names": names, "window_length": str(art.window_length)}
 
 
 def to_onnx(art: Artifact, path: str | Path) -> int:

@@ -68,12 +68,16 @@ def resume_or_start(
 ARTIFACT_KEY = "artifact_sha256"  # runtime: the SHA-256 of the artifact the state grew from
 
 
-def bind_state(art: Artifact, sha256: str, artifact: str | Path, state: str | Path) -> Artifact:
-    """``art`` (a shipped artifact or a resumed state) bound to the artifact file whose
-    SHA-256 is ``sha256``: a fresh start records it, a resumed state must carry the same
-    one (a state grown from another model is an error naming both files). A state saved
-    before states were bound is accepted and bound now."""
-    grew_from = art.runtime.get(ARTIFACT_KEY)
+def bind_state(
+    art: Artifact, sha256: str, artifact: str | Path, state: str | Path, *, resumed: bool = True
+) -> Artifact:
+    """``art`` (a shipped artifact, ``resumed=False``, or a resumed state) bound to the
+    artifact file whose SHA-256 is ``sha256``: a fresh start records it, whatever ``art``
+    itself grew from (a calibrated state shipped as an artifact starts new states from
+    itself); a resumed state must carry the same one (a state grown from another model is
+    an error naming both files). A state saved before states were bound is accepted and
+    bound now."""
+    grew_from = art.runtime.get(ARTIFACT_KEY) if resumed else None
     if grew_from is not None and grew_from != sha256:
         raise QCoreError(
             f"state {state} grew from another artifact (SHA-256 {grew_from[:12]}...), "

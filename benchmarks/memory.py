@@ -55,7 +55,8 @@ import json, sys
 import numpy as np
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import load_artifact
-from qcore.edge.device import Device, peak_rss_bytes
+from qcore.edge.device import Device
+from qcore.edge.report import peak_rss_bytes
 art = load_artifact(sys.argv[1])
 with np.load(sys.argv[2]) as f:
     X, y = f["X"], f["y"]

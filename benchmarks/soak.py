@@ -21,7 +21,7 @@ Checked along the way:
 * after every step: the core holds exactly its fixed size (``len(core) == --core-size``,
   windows of the model's shape);
 * every ``--check-every`` steps (after the warm-up of ``--warmup`` steps): the resident set
-  size (:func:`qcore.edge.device.rss_bytes`, ``/proc/self/statm``), live Python objects and
+  size (:func:`qcore.edge.report.rss_bytes`, ``/proc/self/statm``), live Python objects and
   open file descriptors are sampled; the state file is read back with
   :func:`qcore.edge.state.load_state`, and both the file's bytes and the re-encoded
   loaded state must equal ``encode_artifact(dev.art)``; no stale ``.tmp`` file may remain.
@@ -58,7 +58,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qcore.edge.artifact import encode_artifact, load_artifact  # noqa: E402
-from qcore.edge.device import Device, peak_rss_bytes  # noqa: E402
+from qcore.edge.device import Device  # noqa: E402
+from qcore.edge.report import peak_rss_bytes  # noqa: E402
 from qcore.edge.state import load_state, save_state  # noqa: E402
 
 SOURCE = 0
@@ -180,11 +181,11 @@ def soak(args: argparse.Namespace, art_path: Path, pool_path: Path, state_dir: P
         t0 = time.perf_counter()
         rep = dev.step(X, y)
         step_ms[i] = (time.perf_counter() - t0) * 1e3
-        rss[i] = rep["rss_bytes"] or 0
-        acc[i] = rep["accuracy"]
-        counts["calibrations"] += bool(rep["calibrated"])
-        counts["rollbacks"] += bool(rep["rolled_back"])
-        counts["flips"] += int(rep["flips"])
+        rss[i] = rep.rss_bytes or 0
+        acc[i] = rep.accuracy
+        counts["calibrations"] += bool(rep.calibrated)
+        counts["rollbacks"] += bool(rep.rolled_back)
+        counts["flips"] += int(rep.flips)
         core = dev.art.core
         k = len(core)
         core_min, core_max = min(core_min, k), max(core_max, k)

@@ -213,7 +213,7 @@ def test_finite_glitch_cannot_poison_model_or_core(setup, tmp_path):
     glitch[0, 0, :] = 1e30
     with np.errstate(all="ignore"):
         report = dev.step(glitch, y)
-    assert report["calibrated"] and report["rolled_back"]
+    assert report.calibrated and report.rolled_back
     model = dev.art.model
     for bn in model.norms.values():
         for arr in (bn.weight, bn.bias, bn.running_mean, bn.running_var):

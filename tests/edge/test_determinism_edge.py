@@ -81,7 +81,7 @@ def test_two_devices_agree_bit_for_bit_after_every_step(setup):
         before = _arrays(a.art)
         ra, rb = a.step(Xb, yb), b.step(Xb, yb)
         for key in ("step", "accuracy", "calibrated", "rolled_back", "flips", "batch_acc_after"):
-            assert ra[key] == rb[key], key
+            assert getattr(ra, key) == getattr(rb, key), key
         _assert_identical(a.art, b.art)
         after = _arrays(a.art)
         diff = {k for k in after if after[k].tobytes() != before[k].tobytes()}

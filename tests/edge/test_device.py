@@ -10,7 +10,8 @@ import stat
 import struct
 import subprocess
 import sys
-from dataclasses import replace
+import warnings
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
 from qcore.config import DeviceConfig, parse_policy
 from qcore.coreset.core import Core
+from qcore.edge import device as device_module
+from qcore.edge import runtime as runtime_module
 from qcore.edge.artifact import (
     Artifact,
     build_artifact,
@@ -31,10 +34,13 @@ from qcore.edge.artifact import (
 )
 from qcore.edge.batches import load_batch, read_frames
 from qcore.edge.cli import add_commands
-from qcore.edge.device import Device, sign_test
+from qcore.edge.device import Device
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
+from qcore.edge.guard import UnguardedWarning, reset_reason, sign_test
 from qcore.edge.infer import forward
+from qcore.edge.report import DeviceReport
+from qcore.edge.runtime import GuardRecord, Runtime
 from qcore.edge.state import load_state, save_state
 from qcore.errors import QCoreError
 
@@ -128,15 +134,15 @@ def test_step_predicts_on_normalised_input_and_changes_state(parts) -> None:
     expected = float((forward(art.model, Xn.astype(np.float32)).argmax(1) == y).mean())
     before = encode_artifact(dev.art)
     report = dev.step(Xr, y)
-    assert report["accuracy"] == pytest.approx(expected)
-    assert report["step"] == 1 and dev.art.step == 1 and art.step == 0  # input not mutated
-    assert report["calibrated"] and not report["rolled_back"]
+    assert report.accuracy == pytest.approx(expected)
+    assert report.step == 1 and dev.art.step == 1 and art.step == 0  # input not mutated
+    assert report.calibrated and not report.rolled_back
     for key in ("latency_ms", "calib_ms", "confidence"):
-        assert report[key] > 0
-    assert report["rss_bytes"] > 0 and report["peak_rss_bytes"] >= report["rss_bytes"]
+        assert getattr(report, key) > 0
+    assert report.rss_bytes > 0 and report.peak_rss_bytes >= report.rss_bytes
     assert encode_artifact(dev.art) != before
     assert len(dev.art.core) == len(art.core)
-    json.dumps(report, allow_nan=False)  # one JSON line per step
+    json.dumps(report.to_dict(), allow_nan=False)  # one JSON line per step
 
 
 BAD = {
@@ -172,13 +178,13 @@ def test_harmful_flipnet_is_rolled_back(parts) -> None:
     unbudgeted = {"guard": False, "bn_mode": "frozen", "steps": 3, "budget": None}
     dev = make_device(art, guard_margin=0.05, **unbudgeted)
     report = dev.step(Xr, y)
-    assert report["calibrated"] and report["rolled_back"] and report["flips"] > 0
-    assert report["core_acc_after"] < report["core_acc_before"] - 0.05
+    assert report.calibrated and report.rolled_back and report.flips > 0
+    assert report.core_acc_after < report.core_acc_before - 0.05
     assert dev.art.model is art.model and dev.art.core is art.core
     assert dev.art.step == 1
     # same batch without a guard margin: the damage is kept (the guard made the difference)
     reckless = make_device(art, guard_margin=1.0, **unbudgeted)
-    assert not reckless.step(Xr, y)["rolled_back"]
+    assert not reckless.step(Xr, y).rolled_back
     q_old = art.model.layers["head"].weight.q
     assert not np.array_equal(reckless.art.model.layers["head"].weight.q, q_old)
 
@@ -198,16 +204,16 @@ def test_user_guard_returns_to_the_deployed_model(parts) -> None:
     data = batches(parts, 5)
     unguarded = make_device(art, reset_window=0, **RECKLESS)
     plain = [unguarded.step(X, y) for X, y in data]
-    assert not any(r["reset"] for r in plain)
+    assert not any(r.reset for r in plain)
     deployed_right = [(Device(art).predict(X) == y).mean() for X, y in data]
-    assert np.mean([r["accuracy"] for r in plain[1:]]) < np.mean(deployed_right[1:]) - 0.2
+    assert np.mean([r.accuracy for r in plain[1:]]) < np.mean(deployed_right[1:]) - 0.2
     guarded = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS)
     reports = [guarded.step(X, y) for X, y in data]
-    fired = [k for k, r in enumerate(reports) if r["reset"]]
+    fired = [k for k, r in enumerate(reports) if r.reset]
     assert fired and fired[0] >= 1  # a full window of two batches first
     k = fired[0]
-    assert "returned to the deployed model" in reports[k]["reset_reason"]
-    assert reports[k]["accuracy"] == plain[k]["accuracy"]  # same damage up to there
+    assert "returned to the deployed model" in reports[k].reset_reason
+    assert reports[k].accuracy == plain[k].accuracy  # same damage up to there
     # the step that fired calibrated the deployed model on its batch, like a fresh device
     fresh = make_device(art, reset_window=0, **RECKLESS)
     fresh.step(*data[k])
@@ -237,29 +243,32 @@ def test_user_guard_undoes_a_moved_backbone_on_the_margin_alone(parts) -> None:
     art = make_art(parts, harmful=True)
     data = batches(parts, 5)
 
-    def resets(**kw) -> list[dict]:
+    def resets(**kw) -> list[DeviceReport]:
         dev = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS, **kw)
         return [dev.step(X, y) for X, y in data]
 
-    margin_only = [r["reset"] for r in resets()]
+    margin_only = [r.reset for r in resets()]
     assert any(margin_only)
     n = sum(len(y) for _, y in data[:2])
     tiny = resets(reset_alpha=0.5**n)
-    assert [r["reset"] for r in tiny] == margin_only
-    assert "p = " not in next(r for r in tiny if r["reset"])["reset_reason"]
+    assert [r.reset for r in tiny] == margin_only
+    assert "p = " not in next(r for r in tiny if r.reset).reset_reason
 
 
-def test_user_guard_reads_records_without_disagreement_counts(parts) -> None:
+def test_user_guard_reads_records_without_disagreement_counts() -> None:
     """Records of [device right, deployed right, windows] (states kept before the
     disagreement counts) count the least disagreement they allow."""
-    art = make_art(parts)
-    dev = make_device(art, reset_window=2, reset_margin=0.0, reset_alpha=0.05)
-    reason = dev._reset_reason([[10, 13, 20], [10, 13, 20]], moved=False)  # 0 wins, 6 losses
+    cfg = DeviceConfig(reset_window=2, reset_margin=0.0, reset_alpha=0.05)
+
+    def judge(records: list[list[int]], moved: bool) -> str | None:
+        return reset_reason([GuardRecord.from_list(r) for r in records], moved, cfg)
+
+    reason = judge([[10, 13, 20], [10, 13, 20]], moved=False)  # 0 wins, 6 losses
     assert reason is not None and "p = " in reason and "alone wrong on 6" in reason
-    assert dev._reset_reason([[12, 13, 20], [12, 13, 20]], moved=False) is None  # p = 0.25
+    assert judge([[12, 13, 20], [12, 13, 20]], moved=False) is None  # p = 0.25
     eight_of_ten = [[10, 13, 20, 1, 4], [10, 13, 20, 1, 4]]  # p = 0.055
-    assert dev._reset_reason(eight_of_ten, moved=False) is None
-    assert dev._reset_reason(eight_of_ten, moved=True) is not None
+    assert judge(eight_of_ten, moved=False) is None
+    assert judge(eight_of_ten, moved=True) is not None
 
 
 def test_reset_restores_the_deployed_model_and_keeps_the_record(parts, tmp_path) -> None:
@@ -304,12 +313,12 @@ def test_reset_command(parts, tmp_path, capsys) -> None:
 def test_run_config_guard_names_accepted(parts, guard: str) -> None:
     dev = make_device(make_art(parts), guard=guard, guard_margin=1.0)
     X, y = batches(parts, 1)[0]
-    assert dev.step(X, y)["calibrated"]
+    assert dev.step(X, y).calibrated
 
 
 def test_policy_every_2_calibrates_every_second_batch(parts) -> None:
     dev = make_device(make_art(parts), policy="every:2", guard_margin=1.0)
-    flags = [dev.step(X, y)["calibrated"] for X, y in batches(parts, 4)]
+    flags = [dev.step(X, y).calibrated for X, y in batches(parts, 4)]
     assert flags == [False, True, False, True]
     assert dev.art.step == 4
 
@@ -329,8 +338,8 @@ class Scripted(PageHinkley):
 def test_drift_policy_calibrates_only_when_detector_fires(parts) -> None:
     dev = make_device(make_art(parts), policy="drift", guard_margin=1.0, drift=Scripted({2, 3}))
     reports = [dev.step(X, y) for X, y in batches(parts, 4)]
-    assert [r["calibrated"] for r in reports] == [False, True, True, False]
-    assert [r["drift"] for r in reports] == [False, True, True, False]
+    assert [r.calibrated for r in reports] == [False, True, True, False]
+    assert [r.drift for r in reports] == [False, True, True, False]
 
 
 def test_drift_state_is_persisted_and_resumed(parts, tmp_path: Path) -> None:
@@ -341,7 +350,8 @@ def test_drift_state_is_persisted_and_resumed(parts, tmp_path: Path) -> None:
     saved = dev.art.runtime["drift"]
     assert saved["n"] == 2  # two confidences seen, no firing with the defaults
     save_state(tmp_path / "s.qcore", dev.art)
-    resumed = make_device(load_state(tmp_path / "s.qcore"), policy="drift")
+    with pytest.warns(UnguardedWarning):  # no deployed artifact given: no user guard
+        resumed = make_device(load_state(tmp_path / "s.qcore"), policy="drift")
     assert resumed.detector.to_dict() == dev.detector.to_dict()
 
 
@@ -380,6 +390,130 @@ def test_bad_settings_rejected(parts) -> None:
     with pytest.raises(QCoreError, match="no flip network"):
         Device(no_net)
     assert str(parse_policy("every:3")) == "every:3"
+
+
+def _guarded_run(art: Artifact, data, margin: float) -> tuple[Device, list[DeviceReport]]:
+    dev = make_device(art, reset_window=2, reset_margin=margin, **RECKLESS)
+    return dev, [dev.step(X, y) for X, y in data]
+
+
+def test_user_guard_with_a_positive_margin_fires_just_past_it(parts) -> None:
+    """The same damaged stream under margins just inside and just past the gap between
+    the deployed model's accuracy and the device's over the first full window."""
+    art, data = make_art(parts, harmful=True), batches(parts, 3)
+    dev, reports = _guarded_run(art, data[:2], 1.0)  # a margin no gap exceeds
+    assert not any(r.reset for r in reports)
+    recent = dev.runtime.recent
+    n = sum(r.n for r in recent)
+    gap = (sum(r.deployed_right for r in recent) - sum(r.device_right for r in recent)) / n
+    assert gap > 0.1  # the harmful flips made the device worse
+    _, inside = _guarded_run(art, data, gap + 0.5 / n)
+    assert not inside[1].reset
+    past_dev, past = _guarded_run(art, data, gap - 0.5 / n)
+    assert past[1].reset and not past[0].reset
+
+
+def test_a_reset_restarts_the_guards_record(parts) -> None:
+    """After a return to the deployed model the window fills again from nothing: the
+    next batch alone is no full window, and no record from before the reset remains."""
+    art, data = make_art(parts, harmful=True), batches(parts, 4)
+    dev = make_device(art, reset_window=2, reset_margin=0.0, **RECKLESS)
+    reports = []
+    for X, y in data:
+        reports.append(dev.step(X, y))
+        if reports[-1].reset:
+            assert dev.runtime.recent == () and "recent" not in dev.art.runtime
+            assert dev.runtime.resets == 1 and dev.runtime.backbone_moved is True
+            break
+    k = len(reports) - 1
+    assert reports[k].reset and k + 1 < len(data)
+    after = dev.step(*data[k + 1])
+    assert not after.reset and len(dev.runtime.recent) == 1
+
+
+def test_the_report_names_its_predictions(parts) -> None:
+    art = make_art(parts)
+    X, y = batches(parts, 1)[0]
+    dev = make_device(art, guard_margin=1.0)
+    report = dev.step(X, y)
+    assert report.predicted == [art.class_names[k] for k in report.predicted_index]
+    assert report.predicted_index == Device(art).predict(X).tolist()
+    line = report.to_dict()
+    assert "predicted_index" not in line and line["predicted"] == report.predicted
+    assert set(line) == {f.name for f in fields(DeviceReport)} - {"predicted_index"}
+
+
+def test_predict_validates_like_step(parts) -> None:
+    dev = make_device(make_art(parts))
+    X, _ = batches(parts, 1)[0]
+    five = np.concatenate([X, X[:, :2]], axis=1)
+    with pytest.raises(QCoreError, match="5 channels, the model expects 3"):
+        dev.predict(five)
+    with pytest.raises(QCoreError, match="time steps"):
+        dev.predict(X[:, :, :-2])
+    with pytest.raises(QCoreError, match="NaN"):
+        dev.predict(np.full_like(X, np.nan))
+
+
+def test_a_resumed_state_without_its_deployed_artifact_warns(parts, tmp_path) -> None:
+    art = make_art(parts)
+    dev = make_device(art, guard_margin=1.0)
+    dev.step(*batches(parts, 1)[0])
+    save_state(tmp_path / "s.qcore", dev.art)
+    state = load_state(tmp_path / "s.qcore")
+    with pytest.warns(UnguardedWarning, match="deployed="):
+        unguarded = Device(state)
+    assert unguarded.deployed is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Device(state, deployed=art).deployed is art
+        Device(state, state.device.replace(reset_window=0))  # unguarded on purpose
+        Device(art)  # a fresh artifact is its own deployed model
+
+
+@pytest.mark.parametrize(
+    ("phase", "target"),
+    [
+        ("judge", "deployed_right"),
+        ("calibrate", "calibration_step"),
+        ("record", "Runtime.consume"),
+    ],
+)
+def test_an_exception_in_any_phase_leaves_the_device_as_it_was(
+    parts, monkeypatch, phase: str, target: str
+) -> None:
+    art, data = make_art(parts), batches(parts, 2)
+    dev = make_device(art, reset_window=2, reset_margin=1.0, policy="drift", drift=Scripted({2}))
+    dev.step(*data[0], batch_id="b0")
+    before, detector, head = encode_artifact(dev.art), dev.detector.to_dict(), dev.head
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(phase)
+
+    owner, name = (Runtime, "consume") if "." in target else (device_module, target)
+    monkeypatch.setattr(owner, name, boom)
+    with pytest.raises(RuntimeError, match=phase):
+        dev.step(*data[1], batch_id="b1")
+    assert encode_artifact(dev.art) == before and dev.detector.to_dict() == detector
+    assert dev.head is head and not dev.consumed("b1")
+    monkeypatch.undo()
+    assert dev.step(*data[1], batch_id="b1").calibrated  # the same step, now whole
+
+
+def test_consumed_ids_are_bounded_and_an_old_state_still_loads(parts, monkeypatch) -> None:
+    """An old state (records of three, every consumed id) steps on and is written in the
+    new form; a replay is refused while its id is among the last CONSUMED_LIMIT."""
+    monkeypatch.setattr(runtime_module, "CONSUMED_LIMIT", 3)
+    art = make_art(parts)
+    old = {"recent": [[5, 6, 12]], "consumed": [f"old{i}" for i in range(10)], "resets": 1}
+    state = replace(art, step=10, runtime=old)
+    dev = Device(state, state.device.replace(guard_margin=1.0), deployed=art)
+    assert dev.consumed("old9") and not dev.consumed("old6")
+    for i, (X, y) in enumerate(batches(parts, 4)):
+        dev.step(X, y, batch_id=f"b{i}")
+        assert len(dev.art.runtime["consumed"]) == 3
+    assert [dev.consumed(f"b{i}") for i in range(4)] == [False, True, True, True]
+    assert all(len(r) == 5 for r in dev.art.runtime["recent"]) and dev.runtime.resets == 1
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -540,8 +674,8 @@ def test_flip_budget_caps_the_flips_of_a_device_step(parts) -> None:
     X, y = batches(parts, 1)[0]
     free = make_device(art, guard="off", guard_margin=1.0, steps=1, budget=None).step(X, y)
     capped = make_device(art, guard="off", guard_margin=1.0, steps=1, budget=0.001).step(X, y)
-    assert capped["flips"] <= int(0.001 * n_codes)
-    assert capped["flips"] <= free["flips"]
+    assert capped.flips <= int(0.001 * n_codes)
+    assert capped.flips <= free.flips
 
 
 # ------------------------------------------------------- the device as a user meets it
@@ -597,7 +731,7 @@ def test_labels_in_the_form_training_saw_them(parts) -> None:
     by_name = np.array([art.class_names[k] for k in y])
     a = make_device(art, guard_margin=1.0).step(X, by_name)
     b = make_device(art, guard_margin=1.0).step(X, y)
-    assert a["accuracy"] == b["accuracy"] and a["flips"] == b["flips"]
+    assert a.accuracy == b.accuracy and a.flips == b.flips
 
 
 def test_a_state_is_bound_to_its_artifact(parts, tmp_path, capsys) -> None:

@@ -104,8 +104,8 @@ def test_the_head_equals_the_closed_form_after_every_step(head_artifact):
     seen_f, seen_y = [forward_features(art.model, X)[1]], [y]
     for Xb, yb in B.stream_batches(X, y, 4):
         report = dev.step(Xb, yb)
-        assert report["head_samples"] == len(yb) and report["head_solved"]
-        assert report["flips"] == 0 and not report["rolled_back"]
+        assert report.head_samples == len(yb) and report.head_solved
+        assert report.flips == 0 and not report.rolled_back
         seen_f.append(forward_features(art.model, dev.normalize(Xb))[1])
         seen_y.append(yb)
         ref = batch_stats(np.concatenate(seen_f), np.concatenate(seen_y), 3)
@@ -113,7 +113,7 @@ def test_the_head_equals_the_closed_form_after_every_step(head_artifact):
         assert dev.head is not None
         np.testing.assert_allclose(dev.head[0], W, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(dev.head[1], b, rtol=1e-4, atol=1e-4)
-        json.dumps(report, allow_nan=False)
+        json.dumps(report.to_dict(), allow_nan=False)
     # the backbone never moved: only statistics changed
     for name, layer in art.model.layers.items():
         np.testing.assert_array_equal(dev.art.model.layers[name].weight.q, layer.weight.q)
@@ -140,7 +140,7 @@ def test_head_with_flips_and_batchnorm_updates_from_the_moved_backbone(head_arti
     dev = Device(art, cfg)
     Xb, yb = B.stream_batches(X, y, 1)[0]
     report = dev.step(Xb, yb)
-    assert report["flips"] > 0 and report["head_samples"] == len(yb)
+    assert report.flips > 0 and report.head_samples == len(yb)
     # the statistics took the batch's features from the backbone after the step
     moved = forward_features(dev.art.model, dev.normalize(Xb))[1]
     start = art.head
@@ -171,7 +171,7 @@ def test_head_step_needs_no_autograd(head_artifact, monkeypatch):
     monkeypatch.setattr(torch.optim.Optimizer, "step", forbidden)
     dev = Device(art, art.device.replace(head="slda", guard_margin=1.0))
     for Xb, yb in B.stream_batches(X, y, 2):
-        assert dev.step(Xb, yb)["head_solved"]
+        assert dev.step(Xb, yb).head_solved
 
 
 def test_device_config_defaults_name_the_head():
@@ -233,7 +233,7 @@ def test_the_sign_test_judges_a_device_that_learns_only_its_head(head_artifact):
         dev = _slda(art, reset_window=2, reset_margin=0.0, **kw)
         reports = [dev.step(Xb, yb) for Xb, yb in data]
         assert dev.art.runtime["backbone_moved"] is False
-        return [r["reset"] for r in reports]
+        return [r.reset for r in reports]
 
     margin_only = resets(reset_alpha=None)
     assert any(margin_only[4:])
@@ -249,7 +249,7 @@ def test_the_source_weight_scales_what_the_cloud_ships(tiny_model, tiny_xy):
     X, y = tiny_xy
     cfg = B.kit_config()
     qmodel = pipeline.quantize(tiny_model, 4, X, cfg)
-    device = cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+    device = cfg.device.replace(head="slda", flip_steps=0, bn_mode="frozen")
     arts = [
         pipeline.device_artifact(
             qmodel,

@@ -1,0 +1,95 @@
+"""What one device step did: :class:`DeviceReport`, and its JSON line (``to_dict``);
+the process's memory the report ends with (:func:`rss_bytes`, :func:`peak_rss_bytes`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size of this process (Linux ``/proc/self/statm``), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size (``VmHWM`` of ``/proc/self/status``), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """The report of :meth:`qcore.edge.device.Device.step`.
+
+    Prediction (before any calibration on the batch, as in the stream evaluation):
+    ``step`` (batches processed so far, this one included), ``n`` (windows),
+    ``labelled`` (any window labelled) and ``n_labelled``, ``predicted`` (class names)
+    and ``predicted_index`` (their indices into the device's class names, int),
+    ``confidences`` (max-softmax per window, 4 decimals), ``confidence`` (the batch mean),
+    ``accuracy`` (on the labelled windows; None without labels), ``latency_ms``
+    (inference per window).
+
+    Schedule and user guard: ``calibrated``, ``drift`` (the drift detector fired),
+    ``reset`` (the user guard returned to the deployed model before this batch's
+    calibration) and ``reset_reason``.
+
+    Backbone calibration (:func:`qcore.edge.backbone.calibration_step`): ``rolled_back``,
+    ``flips``, ``passes_rejected``, ``core_acc_before``/``core_acc_after``/
+    ``batch_acc_after`` (the rollback guard's view of the model's own head; None when
+    the backbone was not calibrated); ``calib_ms`` (backbone and head, milliseconds).
+
+    Streaming head: ``new_classes`` (names this step added), ``head_samples`` (labelled
+    windows added to its statistics), ``pseudo_labels`` (windows without a label added as
+    their predicted class), ``head_solved`` (its weights recomputed).
+
+    Memory: ``rss_bytes`` and ``peak_rss_bytes`` after the step (None where unknown).
+    """
+
+    step: int
+    n: int
+    labelled: bool
+    n_labelled: int
+    predicted: list[str]
+    predicted_index: list[int]
+    confidences: list[float]
+    accuracy: float | None
+    new_classes: list[str]
+    confidence: float
+    latency_ms: float
+    calibrated: bool
+    drift: bool
+    rolled_back: bool = False
+    calib_ms: float = 0.0
+    flips: int = 0
+    passes_rejected: int = 0
+    core_acc_before: float | None = None
+    core_acc_after: float | None = None
+    batch_acc_after: float | None = None
+    head_samples: int = 0
+    pseudo_labels: int = 0
+    head_solved: bool = False
+    reset: bool = False
+    reset_reason: str | None = None
+    rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step's JSON line (``qcore device`` prints it after the batch name): every
+        field but ``predicted_index`` (``predicted`` names the same classes)."""
+        out = dataclasses.asdict(self)
+        del out["predicted_index"]
+        return out

@@ -156,9 +156,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
         help="train, quantize, calibrate and stream one scenario",
-        description="Train the float model, quantize it to each bit-width, calibrate on the "
-        "source, then stream the target batches through each method; writes results.json "
-        "and the deployed-{bits}bit.qcore artifacts.",
+        description="Train the float model, quantize it to each bit-width, calibrate on the\n"
+        "source, then stream the target batches through each method. Writes OUT/results.json\n"
+        "and OUT/deployed-{bits}bit.qcore, the artifacts `qcore export` ships.",
         epilog=settings_help(RunConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -207,18 +207,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_device(sub: argparse._SubParsersAction) -> None:
     dev = sub.add_parser(
         "device",
-        help="run a device on a stream of labelled batches",
-        description="Predict each batch, calibrate by policy with the one device step, save "
-        "the state after every batch. Settings come from the artifact's device section (or "
-        "the resumed state's) and --set overrides, which the state then records.",
+        help="run an artifact as a device on a stream of .npz batches",
+        description="Predict each batch (X raw, y optional) and print one JSON line for it;\n"
+        "learn from its labelled windows when the policy says so; save the state after\n"
+        "every batch. Settings come from the artifact (or the resumed state) and --set,\n"
+        "which the state then records. Exit status: 0, 2 on an error or when every batch\n"
+        "was refused, 130 on Ctrl-C, 143 on SIGTERM.",
         epilog=settings_help(DeviceConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dev.add_argument("artifact", metavar="FILE", help="artifact to start from")
     dev.add_argument(
-        "--stream", required=True, metavar="DIR", help="folder of *.npz batches, or - for stdin"
+        "--stream",
+        required=True,
+        metavar="DIR",
+        help="folder of *.npz batches (read in name order), or - for length-prefixed .npz "
+        "frames on stdin",
     )
-    dev.add_argument("--state", required=True, help="state file: resumed if it exists")
+    dev.add_argument(
+        "--state", required=True, help="state file: resumed if it exists, else started from FILE"
+    )
     dev.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a device setting"
     )

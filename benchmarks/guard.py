@@ -100,7 +100,7 @@ def main() -> None:
                 clean, fired = [], 0
                 for X, y in stream:
                     clean.append(np.mean(dev.predict(X) == y))
-                    fired += dev.step(X, noisy(y, share, k, rng))["reset"]
+                    fired += dev.step(X, noisy(y, share, k, rng)).reset
                 resets.append(str(fired))
                 final = np.mean(dev.predict(test_X) == test_y)
                 cells.append(f"{np.mean(clean):.3f} / {final:.3f}")

@@ -33,7 +33,7 @@ from qcore.edge.artifact import (
     save_artifact,
 )
 from qcore.edge.batches import load_batch, read_frames
-from qcore.edge.cli import add_commands
+from qcore.edge.cli import PREDICTIONS_HEADER, add_commands
 from qcore.edge.device import Device
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
@@ -760,7 +760,8 @@ def test_predictions_file_has_a_row_per_window(parts, tmp_path, capsys) -> None:
     args = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
     assert main([*args, "--predictions", str(out)]) == 0
     lines = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
-    rows = list(csv.reader(out.open()))
+    header, *rows = list(csv.reader(out.open()))
+    assert tuple(header) == PREDICTIONS_HEADER
     assert len(rows) == sum(len(X) for X, _ in data)
     first = [r for r in rows if r[0] == "b00.npz"]
     assert [r[3] for r in first] == lines[0]["predicted"]

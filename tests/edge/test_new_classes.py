@@ -53,10 +53,10 @@ def test_partly_labelled_batches_learn_from_their_labelled_windows(two_class_art
     dev, ref = Device(art), Device(art)
     report = dev.step(Xr, part)
     ref.step(Xr[1::2], ys[1::2])  # the same labelled windows alone
-    assert report["labelled"] and report["n_labelled"] == len(ys) // 2
-    pred = np.array(report["predicted"])
-    assert report["accuracy"] == float(np.mean(pred[1::2] == ys[1::2]))
-    assert report["head_samples"] == len(ys) // 2
+    assert report.labelled and report.n_labelled == len(ys) // 2
+    pred = np.array(report.predicted_index)
+    assert report.accuracy == float(np.mean(pred[1::2] == ys[1::2]))
+    assert report.head_samples == len(ys) // 2
     np.testing.assert_array_equal(dev.art.head.count, ref.art.head.count)
     np.testing.assert_allclose(dev.art.head.mean, ref.art.head.mean, rtol=1e-6, atol=1e-6)
 
@@ -67,8 +67,8 @@ def test_an_unlabelled_stream_changes_nothing_the_guards_judge(two_class_artifac
     for Xb, yb in B.stream_batches(X, y, 4):
         for labels in (None, np.full_like(yb, -1)):
             report = dev.step(Xb, labels)
-            assert not report["labelled"] and not report["calibrated"]
-            assert report["accuracy"] is None and not report["reset"]
+            assert not report.labelled and not report.calibrated
+            assert report.accuracy is None and not report.reset
     assert dev.art.step == 8
     for a, b in ((dev.art.head, art.head), (dev.art.model, art.model)):
         assert a is b  # the very objects the device started from
@@ -84,7 +84,7 @@ def test_a_held_out_class_is_added_on_the_device_and_then_predicted(two_class_ar
     before = dev.predict(B.raw(new_X))
     assert (before == NEW).sum() == 0  # the deployed head cannot say "high"
     report = dev.step(B.raw(new_X[:5]), _names(new_y[:5]))  # 5 labelled windows of it
-    assert report["new_classes"] == ["high"] and dev.art.class_names == ("low", "mid", "high")
+    assert report.new_classes == ["high"] and dev.art.class_names == ("low", "mid", "high")
     held = B.raw(new_X[5:])
     recall = float(np.mean(dev.predict(held) == NEW))
     old = y != NEW
@@ -127,11 +127,11 @@ def test_confident_windows_without_labels_feed_the_head_as_their_prediction(
     tau = 0.6
     dev = Device(art, art.device.replace(pseudo_threshold=tau))
     report = dev.step(Xr, np.full(len(Xr), -1))
-    pred, conf = np.array(report["predicted"]), np.array(report["confidences"])
+    pred, conf = np.array(report.predicted_index), np.array(report.confidences)
     chosen = conf >= tau
-    assert 0 < report["pseudo_labels"] == int(chosen.sum()) and report["head_samples"] == 0
+    assert 0 < report.pseudo_labels == int(chosen.sum()) and report.head_samples == 0
     grown = dev.art.head.count - art.head.count
     np.testing.assert_array_equal(grown, np.bincount(pred[chosen], minlength=2))
     ignored = Device(art)  # default: windows without a label are only predicted
-    assert ignored.step(Xr, np.full(len(Xr), -1))["pseudo_labels"] == 0
+    assert ignored.step(Xr, np.full(len(Xr), -1)).pseudo_labels == 0
     assert ignored.art.head is art.head

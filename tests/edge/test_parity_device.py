@@ -128,9 +128,9 @@ def test_run_streams_qcore_through_the_device_of_its_deployed_artifact(parity_ru
     device = Device(load_artifact(out / "deployed-4bit.qcore"))
     for batch, step in zip(sc.stream, row["steps"], strict=True):
         report = device.step(batch.X, batch.y, normalized=True)
-        assert report["accuracy"] == step["task_acc"]
-        assert report["flips"] == step["flips"]
-        assert report["passes_rejected"] == step["passes_rejected"]
+        assert report.accuracy == step["task_acc"]
+        assert report.flips == step["flips"]
+        assert report.passes_rejected == step["passes_rejected"]
         for split, key in ((sc.source_test, "source_acc"), (sc.target_test, "target_acc")):
             pred = device.predict(split.X, normalized=True)
             assert float(np.mean(pred == split.y)) == step[key]
@@ -153,8 +153,8 @@ def test_simulation_and_device_on_raw_windows_agree_after_every_step(parity_run)
         # raw sensor windows, as a device receives them, normalised by the artifact
         raw = batch.X * sc.normalizer.std[None, :, None] + sc.normalizer.mean[None, :, None]
         report = device.step(raw.astype(np.float32), batch.y)
-        assert report["accuracy"] == rep.task_acc
-        assert report["flips"] == rep.extra["flips"]
+        assert report.accuracy == rep.task_acc
+        assert report.flips == rep.extra["flips"]
         _same_state(sim.art, device.art)
         moved += int(np.any(before != sim.art.model.layers["head"].weight.q))
     assert moved > 0, "the head never moved: the comparison proves nothing"

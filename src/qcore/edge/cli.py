@@ -161,15 +161,13 @@ def _consume(
             continue
         save_state(args.state, device.art)
         processed += 1
-        names = device.art.class_names
-        report["predicted"] = [names[k] for k in report["predicted"]]
         if predictions is not None:
-            rows = zip(report["predicted"], report["confidences"], strict=True)
+            rows = zip(report.predicted, report.confidences, strict=True)
             writer = csv.writer(predictions)
             for k, (label, confidence) in enumerate(rows):
-                writer.writerow([name, report["step"], k, label, confidence])
+                writer.writerow([name, report.step, k, label, confidence])
             predictions.flush()
-        print(json.dumps({"batch": name, **report}), flush=True)
+        print(json.dumps({"batch": name, **report.to_dict()}), flush=True)
     return processed, skipped, repeated
 
 

@@ -19,6 +19,12 @@ from qcore.edge.infer import forward_features
 from qcore.edge.onnx_export import to_onnx
 
 
+@pytest.fixture(scope="module")
+def kit_art(tiny_model, tiny_xy):
+    """The 4-bit :func:`edge_kit.small_artifact` (built once for the tests that only read it)."""
+    return B.small_artifact(tiny_model, *tiny_xy)
+
+
 def _run(path, X: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path)).run(None, {"X": X})[0]
 
@@ -61,11 +67,10 @@ def test_a_calibrated_state_exports_its_own_codes(tiny_model, tiny_xy, tmp_path,
     assert np.mean(_run(out, raw).argmax(1) == dev.predict(raw)) >= 0.995
 
 
-def test_a_run_folder_with_one_bit_width_needs_no_bits(tiny_model, tiny_xy, tmp_path, capsys):
-    X, y = tiny_xy
+def test_a_run_folder_with_one_bit_width_needs_no_bits(kit_art, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    save_artifact(run / "deployed-4bit.qcore", B.small_artifact(tiny_model, X, y))
+    save_artifact(run / "deployed-4bit.qcore", kit_art)
     out = tmp_path / "model.qcore"
     assert main(["export", str(run), "--out", str(out)]) == 0  # the only bit-width
     assert out.read_bytes() == (run / "deployed-4bit.qcore").read_bytes()
@@ -86,18 +91,17 @@ def _slda(art, X, y):
     return replace(art, head=stats, device=art.device.replace(head="slda", flip_steps=0))
 
 
-def test_the_model_names_its_classes_and_its_window(tiny_model, tiny_xy, tmp_path):
-    X, y = tiny_xy
-    art = B.small_artifact(tiny_model, X, y)
-    to_onnx(art, tmp_path / "m.onnx")
+def test_the_model_names_its_classes_and_its_window(kit_art, tiny_xy, tmp_path):
+    X, _ = tiny_xy
+    to_onnx(kit_art, tmp_path / "m.onnx")
     meta = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["class_names"]) == list(B.CLASSES)
     assert int(meta["window_length"]) == X.shape[2]
 
 
-def test_a_state_that_grew_a_class_exports_every_class(tiny_model, tiny_xy, tmp_path, capfd):
+def test_a_state_that_grew_a_class_exports_every_class(kit_art, tiny_xy, tmp_path, capfd):
     X, y = tiny_xy
-    dev = Device(_slda(B.small_artifact(tiny_model, X, y), X, y), allow_new_classes=True)
+    dev = Device(_slda(kit_art, X, y), allow_new_classes=True)
     raw = B.raw(X)
     labels = np.array([*B.CLASSES, "spin"])[np.where(np.arange(len(y)) < 8, 3, y)]
     dev.step(raw[:20], labels[:20])  # windows 0-7 labelled as a class the cloud never saw

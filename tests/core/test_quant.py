@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -79,3 +81,46 @@ def test_packed_bytes_shrink_with_bits():
     sizes = [quantize_weight(w, b).packed_nbytes() for b in (2, 4, 8)]
     assert sizes[0] < sizes[1] < sizes[2] < w.nbytes
     assert sizes[1] == w.size // 2 + 32 * 5
+
+
+def half_to_even(v: float) -> int:
+    """The tie rule both sides use (``np.rint``, ``torch.round``), written without NumPy:
+    the nearest integer, an exact half going to the even neighbour."""
+    lo = math.floor(v)
+    frac = v - lo
+    return lo + 1 if frac > 0.5 or (frac == 0.5 and lo % 2 == 1) else lo
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_quantize_rounds_exact_halves_to_even(bits):
+    qmin, qmax = qrange(bits)
+    zp = qmax // 2
+    halves = np.arange(qmin, qmax) - zp + 0.5  # every half step between two codes
+    x = (halves * 0.25).astype(np.float32)  # x / scale is exact in float32
+    q = quantize(x, np.float32(0.25), np.int32(zp), bits)
+    assert q.dtype == np.uint8
+    assert q.tolist() == [half_to_even(h) + zp for h in halves.tolist()]
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_weight_quantization_rounds_exact_halves_to_even(bits):
+    qmin, qmax = qrange(bits)
+    zp = qmax // 2
+    halves = np.arange(qmin, qmax) - zp + 0.5
+    row = np.concatenate([[qmin - zp, qmax - zp], halves])  # range gives scale 1, zero point zp
+    qt = quantize_weight(np.stack([row, row / 2]), bits)  # the second channel: scale 0.5
+    assert qt.scale.tolist() == [1.0, 0.5] and qt.zero_point.tolist() == [zp, zp]
+    expected = [qmin, qmax] + [half_to_even(h) + zp for h in halves.tolist()]
+    assert qt.q.tolist() == [expected, expected]
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_packed_layout_is_little_endian_bit_by_bit(bits):
+    q = np.random.default_rng(bits).integers(0, 1 << bits, (3, 5))  # any shape, any int dtype
+    stream = sum(int(v) << (i * bits) for i, v in enumerate(q.reshape(-1).tolist()))
+    expected = stream.to_bytes(packed_size(15, bits), "little")
+    packed = pack_bits(q, bits)
+    assert packed.dtype == np.uint8 and packed.shape == (len(expected),)
+    assert packed.tobytes() == expected
+    codes = unpack_bits(np.frombuffer(expected, np.uint8), bits, 15)
+    assert codes.dtype == np.uint8 and codes.tolist() == q.reshape(-1).tolist()

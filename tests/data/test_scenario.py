@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qcore.data.dataset import Dataset
-from qcore.data.scenario import Normalizer, make_scenario
+from qcore.data.scenario import Normalizer, label_mask, make_scenario
 from qcore.data.synthetic import make_synthetic
 from qcore.errors import QCoreError
 
@@ -102,3 +102,43 @@ def test_normalizer_round_trip_and_errors():
         Normalizer.from_dict({"mean": [0.0]})
     with pytest.raises(QCoreError, match="positive"):
         Normalizer(mean=np.zeros(2), std=np.array([1.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "n", "labelled"),
+    [
+        (0.0, 10, 0),
+        (0.04, 10, 0),
+        (0.06, 10, 1),
+        (0.14, 10, 1),
+        (0.16, 10, 2),
+        (0.29, 10, 3),  # 2.9 windows: to the nearest, not down
+        (0.5, 10, 5),
+        (0.71, 10, 7),
+        (0.96, 10, 10),
+        (1.0, 10, 10),
+        (0.3, 1, 0),
+        (0.7, 1, 1),
+        (0.99, 44, 44),  # 43.56
+        (0.01, 44, 0),
+    ],
+)
+def test_label_mask_labels_the_nearest_whole_number_of_windows(fraction, n, labelled):
+    mask = label_mask(n, fraction, seed=3, step=1)
+    assert mask.dtype == np.bool_ and mask.shape == (n,)
+    assert int(mask.sum()) == labelled
+
+
+def test_label_mask_is_drawn_from_seed_step_and_its_own_stream():
+    # the documented seeding: (seed, step, LABEL_STREAM = 0x1ABE1), the first
+    # round(fraction * n) positions of a permutation; and one mask stored as it is
+    for seed, step, n, fraction in [(0, 1, 8, 0.5), (7, 3, 20, 0.25), (2, 12, 5, 0.8)]:
+        order = np.random.default_rng([seed, step, 0x1ABE1]).permutation(n)
+        expected = np.zeros(n, dtype=bool)
+        expected[order[: round(fraction * n)]] = True
+        np.testing.assert_array_equal(label_mask(n, fraction, seed, step), expected)
+    assert label_mask(8, 0.5, 0, 1).astype(int).tolist() == [1, 0, 0, 1, 0, 1, 0, 1]
+    # another step or another seed draws other windows; the same ones, the same windows
+    masks = {label_mask(40, 0.5, s, t).tobytes() for s in (0, 1) for t in (1, 2)}
+    assert len(masks) == 4
+    np.testing.assert_array_equal(label_mask(40, 0.5, 1, 2), label_mask(40, 0.5, 1, 2))

@@ -76,3 +76,109 @@ def test_bad_input_and_state_rejected() -> None:
         PageHinkley.from_dict({"bogus": 1})
     with pytest.raises(QCoreError):
         PageHinkley.from_dict({"mean": "x"})
+
+
+def reference(values, delta, threshold, alpha, min_samples) -> list[bool]:
+    """The detector as its module docstring states it, written out again."""
+    fired, xs, m, m_min = [], [], 0.0, 0.0
+    for x in values:
+        xs.append(x)
+        mean = sum(xs) / len(xs)
+        m = alpha * m + (mean - x - delta)
+        m_min = min(m_min, m)
+        fire = len(xs) >= min_samples and m - m_min > threshold
+        fired.append(fire)
+        if fire:
+            xs, m, m_min = [], 0.0, 0.0
+    return fired
+
+
+@pytest.mark.parametrize(
+    ("delta", "threshold", "alpha", "min_samples"),
+    [(0.02, 0.15, 1.0, 5), (0.0, 0.05, 0.7, 1), (0.05, 0.3, 0.9, 3), (0.01, 0.1, 1.0, 0)],
+)
+def test_decisions_follow_the_stated_recurrence(delta, threshold, alpha, min_samples) -> None:
+    rng = np.random.default_rng(11)
+    values = np.concatenate([0.9 + rng.normal(0, 0.05, 40), 0.6 + rng.normal(0, 0.05, 40)])
+    values = np.concatenate([values, 0.3 + rng.normal(0, 0.05, 40), np.full(20, 0.95)])
+    det = PageHinkley(delta=delta, threshold=threshold, alpha=alpha, min_samples=min_samples)
+    fired = [det.update(float(v)) for v in values]
+    expected = reference(values.tolist(), delta, threshold, alpha, min_samples)
+    assert fired == expected and sum(fired) >= 2
+
+
+def test_the_evidence_must_exceed_the_threshold() -> None:
+    # dyadic values, exact in floating point: after 1.0 then 0.0, m_2 - M_2 is exactly 0.5
+    at_threshold = PageHinkley(delta=0.0, threshold=0.5, min_samples=2)
+    assert [at_threshold.update(v) for v in (1.0, 0.0)] == [False, False]
+    assert (at_threshold.n, at_threshold.mean, at_threshold.cum) == (2, 0.5, 0.5)
+    assert at_threshold.cum_min == 0.0
+    below = PageHinkley(delta=0.0, threshold=0.25, min_samples=2)
+    assert [below.update(v) for v in (1.0, 0.0)] == [False, True]
+
+
+def test_it_fires_as_soon_as_it_has_min_samples() -> None:
+    for min_samples in (1, 2, 3):
+        det = PageHinkley(delta=0.0, threshold=0.25, min_samples=min_samples)
+        # evidence 0.5 from the second value on, never lower: fires at max(2, min_samples)
+        values = [1.0, 0.0, 0.0, 0.0]
+        fired = [det.update(v) for v in values]
+        assert fired.index(True) == max(2, min_samples) - 1
+
+
+def test_the_running_state_after_each_value() -> None:
+    det = PageHinkley(delta=0.125, threshold=100.0, alpha=0.5)
+    det.update(1.0)  # mean 1, m = 0.5 * 0 + (1 - 1 - 0.125)
+    assert (det.n, det.mean, det.cum, det.cum_min) == (1, 1.0, -0.125, -0.125)
+    det.update(0.0)  # mean 0.5, m = 0.5 * -0.125 + (0.5 - 0 - 0.125)
+    assert (det.n, det.mean, det.cum, det.cum_min) == (2, 0.5, 0.3125, -0.125)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    assert PageHinkley().to_dict() == {
+        "delta": 0.02,
+        "threshold": 0.15,
+        "alpha": 1.0,
+        "min_samples": 5,
+        "n": 0,
+        "mean": 0.0,
+        "cum": 0.0,
+        "cum_min": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"delta": 0.0}, {"alpha": 1.0}, {"min_samples": 0}, {"threshold": 1e-9}]
+)
+def test_boundary_parameters_accepted(kwargs: dict) -> None:
+    assert PageHinkley(**kwargs).to_dict()[next(iter(kwargs))] == next(iter(kwargs.values()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"delta": True}, "delta must be a number, got True"),
+        ({"threshold": "0.1"}, "threshold must be a number"),
+        ({"alpha": float("inf")}, "alpha must be finite, got inf"),
+        ({"cum": float("nan")}, "cum must be finite"),
+        ({"threshold": -0.1}, r"delta >= 0 and threshold > 0"),
+        ({"delta": -1e-9}, r"delta >= 0 and threshold > 0"),
+        ({"alpha": 1.0000001}, r"alpha must lie in \(0, 1\], got 1.0000001"),
+        ({"alpha": -0.5}, r"alpha must lie in \(0, 1\]"),
+        ({"min_samples": True}, "min_samples must be an integer >= 0, got True"),
+        ({"min_samples": 2.0}, "min_samples must be an integer"),
+        ({"n": -1}, "n must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_parameters_are_named(kwargs: dict, match: str) -> None:
+    with pytest.raises(QCoreError, match=match):
+        PageHinkley(**kwargs)
+
+
+def test_infinite_input_and_a_state_that_is_no_mapping_are_rejected() -> None:
+    with pytest.raises(QCoreError, match="input must be finite, got -inf"):
+        PageHinkley().update(float("-inf"))
+    with pytest.raises(QCoreError, match="must be a mapping"):
+        PageHinkley.from_dict([("n", 1)])
+    with pytest.raises(QCoreError, match="unknown Page-Hinkley fields: bogus, extra$"):
+        PageHinkley.from_dict({"extra": 1, "bogus": 2, "n": 0})

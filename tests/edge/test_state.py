@@ -112,3 +112,54 @@ def test_missing_files(tmp_path: Path) -> None:
         load_state(tmp_path / "none.qcore")
     with pytest.raises(QCoreError, match="does not exist"):
         resume_or_start(tmp_path / "none.qcore", tmp_path / "nothing.qcore")
+
+
+def test_a_save_syncs_the_state_then_the_folder_after_the_rename(
+    art: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without the folder's fsync a power cut can undo the rename: the state steps back
+    path = tmp_path / "state.qcore"
+    save_state(path, at_step(art, 1))
+    old = path.read_bytes()
+    real_fsync, real_open = os.fsync, os.open
+    synced: list[tuple[str, bytes]] = []  # (what the descriptor is, what path held then)
+    opened_folders: list[int] = []
+
+    def fsync(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, path.read_bytes()))
+        real_fsync(fd)
+
+    def open_(p, flags, *args, **kwargs) -> int:
+        if Path(p) == tmp_path:
+            opened_folders.append(flags)
+        return real_open(p, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "open", open_)
+    save_state(path, at_step(art, 2))
+    new = path.read_bytes()
+    assert new != old and load_state(path).step == 2
+    assert synced == [("file", old), ("folder", new)]
+    assert len(opened_folders) == 1
+
+
+def test_a_failed_save_names_the_state_and_the_reason(
+    art: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(src, dst) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(
+        QCoreError, match=r"^cannot save state .*s\.qcore: No space left on device$"
+    ):
+        save_state(tmp_path / "s.qcore", art)
+
+    def failed(src, dst) -> None:  # an OSError without errno and strerror
+        raise OSError("boom")
+
+    monkeypatch.setattr(os, "replace", failed)
+    with pytest.raises(QCoreError, match=r"^cannot save state .*s\.qcore: boom$"):
+        save_state(tmp_path / "s.qcore", art)
+    assert list(tmp_path.iterdir()) == []

@@ -91,14 +91,27 @@ def test_the_data_commands_name_every_dataset() -> None:
         assert ", ".join(DATASETS) in text, command  # listed together, from the registry
 
 
-def test_the_command_line_loads_neither_torch_nor_scipy_to_run_a_device() -> None:
+def _loaded(statements: str) -> list[str]:
+    """Top-level packages and ``qcore`` parts a fresh interpreter loaded running ``statements``."""
     code = (
-        "import sys\nfrom qcore.cli import build_parser\nbuild_parser()\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy'}))"
+        f"import sys\n{statements}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy'}"
+        " | {m.split('.')[1] for m in sys.modules if m.startswith('qcore.')}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_command_line_loads_neither_torch_nor_scipy() -> None:
+    loaded = _loaded("from qcore.cli import build_parser\nbuild_parser()")
+    assert "torch" not in loaded and "scipy" not in loaded
+
+
+def test_a_device_command_loads_only_the_device_side(tmp_path) -> None:
+    run = f"['device', 'missing.qcore', '--stream', '.', '--state', {str(tmp_path / 's')!r}]"
+    loaded = _loaded(f"from qcore.cli import main\nassert main({run}) == 2")
+    assert set(loaded) <= {"cli", "errors", "config", "core", "coreset", "edge"}, loaded
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ DESCRIPTION = (
     "methods side by side (bench), ship an artifact (export) and run it on a device "
     "(device, reset). `qcore COMMAND --help` explains each command."
 )
+DEVICE_COMMANDS = ("export", "device", "reset")  # what runs on a device: qcore.edge.cli
 EXIT_ERROR = 2  # a QCoreError, a missing or unreadable file, or every batch refused
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
@@ -172,18 +173,22 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_cmd_run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``qcore`` parser with every subcommand (each sets ``func``)."""
+def build_parser(device_only: bool = False) -> argparse.ArgumentParser:
+    """The ``qcore`` parser with every subcommand (each sets ``func``); with
+    ``device_only``, only :data:`DEVICE_COMMANDS`, which load nothing above ``qcore.edge``."""
     from qcore.edge.cli import add_commands as add_edge_commands
-    from qcore.eval.bench_cli import add_command as add_bench_command
 
     p = argparse.ArgumentParser(prog="qcore", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_data(sub)
-    _add_model(sub)
-    _add_run(sub)
+    if not device_only:
+        _add_data(sub)
+        _add_model(sub)
+        _add_run(sub)
     add_edge_commands(sub)  # export, device, reset
-    add_bench_command(sub)  # bench
+    if not device_only:
+        from qcore.eval.bench_cli import add_command as add_bench_command
+
+        add_bench_command(sub)  # bench
     return p
 
 
@@ -220,8 +225,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``qcore`` command; returns its exit status (see :func:`run_command`)."""
-    return run_command(build_parser().parse_args(argv))
+    """Run one ``qcore`` command; returns its exit status (see :func:`run_command`). A
+    device command builds only the device commands' parser, so that a device process
+    imports ``qcore.edge`` and what it needs, not the data, cloud or evaluation side."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    device_only = bool(argv) and argv[0] in DEVICE_COMMANDS
+    return run_command(build_parser(device_only).parse_args(argv))
 
 
 if __name__ == "__main__":

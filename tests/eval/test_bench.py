@@ -82,8 +82,9 @@ def test_presets(monkeypatch, uschad_found):
     assert method.base.bits == (2, 4, 8) and method.seeds == (0, 1, 2)
     assert method.base.methods == ("none", "backprop", "qcore")
     default = RunConfig()
-    for key in ("filters", "depth", "epochs", "core_size", "flip_budget"):
+    for key in ("filters", "depth", "epochs", "core_size"):
         assert getattr(method.base, key) == getattr(default, key), key  # the default model
+    assert method.base.device == default.device
     cells = method.cells()
     assert len(cells) == 9 * len(method.pairs)
     assert (

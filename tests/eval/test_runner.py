@@ -8,9 +8,10 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from qcore.cli import main
-from qcore.config import RunConfig
+from qcore.config import DeviceConfig, RunConfig
 from qcore.edge.artifact import load_artifact
 from qcore.errors import QCoreError
+from qcore.eval.run_table import run_table
 from qcore.eval.runner import run
 
 TINY = dict(
@@ -26,8 +27,8 @@ TINY = dict(
     record_every=1,
     calib_steps=3,
     source_calib_epochs=1,
-    flip_steps=2,
 )
+TINY_QCORE = {**TINY, "device": DeviceConfig(flip_steps=2)}  # fewer flip passes: faster
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -50,7 +51,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = RunConfig(**TINY, method="none,backprop,qcore")
+    cfg = RunConfig(**TINY_QCORE, method="none,backprop,qcore")
     return out, run(cfg, out)
 
 
@@ -84,7 +85,7 @@ def test_same_seed_same_numbers(result, tmp_path):
     """Same seed and inputs: the same numbers, and bit-identical weights and core after the
     simulated stream (``calibrated-*.qcore`` holds the final model, core and step)."""
     out, res = result
-    again = run(RunConfig(**TINY, method="none,backprop,qcore"), tmp_path)
+    again = run(RunConfig(**TINY_QCORE, method="none,backprop,qcore"), tmp_path)
 
     def strip(rows):
         return [
@@ -194,7 +195,7 @@ def test_export_then_device_end_to_end(result, tmp_path, capsys):
 def test_a_bit_width_does_not_depend_on_the_others(result, tmp_path):
     """The bench runs one bit-width per cell: its rows must equal those of a joint run."""
     _, res = result
-    alone = run(RunConfig(**{**TINY, "bits": (4,)}, method="none,backprop,qcore"), tmp_path)
+    alone = run(RunConfig(**{**TINY_QCORE, "bits": (4,)}, method="none,backprop,qcore"), tmp_path)
 
     def rows(r):
         return {
@@ -214,7 +215,7 @@ def test_a_rerun_reuses_the_trained_model(tmp_path, monkeypatch):
     calls = []
     real = pipeline.train_model
     monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,qcore")
+    cfg = RunConfig(**{**TINY_QCORE, "bits": (4,)}, method="none,qcore")
     first = run(cfg, tmp_path)
     assert len(calls) == 1 and first["results"][0]["cached"] is False
     again = run(cfg.replace(bits=(2, 4)), tmp_path)
@@ -233,7 +234,7 @@ def test_a_rerun_reuses_the_trained_model(tmp_path, monkeypatch):
 
 
 def test_progress_says_what_runs(tmp_path, capsys):
-    cfg = RunConfig(**{**TINY, "bits": (4,)}, method="qcore")
+    cfg = RunConfig(**{**TINY_QCORE, "bits": (4,)}, method="qcore")
     run(cfg, tmp_path, progress=True)
     err = capsys.readouterr().err
     assert "flip network: teacher rounds" in err and "qcore, 4 bits" in err
@@ -326,6 +327,8 @@ def test_a_run_adding_methods_trains_nothing(tmp_path, monkeypatch):
 
     cfg = RunConfig(**{**TINY, "bits": (4,)}, method="slda")
     first = run(cfg, tmp_path)
+    with np.load(tmp_path / "core.npz") as npz:  # recorded, not used: as without a cache
+        assert (npz["train_scores"] == 1).all()
 
     def refuse(*args, **kwargs):
         raise AssertionError("trained again")
@@ -334,6 +337,8 @@ def test_a_run_adding_methods_trains_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "calibrate_on_source", refuse)
     again = run(cfg.replace(method="slda,backprop"), tmp_path)
     assert again["results"][0]["cached"] and again["results"][2]["cached"]
+    with np.load(tmp_path / "core.npz") as npz:  # backprop starts from the QCore
+        assert len(np.unique(npz["train_scores"])) > 1
     keys = ("method", "bits", "target_acc", "source_acc", "target_acc_before")
     rows = [[tuple(r.get(k) for k in keys) for r in res["results"][:4]] for res in (first, again)]
     assert rows[0] == rows[1]
@@ -359,7 +364,8 @@ def test_the_run_table_names_what_each_number_measured(tmp_path, capsys):
     from the cloud's seconds, and the label fraction and new-class results when used."""
     sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
     args = ["run", "--out", str(tmp_path), "--quiet", *(x for s in sets for x in ("--set", s))]
-    code, out, _ = cli(capsys, *args, "--set", "bits=4", "--set", "method=none,slda")
+    code, out, _ = cli(capsys, *args, "--set", "bits=4", "--set", "method=none,slda",
+                       "--set", "threads=1")  # fmt: skip
     assert code == 0
     head, *lines = out.splitlines()
     names = head.split()
@@ -372,9 +378,12 @@ def test_the_run_table_names_what_each_number_measured(tmp_path, capsys):
     assert table["slda"]["target_before"] == f"{slda['target_acc_before']:.3f}"
     assert table["float"]["cloud_s"] == f"{res['results'][0]['train_s']:.1f}"
     assert table["float"]["target_before"] == "-" and table["ptq"]["step_ms"] == "-"
-    code, out, _ = cli(capsys, *args, "--set", "bits=4", "--set", "method=none,slda",
-                       "--set", "label_fraction=0.5", "--set", "new_classes=class3")  # fmt: skip
+    few = {**res, "config": {**res["config"], "label_fraction": 0.5}}
+    few["results"] = [*res["results"][:3], {**slda, "old_acc": 0.5, "new_recall": 0.25,
+                                           "windows_to_recall": None}]  # fmt: skip
+    out = run_table(few)
     names = out.splitlines()[0].split()
     assert names[-4:] == ["label_fraction", "old_acc", "new_recall", "windows_to_recall"]
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6]}
-    assert rows["float"][-4:] == ["-"] * 4 and rows["slda"][-4] == "0.500"
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:5]}
+    assert rows["float"][-4:] == ["-"] * 4
+    assert rows["slda"][-4:] == ["0.500", "0.500", "0.250", "-"]

@@ -110,9 +110,10 @@ def float_model(
 ) -> tuple[InceptionTime, Dynamics | None, bool]:
     """:func:`qcore.cloud.pipeline.train_model`, reusing ``folder/float-KEY.pt`` when an
     earlier run with the same training settings left it (recording dynamics never changes
-    the trained weights). With a ``folder`` the dynamics are always recorded and returned;
-    without one only when ``dynamics``. Returns (model, dynamics, whether it came from the
-    cache)."""
+    the trained weights). With a ``folder`` the dynamics are always recorded (and stored),
+    without one only when ``dynamics``; they are returned only when ``dynamics``, so that
+    a run's results never depend on the cache. Returns (model, dynamics or None, whether
+    it came from the cache)."""
     path = None if folder is None else folder / f"float-{training_key(cfg, hold)}.pt"
     if path is not None and path.is_file():
         entry = _load(path)
@@ -120,12 +121,13 @@ def float_model(
             torch.manual_seed(cfg.seed)
             model = InceptionTime(X.shape[1], n_classes, cfg.filters, cfg.depth)
             model.load_state_dict(entry["model"])
-            return model.eval(), _dynamics_from(entry["dynamics"]), True
+            dyn = _dynamics_from(entry["dynamics"]) if dynamics else None
+            return model.eval(), dyn, True
     record = dynamics or path is not None
     model, dyn = pipeline.train_model(cfg, X, y, n_classes, dynamics=record, progress=progress)
     if path is not None:
         _save(path, {"model": model.state_dict(), "dynamics": _dynamics_to(dyn)})
-    return model, dyn, False
+    return model, dyn if dynamics else None, False
 
 
 def source_calibrated(

@@ -15,7 +15,7 @@ Presets:
 * ``method``: QCore against no calibration and the back-prop reference
   (``none,backprop,qcore``) on HAPT 1->4, HAPT 1->25 and USC-HAD 1->11 when its files are
   found, bits 2/4/8, seeds 0/1/2, the default model. Its report adds the flip tables
-  (``flips.md``, see :mod:`qcore.eval.report`);
+  (``flips.md``, see :mod:`qcore.eval.flip_tables`);
 * ``wide``: one source, every other subject: HAPT 1 -> each of the other 29 subjects and
   USC-HAD 1 -> each of the other 13 when its files are found, 4 bits, seed 0, methods
   ``none,bn-stats,qcore,backprop,slda``. The cells of one source share one trained float

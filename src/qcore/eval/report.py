@@ -8,12 +8,16 @@ From the cells' ``results.json`` the report writes:
 * ``DIR/summary.md``: per (dataset, scenario) a row per method and a column per bit-width;
 * ``DIR/flips.md``, only when ``qcore`` rows carry them: the flip network's held-out
   agreement with its teacher, and how often the device's guarded flip passes moved codes
-  over the stream;
+  over the stream (:mod:`qcore.eval.flip_tables`);
 * ``DIR/pairs.md``, only when a dataset has at least :data:`MIN_PAIRS` pairs: per method
   the distribution over pairs of the final target accuracy and of its gain over ``none``
-  (quantiles, pairs gaining and losing), and the cells' wall times.
+  (quantiles, pairs gaining and losing), and the cells' wall times;
+* ``DIR/labels.md`` and ``DIR/newclass.md``, only for grids over label fractions or
+  classes held out of the cloud.
 
-The plots drawn from the same rows are in :mod:`qcore.eval.plots`.
+Older results.json files (``NaN`` for a missing value, ``seconds`` and ``cloud_seconds``)
+read like current ones (``null``, ``step_ms``, ``cloud_s``). The plots drawn from the same
+rows are in :mod:`qcore.eval.plots`.
 """
 
 from __future__ import annotations
@@ -337,8 +341,8 @@ def newclass_markdown(rows: list[dict]) -> str:
 
 def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     """``results.csv``, ``stream.csv``, ``results.md``, ``summary.md`` and, when the rows
-    have them, ``flips.md`` and ``pairs.md`` (removed otherwise, so that neither ever
-    describes other cells)."""
+    call for them, ``flips.md``, ``pairs.md``, ``labels.md`` and ``newclass.md`` (removed
+    otherwise, so that none ever describes other cells)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
     _write_csv(out_dir / "stream.csv", steps, STREAM_COLUMNS)

@@ -112,12 +112,8 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def device_command() -> list[str]:
-    """The lead's ``qcore`` entry if it has the edge commands, else the edge module itself."""
-    from qcore.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    module = "qcore.cli" if "device" in sub.choices else "qcore.edge.cli"
-    return [sys.executable, "-m", module, "device"]
+    """``qcore device`` as a fresh interpreter runs it."""
+    return [sys.executable, "-m", "qcore.cli", "device"]
 
 
 def tree_bytes(paths: list[Path]) -> int:
@@ -131,7 +127,7 @@ def py_files(*packages: str) -> list[Path]:
 def loaded_qcore_files() -> list[Path]:
     """Source files of every qcore module a device process imports."""
     code = (
-        "import sys, qcore.edge.cli\n"
+        "import sys, qcore.cli, qcore.edge.cli\n"
         "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items())\n"
         "                 if n.startswith('qcore') and getattr(m, '__file__', None)))"
     )

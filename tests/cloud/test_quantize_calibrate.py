@@ -8,7 +8,7 @@ from qcore.cloud.calibrate import backprop_calibrate
 from qcore.cloud.fakequant import fake_quant_ste
 from qcore.cloud.model import quant_layers
 from qcore.cloud.quantize import HEAD_ACT_BITS, choose_act_range, quantize_model
-from qcore.cloud.train import accuracy, train_float
+from qcore.cloud.train import accuracy, predict_logits, train_float
 from qcore.core.quant import SUPPORTED_BITS, choose_qparams, qrange, quantize
 
 
@@ -40,11 +40,21 @@ def test_quantized_model_codes_in_range(tiny_model, tiny_xy, bits):
 
 
 def test_accuracy_degrades_gracefully_with_bits(tiny_model, tiny_xy):
+    """Fewer bits, a larger error in the logits, yet 2 bits still keep the classes apart."""
     X, y = tiny_xy
-    accs = {b: accuracy(quantize_model(tiny_model, b, X), X, y) for b in (2, 8)}
     float_acc = accuracy(tiny_model, X, y)
+    float_logits = predict_logits(tiny_model, X)
+    accs, errors = {}, {}
+    for b in (2, 4, 8):
+        qm = quantize_model(tiny_model, b, X)
+        accs[b] = accuracy(qm, X, y)
+        err = np.abs(predict_logits(qm, X) - float_logits).mean()
+        errors[b] = err / np.abs(float_logits).mean()
     assert float_acc > 0.6
     assert abs(accs[8] - float_acc) <= 0.05
+    assert accs[2] >= float_acc - 0.15 and accs[2] > 0.6  # three classes: chance is 1/3
+    assert errors[2] > errors[4] > errors[8]
+    assert errors[8] < 0.02 and errors[2] < 1.0
 
 
 def test_act_range_clips_outliers_for_low_bits():

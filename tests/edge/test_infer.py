@@ -213,3 +213,20 @@ def test_a_pass_never_writes_to_the_callers_windows() -> None:
     bn_reestimate(qm, X)
     forward(qm, X)
     np.testing.assert_array_equal(X, before)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_activation_ties_round_half_to_even_like_the_cloud(bits: int) -> None:
+    """An activation exactly half way between two codes takes the even code, on the edge
+    (np.rint) as on the cloud (torch.round); a half-up rule would break parity."""
+    from qcore.cloud.fakequant import fake_quant_ste
+    from qcore.edge.runner import fake_quant_act  # the layer arithmetic infer.py runs
+
+    zp = ((1 << bits) - 1) // 2
+    halves = np.arange((1 << bits) - 1) - zp + 0.5  # every half step between two codes
+    x = (halves * 0.25).astype(np.float32)  # x / scale is exact
+    even = np.where(np.floor(halves) % 2 == 0, np.floor(halves), np.ceil(halves))
+    out = fake_quant_act(x.copy(), (0.25, zp, bits))
+    assert out.tolist() == (even * 0.25).tolist()
+    cloud = fake_quant_ste(torch.from_numpy(x), torch.tensor(0.25), torch.tensor(zp), bits)
+    assert cloud.numpy().tolist() == out.tolist()

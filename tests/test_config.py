@@ -43,6 +43,7 @@ def test_replace_routes_device_keys():
     cfg = RunConfig().replace(head="slda", flip_steps=0, epochs=2)
     assert (cfg.device.head, cfg.device.flip_steps, cfg.epochs) == ("slda", 0, 2)
     assert cfg.replace(seed=9).device.seed == 9
+    assert cfg.replace(seed=9).replace(seed=4).device.seed == 4
 
 
 def test_committed_flat_results_still_load_and_match():
@@ -117,6 +118,9 @@ def test_the_run_holds_a_device_config():
     assert RunConfig().device == DeviceConfig()
     with pytest.raises(QCoreError, match="DeviceConfig"):
         RunConfig(device={"head": "slda"})  # type: ignore[arg-type]
+    with pytest.raises(QCoreError, match="the device's seed is the run's: set seed=5"):
+        RunConfig(seed=7, device=DeviceConfig(seed=5))
+    assert RunConfig(seed=5, device=DeviceConfig(seed=5)).device.seed == 5
 
 
 @pytest.mark.parametrize(

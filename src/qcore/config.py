@@ -196,7 +196,8 @@ def _check_core_size(key: str, size: float) -> None:
 class RunConfig(Settings):
     """A whole run; the device's settings are the :class:`DeviceConfig` in ``device``.
 
-    ``device.seed`` is always the run's ``seed``. ``device_chosen`` names the device
+    ``device.seed`` is always the run's ``seed`` (a DeviceConfig with another seed than
+    the default is refused). ``device_chosen`` names the device
     settings the user set (in a TOML file or ``--set``: :func:`load_config` records them);
     with those that differ from DeviceConfig's defaults they are :meth:`chosen_device`,
     which a method's fixed settings must not contradict. It is not a setting: it is not
@@ -267,7 +268,12 @@ class RunConfig(Settings):
         unknown = sorted(set(self.device_chosen) - set(RUN_DEVICE_KEYS))
         if unknown:
             raise QCoreError(f"unknown device setting(s) chosen: {', '.join(unknown)}")
-        if self.device.seed != self.seed:
+        if self.device.seed not in (self.seed, _DEVICE.seed):
+            raise QCoreError(
+                f"the device's seed is the run's: set seed={self.device.seed} on the run, "
+                "not on its DeviceConfig"
+            )
+        if self.device.seed != self.seed:  # the default gives way
             object.__setattr__(self, "device", self.device.replace(seed=self.seed))
         if not self.bits:
             raise QCoreError("setting bits needs at least one bit-width")
@@ -279,6 +285,8 @@ class RunConfig(Settings):
     def replace(self, **changes: object) -> Self:
         """A copy with ``changes``; a device setting's key (``head=...``) changes ``device``."""
         device = {k: changes.pop(k) for k in RUN_DEVICE_KEYS if k in changes}
+        if "seed" in changes:
+            device["seed"] = changes["seed"]
         if device:
             base = changes.get("device", self.device)
             changes["device"] = base.replace(**device)  # type: ignore[attr-defined]

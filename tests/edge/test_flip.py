@@ -9,8 +9,21 @@ import torch
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.flipnet import agreement_report, collect_rounds, fit_flipnet
 from qcore.cloud.quantize import quantize_model
-from qcore.core.quant import SUPPORTED_BITS, qrange, quantize_weight
-from qcore.edge.flip import apply_flips, error_signal, gradient_proxy, window_sums
+from qcore.core.quant import SUPPORTED_BITS, QuantizedTensor, qrange, quantize_weight
+from qcore.edge.flip import (
+    N_FEATURES,
+    N_STATIC,
+    FlipNet,
+    apply_flips,
+    dynamic_features,
+    error_signal,
+    gradient_proxy,
+    layer_features,
+    quantized_weight,
+    static_features,
+    sums_reducer,
+    window_sums,
+)
 from qcore.edge.flip_passes import cross_entropy, flip_calibrate
 from qcore.edge.infer import bn_reestimate, forward
 from qcore.errors import QCoreError
@@ -250,3 +263,113 @@ def test_guard_layer_accepts_layers_on_their_own(reckless):
 def test_unknown_guard_is_refused(reckless):
     with pytest.raises(QCoreError, match="flip_guard"):
         _calibrate(reckless, "sometimes")
+
+
+# ------------------------------------------------------------ the flip arithmetic, exactly
+
+
+def hand_net(threshold: float) -> FlipNet:
+    """Scores ``[relu(f0), 0, relu(f1)]`` for the moves -1, 0, +1 of a feature row ``f``."""
+    w1 = np.zeros((N_FEATURES, 3), np.float32)
+    w1[0, 0] = w1[1, 2] = 1.0
+    eye = np.eye(3, dtype=np.float32)
+    zeros = np.zeros(3, np.float32)
+    return FlipNet({"head": eye}, w1, zeros, eye, zeros, threshold)
+
+
+def test_flip_probabilities_moves_and_confidence():
+    f = np.zeros((5, N_FEATURES), np.float32)
+    f[:, :2] = [[2, 2], [3, 0], [0, 0], [-5, 1], [1000, 0]]
+    net = hand_net(threshold=float(np.float32(1 / 3)))
+    p = net.probabilities(f)
+    z = np.maximum(f[:, [0, 2, 1]].astype(np.float64), 0)
+    z[:, 1] = 0
+    ref = np.exp(z[:4]) / np.exp(z[:4]).sum(1, keepdims=True)
+    np.testing.assert_allclose(p[:4], ref, rtol=1e-6)
+    np.testing.assert_allclose(p[4], [1, 0, 0], atol=1e-12)  # no overflow at large scores
+    flips, conf = net.flips_and_confidence(f)
+    assert conf.dtype == np.float32 and flips.dtype == np.int16
+    np.testing.assert_allclose(conf, np.maximum(p[:, 0], p[:, 2]), rtol=1e-6)
+    # a tie between -1 and +1 moves up; uniform scores sit exactly at the threshold: no flip
+    assert flips.tolist() == [1, -1, 0, 1, -1]
+    assert net.predict_flips(f).tolist() == flips.tolist()
+    assert hand_net(threshold=0.95).predict_flips(f).tolist() == [0, 0, 0, 0, -1]
+    assert hand_net(threshold=0.0).predict_flips(f).tolist() == [1, -1, 1, 1, -1]
+    assert net.nbytes() == 4 * (9 + 27 + 3 + 9 + 3) + 4
+
+
+def test_error_signal_is_softmax_minus_onehot():
+    logits = np.array([[0.0, np.log(3.0)], [1000.0, 0.0], [5.0, 5.0]])
+    e = error_signal(logits, np.array([1, 1, 0]))
+    assert e.dtype == np.float32
+    np.testing.assert_allclose(e, [[0.25, -0.25], [1.0, -1.0], [-0.5, 0.5]], atol=1e-6)
+
+
+def test_window_sums_of_a_head_input_and_dtype():
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    S = window_sums(x, 7)  # a 2-D input is the head: one tap, whatever the kernel
+    assert S.shape == (2, 3, 1) and S.dtype == np.float32
+    assert S[..., 0].tolist() == x.tolist()
+    S3 = window_sums(np.ones((1, 1, 4)), 3)  # 'same' padding: edge taps see one zero
+    assert S3.dtype == np.float32 and S3.tolist() == [[[3.0, 4.0, 3.0]]]
+
+
+def test_gradient_proxy_and_dynamic_features_by_hand():
+    rng = np.random.default_rng(7)
+    S = rng.normal(size=(4, 2, 3)).astype(np.float32)  # (n, i, k)
+    e = rng.normal(size=(4, 3)).astype(np.float32)  # (n, classes)
+    B = rng.normal(size=(3, 5)).astype(np.float32)  # (classes, out)
+    G = gradient_proxy(S, e, B)
+    delta = e @ B
+    ref = np.array(
+        [[np.mean(delta[:, o] * S[:, i, j]) for i in range(2) for j in range(3)] for o in range(5)]
+    )
+    assert G.shape == (5, 6) and G.dtype == np.float32
+    np.testing.assert_allclose(G, ref, rtol=1e-5, atol=1e-6)
+    d = dynamic_features(np.array([[3.0, -4.0]], np.float32))
+    rms = np.sqrt(12.5)
+    assert d.dtype == np.float32
+    np.testing.assert_allclose(d, [[3 / rms, 3 / rms], [-4 / rms, 4 / rms]], rtol=1e-6)
+    assert dynamic_features(np.zeros((2, 2), np.float32)).tolist() == [[0.0, 0.0]] * 4
+
+
+def test_static_features_describe_each_code():
+    qt = QuantizedTensor(
+        np.array([[0, 1], [2, 3]], np.uint8),
+        np.array([0.5, 0.01], np.float32),
+        np.array([1, 2], np.int32),
+        2,
+    )
+    f = static_features(qt, is_head=True)
+    third = 1 / 3
+    expected = [
+        # position, at min, at max, signed value, bits/8, is head, log10 scale
+        [-0.5, 1, 0, -third, 0.25, 1, np.log10(0.5)],
+        [third - 0.5, 0, 0, 0, 0.25, 1, np.log10(0.5)],
+        [2 * third - 0.5, 0, 0, 0, 0.25, 1, -2],
+        [0.5, 0, 1, third, 0.25, 1, -2],
+    ]
+    assert f.shape == (4, N_STATIC) and f.dtype == np.float32
+    np.testing.assert_allclose(f, expected, rtol=1e-5, atol=1e-6)
+    assert not static_features(qt, is_head=False)[:, 5].any()
+
+
+def test_layer_features_mark_the_head_and_refuse_a_float_layer(tiny_model, tiny_xy):
+    X, y = tiny_xy
+    qm = to_qmodel(quantize_model(tiny_model, 4, X))
+    e = error_signal(forward(qm, X[:6]), y[:6])
+    trace = forward(qm, X[:6], record=True)
+    for name in ("head", next(n for n in qm.layers if n != "head")):
+        fb = np.eye(3, dtype=np.float32) if name == "head" else None
+        if fb is None:
+            fb = np.ones((3, qm.layers[name].weight.q.shape[0]), np.float32)
+        x_in = trace.inputs[name]
+        feats = layer_features(qm, name, x_in, e, fb)
+        S = sums_reducer(qm)(name, x_in)
+        np.testing.assert_array_equal(S, window_sums(x_in, qm.layers[name].kernel_size))
+        assert feats.shape == (qm.layers[name].weight.q.size, N_FEATURES)
+        assert (feats[:, 2 + 5] == float(name == "head")).all()
+        np.testing.assert_array_equal(feats[:, :2], dynamic_features(gradient_proxy(S, e, fb)))
+    float_qm = to_qmodel(quantize_model(tiny_model, None, X))
+    with pytest.raises(QCoreError, match="layer head is float: flips need a quantized model"):
+        quantized_weight(float_qm, "head")

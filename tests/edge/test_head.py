@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import decode_artifact, encode_artifact
 from qcore.edge.device import Device
-from qcore.edge.head import HeadStats, batch_stats, empty_stats, logits, solve, update
+from qcore.edge.head import (
+    UNSEEN,
+    HeadStats,
+    batch_stats,
+    empty_stats,
+    grow,
+    logits,
+    solve,
+    update,
+)
 from qcore.edge.infer import forward_features
 from qcore.errors import QCoreError
 
@@ -286,3 +295,89 @@ def test_a_reset_keeps_a_model_head_device_on_its_model_head(head_artifact):
     dev.reset()
     assert dev.head is None
     np.testing.assert_array_equal(dev.predict(B.raw(X)), Device(art).predict(B.raw(X)))
+
+
+# ------------------------------------------------------------------ statistics, exactly
+
+
+def test_growing_adds_empty_classes_and_keeps_the_rest():
+    X, y = _data(4, k=3)
+    stats = batch_stats(X, y, 3)
+    grown = grow(stats, 5)
+    assert grown.n_classes == 5 and grown.n_features == 12
+    np.testing.assert_array_equal(grown.count, np.r_[stats.count, 0, 0])
+    np.testing.assert_array_equal(grown.mean[:3], stats.mean)
+    assert not grown.mean[3:].any()
+    np.testing.assert_array_equal(grown.scatter, stats.scatter)
+    assert grow(stats, 3) is stats
+    with pytest.raises(QCoreError, match="cannot shrink the head from 3 to 2 classes"):
+        grow(stats, 2)
+    # a grown class is learnt from its first samples on, the others stay as they were
+    X4 = X[:5] + 10.0
+    after = update(grown, X4, np.full(5, 4))
+    np.testing.assert_allclose(after.mean[4], X4.mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(after.mean[:4], grown.mean[:4])
+    assert after.count.tolist() == [*stats.count.tolist(), 0.0, 5.0]
+
+
+def test_empty_statistics_and_an_empty_batch():
+    stats = empty_stats(3, 4)
+    assert stats.count.shape == (3,) and stats.mean.shape == (3, 4)
+    assert stats.scatter.shape == (4, 4) and stats.count.dtype == np.float32
+    assert not (stats.count.any() or stats.mean.any() or stats.scatter.any())
+    assert update(stats, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)) is stats
+    W, b = solve(stats, 0.5)  # nothing seen: no class can be predicted, nothing breaks
+    assert np.isfinite(W).all() and not W.any() and (b == UNSEEN).all()
+
+
+def test_one_class_seen_with_no_scatter_solves_to_the_identity_prior():
+    X = np.tile(np.array([[1.0, 2.0, -1.0]], np.float32), (4, 1))  # one point, four times
+    stats = update(empty_stats(2, 3), X, np.zeros(4, np.int64))
+    assert stats.count.tolist() == [4.0, 0.0] and not stats.scatter.any()
+    W, b = solve(stats, 1.0)  # full shrinkage: the covariance is the identity
+    np.testing.assert_allclose(W[0], X[0], rtol=1e-6)
+    np.testing.assert_allclose(b[0], -0.5 * float(X[0] @ X[0]), rtol=1e-6)
+    assert b[1] == np.float32(UNSEEN) and W.dtype == b.dtype == np.float32
+    scores = logits(W, b, X[:1])
+    assert scores.dtype == np.float32 and scores.shape == (1, 2)
+    np.testing.assert_allclose(scores, X[:1] @ W.T + b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, -0.1, 1.0000001, float("nan")])
+def test_shrinkage_outside_the_open_closed_unit_interval_is_refused(shrinkage):
+    stats = batch_stats(*_data(5), 4)
+    with pytest.raises(QCoreError, match=r"shrinkage must lie in \(0, 1\]"):
+        solve(stats, shrinkage)
+
+
+@pytest.mark.parametrize(
+    ("count", "mean", "scatter", "match"),
+    [
+        (np.zeros(2), np.zeros(2), np.zeros((2, 2)), r"shape \(classes, features\), got \(2,\)"),
+        (np.zeros(0), np.zeros((0, 3)), np.zeros((3, 3)), r"got \(0, 3\)"),
+        (np.zeros(2), np.zeros((2, 0)), np.zeros((0, 0)), r"got \(2, 0\)"),
+        (np.zeros(3), np.zeros((2, 3)), np.zeros((3, 3)), r"count \(3,\), mean \(2, 3\)"),
+        (np.zeros(2), np.zeros((2, 3)), np.zeros((3, 2)), r"scatter \(3, 2\)"),
+        (np.array([1.0, -1.0]), np.zeros((2, 3)), np.zeros((3, 3)), "counts >= 0"),
+        (np.zeros(2), np.zeros((2, 3)), np.full((3, 3), np.inf), "finite"),
+        (np.array([np.nan, 1]), np.zeros((2, 3)), np.zeros((3, 3)), "finite"),
+    ],
+)
+def test_inconsistent_statistics_are_refused(count, mean, scatter, match):
+    with pytest.raises(QCoreError, match=match):
+        HeadStats(count, mean, scatter)
+
+
+def test_labels_and_features_must_fit_the_head():
+    stats = empty_stats(3, 4)
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(QCoreError, match=r"labels must lie in 0\.\.2"):
+        update(stats, x, np.array([0, -1]))
+    with pytest.raises(QCoreError, match=r"labels must lie in 0\.\.2"):
+        update(stats, x, np.array([3, 0]))
+    with pytest.raises(QCoreError, match=r"features \(n, 4\) and n labels, got \(2, 4\) and 3"):
+        update(stats, x, np.array([0, 1, 2]))
+    with pytest.raises(QCoreError, match="features"):
+        update(stats, x.reshape(-1), np.array([0]))
+    edges = update(stats, x, np.array([0, 2]))  # the first and the last class are valid
+    assert edges.count.tolist() == [1.0, 0.0, 1.0]

@@ -202,9 +202,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     exp.set_defaults(func=_cmd_export)
 
 
+class _ArtifactHelp(argparse.Action):
+    """``--help`` that lists the device settings of the artifact named before it
+    (``qcore device FILE --help``) as the defaults; without one, DeviceConfig's."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        path = getattr(namespace, "artifact", None)
+        if path is not None:
+            try:
+                device = load_artifact(path).device
+            except (QCoreError, OSError) as exc:
+                parser.error(f"cannot list the settings of {path}: {exc}")
+            parser.epilog = settings_help(DeviceConfig, device, str(path))
+        parser.print_help()
+        parser.exit()
+
+
 def _add_device(sub: argparse._SubParsersAction) -> None:
     dev = sub.add_parser(
         "device",
+        add_help=False,
         help="run an artifact as a device on a stream of .npz batches",
         description="Predict each batch (X raw, y optional) and print one JSON line for it;\n"
         "learn from its labelled windows when the policy says so; save the state after\n"
@@ -213,6 +230,13 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
         "was refused, 130 on Ctrl-C, 143 on SIGTERM.",
         epilog=settings_help(DeviceConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dev.add_argument(
+        "-h",
+        "--help",
+        action=_ArtifactHelp,
+        nargs=0,
+        help="show this help and exit (after FILE: with FILE's device settings)",
     )
     dev.add_argument("artifact", metavar="FILE", help="artifact to start from")
     dev.add_argument(

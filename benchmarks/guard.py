@@ -72,7 +72,7 @@ def main() -> None:
         "qcore": pipeline.device_artifact(qmodel, core, net, sc.normalizer, names, cfg),
         "slda": pipeline.device_artifact(
             qmodel, None, None, sc.normalizer, names, cfg,
-            cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen"),
+            cfg.device.replace(head="slda", flip_steps=0, bn_mode="frozen"),
             (Xs, ys), Xs.shape[2],
         ),
     }  # fmt: skip

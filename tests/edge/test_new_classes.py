@@ -33,7 +33,7 @@ def two_class_artifact(tiny_xy):
     train_float(model, X[seen], y[seen], epochs=5, lr=0.01, batch_size=16, seed=0)
     cfg = B.kit_config()
     qmodel = pipeline.quantize(model, 4, X[seen], cfg)
-    device = cfg.device_config().replace(head="slda", flip_steps=0, bn_mode="frozen")
+    device = cfg.device.replace(head="slda", flip_steps=0, bn_mode="frozen")
     art = pipeline.device_artifact(
         qmodel, None, None, B.Norm(), ("low", "mid"), cfg, device, (X[seen], y[seen]), X.shape[2]
     )

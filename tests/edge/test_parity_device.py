@@ -11,7 +11,7 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.quantize import quantize_model
 from qcore.cloud.train import predict_logits, train_float
-from qcore.config import RunConfig
+from qcore.config import DeviceConfig, RunConfig
 from qcore.data.registry import load_dataset
 from qcore.data.scenario import make_scenario
 from qcore.edge.artifact import encode_artifact, load_artifact
@@ -83,9 +83,7 @@ PARITY = RunConfig(
     n_batches=6,
     bits=(4,),
     method="qcore",
-    flip_guard="off",
-    flip_budget=0.05,
-    guard_margin=1.0,
+    device=DeviceConfig(flip_guard="off", flip_budget=0.05, guard_margin=1.0),
     threads=1,
 )
 

@@ -447,7 +447,7 @@ def test_stream_plot_shows_step_zero(tmp_path):
     assert (tmp_path / "stream.png").stat().st_size > 1000
 
 
-COMMITTED = Path(__file__).parents[2] / "docs" / "bench-full" / "cells" / "hapt-1-4-s0-b4"
+COMMITTED = Path(__file__).parents[2] / "docs" / "bench-labels-guard" / "cells" / "hapt-1-25-s0-b8"
 
 
 def test_committed_results_with_nan_still_load(tmp_path):

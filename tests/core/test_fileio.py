@@ -171,6 +171,11 @@ def test_write_json_atomic_creates_folders_and_writes_strict_indented_json(
     text = path.read_text("utf-8")
     assert text == json.dumps({"acc": [0.5, None], "t": [1, None], "n": {"x": None}}, indent=2)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    write_json_atomic(path.parent / "again.json", [1])  # the folder exists now: no error
+    assert json.loads((path.parent / "again.json").read_text("utf-8")) == [1]
+    with pytest.raises(ValueError, match="not JSON compliant"):  # never a bare NaN key
+        write_json_atomic(tmp_path / "key.json", {float("nan"): 1})
+    assert not (tmp_path / "key.json").exists()
 
 
 def test_finite_json_replaces_only_non_finite_floats() -> None:

@@ -124,3 +124,28 @@ def test_packed_layout_is_little_endian_bit_by_bit(bits):
     assert packed.tobytes() == expected
     codes = unpack_bits(np.frombuffer(expected, np.uint8), bits, 15)
     assert codes.dtype == np.uint8 and codes.tolist() == q.reshape(-1).tolist()
+
+
+def test_a_weight_is_quantized_as_float32_whatever_its_dtype():
+    # float64 ranges give scales one float32 step apart for some rows (seed 1, 3 bits)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        w = rng.normal(size=(4, 5))
+        for bits in SUPPORTED_BITS:
+            a, b = quantize_weight(w, bits), quantize_weight(w.astype(np.float32), bits)
+            np.testing.assert_array_equal(a.scale, b.scale)
+            np.testing.assert_array_equal(a.zero_point, b.zero_point)
+            np.testing.assert_array_equal(a.q, b.q)
+
+
+def test_a_weight_needs_two_dimensions():
+    with pytest.raises(QCoreError, match=r"at least 2 dimensions, got shape \(3,\)"):
+        quantize_weight(np.zeros(3), 4)
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_packed_nbytes_is_what_packing_stores(bits):
+    qt = quantize_weight(np.random.default_rng(bits).normal(size=(3, 7)), bits)  # 21 codes
+    nbytes = qt.packed_nbytes()
+    assert isinstance(nbytes, int)
+    assert nbytes == pack_bits(qt.q, bits).size + 4 * 3 + 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,14 @@ from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
 from qcore.coreset.core import Core
 from qcore.edge.artifact import Artifact, build_artifact, encode_artifact, save_artifact
-from qcore.edge.state import load_state, remove_stale_temps, resume_or_start, save_state
+from qcore.edge.state import (
+    ARTIFACT_KEY,
+    bind_state,
+    load_state,
+    remove_stale_temps,
+    resume_or_start,
+    save_state,
+)
 from qcore.errors import QCoreError
 
 torch.set_num_threads(1)
@@ -163,3 +171,52 @@ def test_a_failed_save_names_the_state_and_the_reason(
     with pytest.raises(QCoreError, match=r"^cannot save state .*s\.qcore: boom$"):
         save_state(tmp_path / "s.qcore", art)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temps_are_counted_and_one_that_vanishes_is_no_error(
+    art: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state.qcore"
+    for tag in ("a1", "b2", "c3"):
+        (tmp_path / f".state.qcore.{tag}.tmp").write_bytes(b"partial")
+    assert remove_stale_temps(state) == 3 and list(tmp_path.iterdir()) == []
+    for tag in ("a1", "b2"):
+        (tmp_path / f".state.qcore.{tag}.tmp").write_bytes(b"partial")
+    real_unlink = Path.unlink
+
+    def raced(self: Path, *args, **kwargs) -> None:  # another cleaner got there first
+        real_unlink(self, *args, **kwargs)
+        if self.name == ".state.qcore.a1.tmp":
+            raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(Path, "unlink", raced)
+    assert remove_stale_temps(state) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_start_uses_the_artifact_object_it_was_given(art: Artifact, tmp_path: Path):
+    started, resumed = resume_or_start(tmp_path / "state.qcore", art)
+    assert started is art and not resumed
+
+
+SHA_A, SHA_B = "a" * 52 + "0123456789ab", "b" * 64
+
+
+def test_a_state_is_bound_to_the_artifact_it_grew_from(art: Artifact) -> None:
+    assert ARTIFACT_KEY == "artifact_sha256"
+    fresh = bind_state(art, SHA_A, "model.qcore", "state.qcore", resumed=False)
+    assert fresh.runtime == {**art.runtime, ARTIFACT_KEY: SHA_A}
+    again = bind_state(fresh, SHA_A, "model.qcore", "state.qcore")  # resumed, same artifact
+    assert again.runtime[ARTIFACT_KEY] == SHA_A and again.model is art.model
+    with pytest.raises(QCoreError) as err:
+        bind_state(fresh, SHA_B, "other.qcore", "state.qcore")
+    assert str(err.value) == (
+        "state state.qcore grew from another artifact (SHA-256 aaaaaaaaaaaa...), not "
+        "other.qcore (bbbbbbbbbbbb...): give the artifact it started from, or a new state file"
+    )
+    # a calibrated state shipped as an artifact starts new states from itself
+    shipped = bind_state(fresh, SHA_B, "other.qcore", "new.qcore", resumed=False)
+    assert shipped.runtime[ARTIFACT_KEY] == SHA_B
+    # a state saved before states were bound is accepted and bound now
+    unbound = replace(art, runtime={"resets": 2})
+    bound = bind_state(unbound, SHA_B, "model.qcore", "state.qcore")
+    assert bound.runtime == {"resets": 2, ARTIFACT_KEY: SHA_B} and unbound.runtime == {"resets": 2}

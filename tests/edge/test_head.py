@@ -381,3 +381,36 @@ def test_labels_and_features_must_fit_the_head():
         update(stats, x.reshape(-1), np.array([0]))
     edges = update(stats, x, np.array([0, 2]))  # the first and the last class are valid
     assert edges.count.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_scores_are_float32_arithmetic_whatever_the_features_dtype():
+    X, y = _data(6)
+    W, b = solve(batch_stats(X, y, 4), 0.1)
+    x64 = np.random.default_rng(6).normal(size=(50, 12))  # float64 features
+    scores = logits(W, b, x64)
+    assert scores.dtype == np.float32
+    np.testing.assert_array_equal(scores, x64.astype(np.float32) @ W.T + b)
+
+
+def test_a_class_seen_once_can_be_predicted():
+    X, y = _data(7, k=3)
+    stats = update(batch_stats(X, y, 3), X[:0], y[:0])
+    one = np.full((1, 12), 40.0, np.float32)  # far from the three classes
+    stats = update(grow(stats, 4), one, np.array([3]))
+    W, b = solve(stats, 0.1)
+    assert stats.count[3] == 1 and b[3] > UNSEEN
+    assert logits(W, b, one).argmax() == 3
+
+
+@pytest.mark.parametrize("eps", [0.5, 1e-3])
+def test_the_solve_computes_in_float64(eps):
+    """Stored in float32, solved in float64: the head equals the float64 closed form
+    rounded once to float32 (a float32 covariance moves some weights by a step)."""
+    X, y = _data(8)
+    stats = batch_stats(X, y, 4)
+    sigma = stats.scatter.astype(np.float64) / float(stats.count.sum())
+    mean = stats.mean.astype(np.float64)
+    lam_mean = np.linalg.solve((1 - eps) * sigma + eps * np.eye(12), mean.T).T
+    W, b = solve(stats, eps)
+    np.testing.assert_array_equal(W, lam_mean.astype(np.float32))
+    np.testing.assert_array_equal(b, (-0.5 * (lam_mean * mean).sum(1)).astype(np.float32))

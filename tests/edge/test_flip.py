@@ -40,7 +40,7 @@ def test_flips_never_leave_the_range(bits):
     expected = np.clip(qt.q.astype(int) + flips.reshape(qt.q.shape), qmin, qmax)
     np.testing.assert_array_equal(out.q, expected)
     np.testing.assert_array_equal(out.scale, qt.scale)  # only the integers change
-    with pytest.raises(QCoreError):
+    with pytest.raises(QCoreError, match=f"^{qt.q.size - 1} flips for a weight of 60 codes$"):
         apply_flips(qt, flips[:-1])
 
 

@@ -126,14 +126,15 @@ class CliDevice(Device):
         return super().step(X, y, batch_id=batch_id, **kwargs)
 
 
-def cli_device(art: Artifact | Path, seed: int = 0) -> Device:
+def cli_device(art: Artifact | Path, seed: int = 0, deployed: Artifact | None = None) -> Device:
     """The device `qcore device --set seed=SEED` runs on a :func:`small_artifact` (or its
-    file, to which the state is then bound, or a state already bound): the artifact's
-    device settings with that seed, stepping like the command (:class:`CliDevice`)."""
+    file, to which the state is then bound, or a state already bound, with ``deployed``
+    the artifact it grew from, as the command passes it): the artifact's device settings
+    with that seed, stepping like the command (:class:`CliDevice`)."""
     if isinstance(art, Path):
         sha = hashlib.sha256(art.read_bytes()).hexdigest()
         art = bind_state(load_artifact(art), sha, art, "<state>")
-    return CliDevice(art, art.device.replace(seed=seed))
+    return CliDevice(art, art.device.replace(seed=seed), deployed=deployed)
 
 
 def artifact_and_stream(

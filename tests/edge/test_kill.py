@@ -133,7 +133,7 @@ def test_sigkill_at_random_moments_leaves_previous_or_new_step(setup, tmp_path):
             ref.step(Xb, yb)
             chain.append(encode_artifact(ref.art))
         if printed < N_BATCHES:
-            ahead = B.cli_device(ref.art)
+            ahead = B.cli_device(ref.art, deployed=ref.deployed)
             ahead.step(*batches[printed])
             chain.append(encode_artifact(ahead.art))
 

@@ -220,3 +220,27 @@ def test_a_file_that_cannot_be_read_is_an_error_naming_it(
         QCoreError, match=r"^cannot read artifact .*model.qcore: Permission denied$"
     ):
         read_regular_file(path)
+
+
+def test_without_o_directory_the_folder_is_opened_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "O_DIRECTORY", raising=False)
+    log = SyncLog(monkeypatch, tmp_path / "state.qcore")
+    write_atomic(tmp_path / "state.qcore", b"new")
+    opened = [e for e in log.events if e[0] == "open"]
+    assert [(e[1], e[2]) for e in opened] == [(tmp_path, os.O_RDONLY)]
+    assert log.kinds()[-2:] == ["fsync", "close"] and log.events[-2][1]  # the folder synced
+
+
+def test_the_original_error_survives_a_temporary_already_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def rename_lost(src, dst) -> None:  # the temporary vanished, then the rename failed
+        os.unlink(src)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", rename_lost)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_atomic(tmp_path / "state.qcore", b"new")
+    assert list(tmp_path.iterdir()) == []

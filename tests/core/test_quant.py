@@ -124,6 +124,10 @@ def test_packed_layout_is_little_endian_bit_by_bit(bits):
     assert packed.tobytes() == expected
     codes = unpack_bits(np.frombuffer(expected, np.uint8), bits, 15)
     assert codes.dtype == np.uint8 and codes.tolist() == q.reshape(-1).tolist()
+    # the bytes may come as any integer sequence of any shape: n flat uint8 codes come back
+    for buffer in (list(expected), np.array(list(expected), np.int64).reshape(-1, 1)):
+        codes = unpack_bits(buffer, bits, 15)
+        assert codes.dtype == np.uint8 and codes.tolist() == q.reshape(-1).tolist()
 
 
 def test_a_weight_is_quantized_as_float32_whatever_its_dtype():

@@ -161,7 +161,7 @@ def test_boundary_parameters_accepted(kwargs: dict) -> None:
         ({"threshold": "0.1"}, "threshold must be a number"),
         ({"alpha": float("inf")}, "alpha must be finite, got inf"),
         ({"cum": float("nan")}, "cum must be finite"),
-        ({"threshold": -0.1}, r"delta >= 0 and threshold > 0"),
+        ({"threshold": -0.1}, r"^Page-Hinkley needs delta >= 0 and threshold > 0$"),
         ({"delta": -1e-9}, r"delta >= 0 and threshold > 0"),
         ({"alpha": 1.0000001}, r"alpha must lie in \(0, 1\], got 1.0000001"),
         ({"alpha": -0.5}, r"alpha must lie in \(0, 1\]"),

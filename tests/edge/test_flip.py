@@ -331,6 +331,9 @@ def test_gradient_proxy_and_dynamic_features_by_hand():
     assert d.dtype == np.float32
     np.testing.assert_allclose(d, [[3 / rms, 3 / rms], [-4 / rms, 4 / rms]], rtol=1e-6)
     assert dynamic_features(np.zeros((2, 2), np.float32)).tolist() == [[0.0, 0.0]] * 4
+    # a vanishing proxy stays small and keeps its sign: 1e-13 / (1e-13 + 1e-12)
+    tiny = dynamic_features(np.full((1, 2), 1e-13, np.float32))
+    np.testing.assert_allclose(tiny, [[1 / 11, 1 / 11]] * 2, rtol=1e-4)
 
 
 def test_static_features_describe_each_code():
@@ -352,6 +355,8 @@ def test_static_features_describe_each_code():
     assert f.shape == (4, N_STATIC) and f.dtype == np.float32
     np.testing.assert_allclose(f, expected, rtol=1e-5, atol=1e-6)
     assert not static_features(qt, is_head=False)[:, 5].any()
+    flat = QuantizedTensor(qt.q, np.array([0.0, 1.0], np.float32), qt.zero_point, 2)
+    np.testing.assert_allclose(static_features(flat, is_head=False)[:2, 6], -12.0)  # finite
 
 
 def test_layer_features_mark_the_head_and_refuse_a_float_layer(tiny_model, tiny_xy):

@@ -153,3 +153,27 @@ def test_packed_nbytes_is_what_packing_stores(bits):
     nbytes = qt.packed_nbytes()
     assert isinstance(nbytes, int)
     assert nbytes == pack_bits(qt.q, bits).size + 4 * 3 + 3
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_qparams_are_computed_in_float64_and_rounded_once(bits):
+    # float32 arithmetic on float32 ranges gives other scales (one step) for some ranges
+    rng = np.random.default_rng(bits)
+    x_min = -np.abs(rng.normal(size=200)).astype(np.float32)
+    x_max = np.abs(rng.normal(size=200)).astype(np.float32)
+    scale, zp = choose_qparams(x_min, x_max, bits)
+    qmax = (1 << bits) - 1
+    span = (x_max.astype(np.float64) - x_min.astype(np.float64)) / qmax
+    assert scale.dtype == np.float32 and zp.dtype == np.int32
+    np.testing.assert_array_equal(scale, span.astype(np.float32))
+    np.testing.assert_array_equal(zp, np.clip(np.rint(-x_min / span), 0, qmax).astype(np.int32))
+
+
+def test_inconsistent_quantized_tensors_are_refused():
+    q = np.zeros((2, 3), np.uint8)
+    one, zero = np.ones(2, np.float32), np.zeros(2, np.int32)
+    with pytest.raises(QCoreError, match="^integer codes must be uint8, got int64$"):
+        QuantizedTensor(q.astype(np.int64), one, zero, 4)
+    for scale, zp in [(np.ones(3, np.float32), zero), (one, np.zeros(1, np.int32))]:
+        with pytest.raises(QCoreError, match="^scale and zero_point need one entry per output"):
+            QuantizedTensor(q, scale, zp, 4)

@@ -368,6 +368,12 @@ def test_inconsistent_statistics_are_refused(count, mean, scatter, match):
         HeadStats(count, mean, scatter)
 
 
+def test_the_smallest_head_is_one_class_of_one_feature():
+    stats = update(empty_stats(1, 1), np.array([[2.0], [4.0]], np.float32), np.array([0, 0]))
+    assert stats.n_classes == 1 and stats.n_features == 1
+    assert stats.mean.tolist() == [[3.0]] and stats.scatter.tolist() == [[2.0]]
+
+
 def test_labels_and_features_must_fit_the_head():
     stats = empty_stats(3, 4)
     x = np.zeros((2, 4), np.float32)

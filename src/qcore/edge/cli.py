@@ -167,7 +167,7 @@ def _consume(
             for k, (label, confidence) in enumerate(rows):
                 writer.writerow([name, report.step, k, label, confidence])
             predictions.flush()
-        print(json.dumps({"batch": name, **report.to_dict()}), flush=True)
+        print(json.dumps({"batch": name, **report.to_dict()}, allow_nan=False), flush=True)
     return processed, skipped, repeated
 
 

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from qcore.core.fileio import finite_json
+
 
 def rss_bytes() -> int | None:
     """Current resident set size of this process (Linux ``/proc/self/statm``), else None."""
@@ -89,7 +91,8 @@ class DeviceReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The step's JSON line (``qcore device`` prints it after the batch name): every
-        field but ``predicted_index`` (``predicted`` names the same classes)."""
+        field but ``predicted_index`` (``predicted`` names the same classes), strict JSON:
+        a non-finite number is None (``null``)."""
         out = dataclasses.asdict(self)
         del out["predicted_index"]
-        return out
+        return finite_json(out)  # type: ignore[return-value]

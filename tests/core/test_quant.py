@@ -177,3 +177,11 @@ def test_inconsistent_quantized_tensors_are_refused():
     for scale, zp in [(np.ones(3, np.float32), zero), (one, np.zeros(1, np.int32))]:
         with pytest.raises(QCoreError, match="^scale and zero_point need one entry per output"):
             QuantizedTensor(q, scale, zp, 4)
+
+
+def test_quantize_rounds_the_float32_value_of_its_input():
+    # 0.125 + 1e-12 is a hair above a tie in float64, exactly the tie once float32
+    x = np.array([0.125 + 1e-12, 0.375 - 1e-12, -0.125 - 1e-12])
+    q = quantize(x, np.float32(0.25), np.int32(1), 3)
+    assert q.tolist() == quantize(x.astype(np.float32), np.float32(0.25), np.int32(1), 3).tolist()
+    assert q.tolist() == [1, 3, 1]  # 0.5 -> 0, 1.5 -> 2, -0.5 -> 0 (half to even), + 1

@@ -185,3 +185,6 @@ def test_quantize_rounds_the_float32_value_of_its_input():
     q = quantize(x, np.float32(0.25), np.int32(1), 3)
     assert q.tolist() == quantize(x.astype(np.float32), np.float32(0.25), np.int32(1), 3).tolist()
     assert q.tolist() == [1, 3, 1]  # 0.5 -> 0, 1.5 -> 2, -0.5 -> 0 (half to even), + 1
+    # a scale given as a Python float is used as float32 too: 0.05 / 0.1 is a tie in float32
+    x32 = np.array([0.05, 0.15, -0.05], np.float32)
+    assert quantize(x32, 0.1, 4, 4).tolist() == [4, 6, 4]

@@ -188,3 +188,9 @@ def test_quantize_rounds_the_float32_value_of_its_input():
     # a scale given as a Python float is used as float32 too: 0.05 / 0.1 is a tie in float32
     x32 = np.array([0.05, 0.15, -0.05], np.float32)
     assert quantize(x32, 0.1, 4, 4).tolist() == [4, 6, 4]
+
+
+def test_dequantized_values_are_float32_whatever_the_inputs():
+    out = dequantize(np.array([0, 3, 7], np.int64), 0.1, np.array(2))  # codes as int64
+    assert out.dtype == np.float32
+    assert out.tolist() == (np.float32([-2, 1, 5]) * np.float32(0.1)).tolist()

@@ -359,7 +359,12 @@ def test_shrinkage_outside_the_open_closed_unit_interval_is_refused(shrinkage):
         (np.zeros(3), np.zeros((2, 3)), np.zeros((3, 3)), r"count \(3,\), mean \(2, 3\)"),
         (np.zeros(2), np.zeros((2, 3)), np.zeros((3, 2)), r"scatter \(3, 2\)"),
         (np.array([1.0, -1.0]), np.zeros((2, 3)), np.zeros((3, 3)), "counts >= 0"),
-        (np.zeros(2), np.zeros((2, 3)), np.full((3, 3), np.inf), "finite"),
+        (
+            np.zeros(2),
+            np.zeros((2, 3)),
+            np.full((3, 3), np.inf),
+            "^head statistics must be finite, with counts >= 0$",
+        ),
         (np.array([np.nan, 1]), np.zeros((2, 3)), np.zeros((3, 3)), "finite"),
     ],
 )

@@ -21,7 +21,8 @@ from qcore.errors import QCoreError
 
 class SyncLog:
     """Records, in order, every fsync (what the descriptor is, what ``path`` held at that
-    moment), every rename and every close, calling the real functions."""
+    moment), every rename and every opening and closing of a folder; the real functions
+    still run."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
         self.events: list[tuple] = []

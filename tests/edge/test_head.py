@@ -137,7 +137,7 @@ def test_predictions_come_from_the_head_and_survive_a_restart(head_artifact):
     feats = forward_features(dev.art.model, dev.normalize(Xr))[1]
     assert dev.head is not None
     np.testing.assert_array_equal(dev.predict(Xr), logits(*dev.head, feats).argmax(1))
-    again = Device(decode_artifact(encode_artifact(dev.art)))
+    again = Device(decode_artifact(encode_artifact(dev.art)), deployed=dev.deployed)
     np.testing.assert_array_equal(again.predict(Xr), dev.predict(Xr))
     assert again.art.head is not None
     np.testing.assert_array_equal(again.art.head.scatter, dev.art.head.scatter)

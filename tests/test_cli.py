@@ -156,3 +156,16 @@ def test_a_new_state_starts_from_a_calibrated_artifact(deployed, tiny_xy, tmp_pa
     assert main(["device", str(art), "--stream", str(more), "--state", str(new)]) == 2
     err = capsys.readouterr().err
     assert "grew from another artifact" in err and str(new) in err and str(art) in err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(deployed, tmp_path) -> None:
+    """`qcore device ... | head -1`: the lines after the reader left are not an error."""
+    art, stream, _ = deployed
+    cmd = [sys.executable, "-m", "qcore.cli", "device", str(art), "--stream", str(stream)]
+    cmd += ["--state", str(tmp_path / "s.qcore")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader goes away before the first line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err

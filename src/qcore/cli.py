@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ DEVICE_COMMANDS = ("export", "device", "reset")  # what runs on a device: qcore.
 EXIT_ERROR = 2  # a QCoreError, a missing or unreadable file, or every batch refused
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
+EXIT_PIPE_CLOSED = 141  # the reader of standard output went away (`| head`): 128 + SIGPIPE
 
 
 def _cmd_data_info(args: argparse.Namespace) -> None:
@@ -205,8 +207,9 @@ def run_command(args: argparse.Namespace) -> int:
     with one line ``qcore: error: ...`` for a :class:`QCoreError` (a device command whose
     every batch was refused raises one) or a file that is missing or unreadable;
     :data:`EXIT_INTERRUPTED` and :data:`EXIT_TERMINATED` with one line on Ctrl-C and
-    SIGTERM. Every file a command saves is written atomically, so an interruption leaves
-    it as it was or complete."""
+    SIGTERM; :data:`EXIT_PIPE_CLOSED`, silently, when the reader of standard output
+    closed it (``qcore device ... | head``). Every file a command saves is written
+    atomically, so an interruption leaves it as it was or complete."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
@@ -216,6 +219,11 @@ def run_command(args: argparse.Namespace) -> int:
     except Terminated:
         print("qcore: terminated", file=sys.stderr)
         return EXIT_TERMINATED
+    except BrokenPipeError:
+        # nothing more can be printed: point stdout at /dev/null so that the interpreter's
+        # final flush does not fail again, and end as a process killed by SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except (QCoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"qcore: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

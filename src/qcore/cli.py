@@ -19,7 +19,7 @@ DESCRIPTION = (
     "methods side by side (bench), ship an artifact (export) and run it on a device "
     "(device, reset). `qcore COMMAND --help` explains each command."
 )
-DEVICE_COMMANDS = ("export", "device", "reset")  # what runs on a device: qcore.edge.cli
+DEVICE_COMMANDS = ("export", "device", "reset", "classes")  # what runs on a device: qcore.edge.cli
 EXIT_ERROR = 2  # a QCoreError, a missing or unreadable file, or every batch refused
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15

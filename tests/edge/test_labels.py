@@ -44,8 +44,12 @@ def test_new_names_become_new_classes_in_order_of_first_appearance():
 
 
 def test_with_new_classes_allowed_integers_are_names_not_indices():
-    idx, new = read_labels(np.array([1, 0]), NAMES, allow_new=True)
-    assert new == ("1", "0") and idx.tolist() == [3, 4]
+    """An integer that is no class name is a new class only when it cannot be read as the
+    index of a known one (the flag must not change what a batch means)."""
+    with pytest.raises(QCoreError, match="label 0 is no class name but reads as the index"):
+        read_labels(np.array([1, 0]), NAMES, allow_new=True)
+    idx, new = read_labels(np.array([5, 3]), NAMES, allow_new=True)
+    assert new == ("5", "3") and idx.tolist() == [3, 4]
 
 
 def test_known_labels_alone_add_no_class():

@@ -4,6 +4,7 @@ streams, and a class the cloud never saw added by the streaming head."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import edge_kit as B
 import numpy as np
@@ -98,9 +99,14 @@ def test_a_held_out_class_is_added_on_the_device_and_then_predicted(two_class_ar
     assert encode_artifact(again.art) == encode_artifact(dev.art)
     again.step(B.raw(new_X[:3]), _names(new_y[:3]))  # known now: nothing new
     assert again.art.class_names == ("low", "mid", "high")
-    again.reset()  # back to the deployed statistics; the class stays known, unseen
-    assert again.art.class_names == ("low", "mid", "high")
-    assert again.art.head.count[NEW] == 0
+    kept = Device(again.art, deployed=art, allow_new_classes=True)
+    kept.reset(keep_classes=True)  # back to the deployed statistics; the class stays, unseen
+    assert kept.art.class_names == ("low", "mid", "high")
+    assert kept.art.head.count[NEW] == 0
+    again.reset()  # back to the deployed model and its classes
+    assert again.art.class_names == art.class_names
+    assert encode_artifact(replace(again.art, runtime=art.runtime, step=0)) == encode_artifact(art)
+    assert not (again.predict(held) == NEW).any()
 
 
 def test_device_command_adds_a_class_only_when_allowed(two_class_artifact, tmp_path, capsys):
@@ -135,3 +141,58 @@ def test_confident_windows_without_labels_feed_the_head_as_their_prediction(
     ignored = Device(art)  # default: windows without a label are only predicted
     assert ignored.step(Xr, np.full(len(Xr), -1)).pseudo_labels == 0
     assert ignored.art.head is art.head
+
+
+def test_integer_labels_that_read_as_indices_are_refused_when_classes_may_grow(
+    two_class_artifact,
+):
+    """With new classes allowed labels are names: an integer label 0..K-1 that is no class
+    name would mean an index without the flag and a new class with it, so it is refused."""
+    art, X, y = two_class_artifact
+    dev = Device(art, allow_new_classes=True)
+    with pytest.raises(QCoreError, match="label 0 is no class name but reads as the index of class .low."):
+        dev.step(B.raw(X[:4]), np.array([0, 1, 1, 0]))
+    with pytest.raises(QCoreError, match="label 1 is no class name"):  # the last index
+        dev.step(B.raw(X[:2]), np.array([1, 1]))
+    assert dev.art.class_names == art.class_names and dev.art.step == 0
+    # the same batch without the flag: indices of the known classes
+    assert Device(art).step(B.raw(X[:4]), np.array([0, 1, 1, 0])).labelled
+    # an integer that is no index of a known class is a new class, as are names
+    assert dev.step(B.raw(X[:2]), np.array([7, 7])).new_classes == ["7"]
+
+
+def test_classes_command_lists_names_origin_and_weights(two_class_artifact, tmp_path, capsys):
+    art, X, y = two_class_artifact
+    dev = Device(art, allow_new_classes=True)
+    pick = np.flatnonzero(y == NEW)[:3]
+    dev.step(B.raw(X[pick]), _names(y[pick]))
+    save_state(tmp_path / "s.qcore", dev.art)
+    assert main(["classes", str(tmp_path / "s.qcore"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["origin"]) for r in rows] == [
+        ("low", "cloud"),
+        ("mid", "cloud"),
+        ("high", "device"),
+    ]
+    assert rows[2]["count"] == 3.0
+    assert [r["count"] for r in rows[:2]] == [round(float(c), 3) for c in art.head.count]
+    assert main(["classes", str(tmp_path / "s.qcore")]) == 0
+    assert "high" in capsys.readouterr().out.splitlines()[2]
+
+
+def test_reset_command_returns_to_the_deployed_classes_unless_kept(
+    two_class_artifact, tmp_path, capsys
+):
+    art, X, y = two_class_artifact
+    art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
+    save_artifact(art_path, art)
+    stream.mkdir()
+    pick = np.flatnonzero(y == NEW)[:4]
+    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=_names(y[pick])))
+    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    assert main([*run, "--allow-new-classes"]) == 0
+    assert main(["reset", str(art_path), "--state", str(state), "--keep-classes"]) == 0
+    assert load_state(state).class_names == ("low", "mid", "high")
+    assert main(["reset", str(art_path), "--state", str(state)]) == 0
+    assert load_state(state).class_names == ("low", "mid")
+    capsys.readouterr()

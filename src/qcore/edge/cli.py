@@ -1,5 +1,6 @@
-"""``qcore export``, ``qcore device`` and ``qcore reset``: ship an artifact, run a device
-on a batch stream, return a device to its deployed model.
+"""``qcore export``, ``qcore device``, ``qcore reset`` and ``qcore classes``: ship an
+artifact, run a device on a batch stream, return a device to its deployed model, list the
+classes a device knows.
 
 :func:`add_commands` registers them on the ``qcore`` parser (:mod:`qcore.cli`, which
 also turns errors and signals into exit codes). The commands need nothing beyond NumPy and
@@ -27,7 +28,13 @@ from typing import IO
 
 from qcore.config import DeviceConfig, override_device, settings_help
 from qcore.core.fileio import read_regular_file
-from qcore.edge.artifact import artifact_sizes, decode_artifact, load_artifact, save_artifact
+from qcore.edge.artifact import (
+    Artifact,
+    artifact_sizes,
+    decode_artifact,
+    load_artifact,
+    save_artifact,
+)
 from qcore.edge.batches import folder_batches, load_batch, read_frames
 from qcore.edge.device import Device
 from qcore.edge.state import bind_state, resume_or_start, save_state
@@ -106,7 +113,7 @@ def _cmd_reset(args: argparse.Namespace) -> None:
     device, resumed = _open_device(args)
     if not resumed:
         raise QCoreError(f"state {args.state} does not exist: there is nothing to reset")
-    device.reset()
+    device.reset(keep_classes=args.keep_classes)
     save_state(args.state, device.art)
     print(json.dumps({"reset": True, "step": device.art.step, "state": args.state}))
 
@@ -172,11 +179,12 @@ def _consume(
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``export``, ``device`` and ``reset`` on a subparsers object (``func`` set
-    on each)."""
+    """Register ``export``, ``device``, ``reset`` and ``classes`` on a subparsers object
+    (``func`` set on each)."""
     _add_export(sub)
     _add_device(sub)
     _add_reset(sub)
+    _add_classes(sub)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -282,4 +290,51 @@ def _add_reset(sub: argparse._SubParsersAction) -> None:
     )
     res.add_argument("artifact", metavar="FILE", help="the artifact the state started from")
     res.add_argument("--state", required=True, help="state file to reset")
+    res.add_argument(
+        "--keep-classes",
+        action="store_true",
+        help="keep the classes the device learnt (known, without samples); by default the "
+        "state returns to the artifact's classes",
+    )
     res.set_defaults(func=_cmd_reset, set=None)
+
+
+def class_table(art: Artifact) -> list[dict[str, object]]:
+    """One row per class of ``art``: its index, name, origin (``cloud``: a class of the
+    model the cloud trained; ``device``: learnt on the device) and the weight of its
+    windows in the streaming head's statistics (source windows count
+    ``head_source_weight`` each; None without a streaming head)."""
+    counts = None if art.head is None else art.head.count
+    return [
+        {
+            "index": k,
+            "name": name,
+            "origin": "cloud" if k < art.model.n_classes else "device",
+            "count": None if counts is None else round(float(counts[k]), 3),
+        }
+        for k, name in enumerate(art.class_names)
+    ]
+
+
+def _cmd_classes(args: argparse.Namespace) -> None:
+    rows = class_table(load_artifact(args.state))
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        count = "-" if r["count"] is None else r["count"]
+        print(f"{r['index']:>3}  {r['name']:<24} {r['origin']:<6} {count}")
+
+
+def _add_classes(sub: argparse._SubParsersAction) -> None:
+    cls = sub.add_parser(
+        "classes",
+        help="list the classes of an artifact or device state",
+        description="One line per class: index, name, origin (cloud: trained in the cloud; "
+        "device: learnt on the device with --allow-new-classes) and the weight of its "
+        "windows in the streaming head's statistics (source windows count head_source_weight "
+        "each).",
+    )
+    cls.add_argument("state", metavar="FILE", help="an artifact or a device state")
+    cls.add_argument("--json", action="store_true", help="print one JSON list")
+    cls.set_defaults(func=_cmd_classes, set=None)

@@ -156,12 +156,16 @@ class Device:
         scores = [self._scores(Xn[i : i + PREDICT_CHUNK])[0].argmax(1) for i in chunks]
         return np.concatenate(scores).astype(np.int64)
 
-    def reset(self) -> None:
-        """Return to the deployed model (backbone, core, head statistics); the step count,
-        the record of consumed batches and the drift detector stay."""
+    def reset(self, *, keep_classes: bool = False) -> None:
+        """Return to the deployed model (backbone, core, head statistics) and to its classes:
+        the classes the device learnt are forgotten, unless ``keep_classes`` (they then stay
+        known, without samples). The step count, the record of consumed batches and the
+        drift detector stay."""
         if self.deployed is None:
             raise QCoreError("cannot reset: the device does not know its deployed artifact")
         draft = self._draft()
+        if not keep_classes:
+            draft.names = self.deployed.class_names
         self._return_to_deployed(draft)
         self.art, self.head = self._with(draft, self.art.step, draft.runtime), draft.head
 

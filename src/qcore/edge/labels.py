@@ -5,8 +5,10 @@ artifact's class names, or raw values whose string form is a class name, such as
 or as class indices ``0..K-1``. A window without a label is ``-1`` in integer labels
 (unless ``"-1"`` is itself a class name) and ``""`` in text labels. With
 ``allow_new=True`` labels are read as names only, and a name the device does not know
-becomes a new class (in order of first appearance); without it an unknown label is an
-error naming what was expected. NumPy only.
+becomes a new class (in order of first appearance); an integer label that is no class
+name but reads as the index of a known class (``0..K-1``) is then refused, so that the
+flag never changes what the same batch means (indices without it, names with it). Without
+the flag an unknown label is an error naming what was expected. NumPy only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def read_labels(
     given = [t for t, m in zip(text, missing, strict=True) if not m]
     new: list[str] = []
     if allow_new:
+        _refuse_indices(y, given, class_names, index)
         for t in given:
             if t not in index:
                 index[t] = len(index)
@@ -56,3 +59,21 @@ def read_labels(
         )
     out = np.array([UNLABELLED if m else index[t] for t, m in zip(text, missing, strict=True)])
     return out.astype(np.int64), tuple(new)
+
+
+def _refuse_indices(
+    y: np.ndarray, given: list[str], class_names: tuple[str, ...], index: dict[str, int]
+) -> None:
+    """With new classes allowed, an integer label that is no class name but lies in
+    ``0..K-1`` is ambiguous (the same batch without the flag reads it as an index)."""
+    if not np.issubdtype(y.dtype, np.integer):
+        return
+    k = len(class_names)
+    like = sorted({int(t) for t in given if t not in index and 0 <= int(t) < k})
+    if like:
+        v = like[0]
+        raise QCoreError(
+            f"label {v} is no class name but reads as the index of class {class_names[v]!r}: "
+            "with new classes allowed, labels are read as names; give class names as text "
+            f"({', '.join(class_names)}) and a new class by its name"
+        )

@@ -80,3 +80,8 @@ def test_the_error_names_at_most_three_unknown_labels_sorted():
 def test_float_labels_are_rejected():
     with pytest.raises(QCoreError, match="integer or text labels, got float64"):
         read_labels(np.array([0.0, 1.0]), NAMES)
+
+
+def test_bytes_labels_are_read_as_text():
+    idx, new = read_labels(np.array([b"sit", b"", b"walk"]), NAMES)
+    assert new == () and idx.tolist() == [1, -1, 0]

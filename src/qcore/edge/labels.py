@@ -25,8 +25,10 @@ def read_labels(
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """``(indices int64 (n,), new class names)``: ``indices`` is :data:`UNLABELLED` where
     a window has no label, ``K, K+1, ...`` for the new names (only with ``allow_new``)."""
-    if y.dtype.kind in "US":
-        text = [str(v) for v in y.tolist()]
+    if y.dtype.kind in "US":  # NumPy text, or bytes (read as UTF-8)
+        text = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in y.tolist()
+        ]
         missing = [t == "" for t in text]
     elif np.issubdtype(y.dtype, np.integer):
         text = [str(int(v)) for v in y.tolist()]

@@ -150,7 +150,9 @@ def test_integer_labels_that_read_as_indices_are_refused_when_classes_may_grow(
     name would mean an index without the flag and a new class with it, so it is refused."""
     art, X, y = two_class_artifact
     dev = Device(art, allow_new_classes=True)
-    with pytest.raises(QCoreError, match="label 0 is no class name but reads as the index of class .low."):
+    with pytest.raises(
+        QCoreError, match="label 0 is no class name but reads as the index of class .low."
+    ):
         dev.step(B.raw(X[:4]), np.array([0, 1, 1, 0]))
     with pytest.raises(QCoreError, match="label 1 is no class name"):  # the last index
         dev.step(B.raw(X[:2]), np.array([1, 1]))
@@ -196,3 +198,66 @@ def test_reset_command_returns_to_the_deployed_classes_unless_kept(
     assert main(["reset", str(art_path), "--state", str(state)]) == 0
     assert load_state(state).class_names == ("low", "mid")
     capsys.readouterr()
+
+
+def _stream_with_and_without(X, y):
+    """Three batches: windows of the known classes, then known and new ones twice (the
+    new class's statistics merge across batches); and the same stream without the new
+    class's windows."""
+    old, new = np.flatnonzero(y != NEW), np.flatnonzero(y == NEW)
+    with_new = [old[:8], np.r_[old[8:12], new[:3]], np.r_[old[12:20], new[3:5]]]
+    return with_new, [b[y[b] != NEW] for b in with_new]
+
+
+def test_dropping_a_learnt_class_is_as_if_its_windows_never_came(two_class_artifact, tmp_path):
+    art, X, y = two_class_artifact
+    with_new, without = _stream_with_and_without(X, y)
+    dev, ref = Device(art, allow_new_classes=True), Device(art)
+    for a, b in zip(with_new, without, strict=True):
+        dev.step(B.raw(X[a]), _names(y[a]))
+        ref.step(B.raw(X[b]), _names(y[b]))
+    assert dev.art.class_names == ("low", "mid", "high") and dev.art.head.n_learnt == 1
+    # the learnt class's share survives a save and a reload
+    save_state(tmp_path / "s.qcore", dev.art)
+    dev = Device(load_state(tmp_path / "s.qcore"), deployed=art, allow_new_classes=True)
+    dev.drop_class("high")
+    assert dev.art.class_names == ref.art.class_names
+    for part in ("count", "mean", "scatter"):
+        got, want = getattr(dev.art.head, part), getattr(ref.art.head, part)
+        assert np.abs(got - want).max() <= 1e-5, part
+    assert dev.art.head.n_learnt == 0
+    np.testing.assert_array_equal(dev.predict(B.raw(X)), ref.predict(B.raw(X)))
+
+
+def test_only_a_class_the_device_learnt_can_be_dropped(two_class_artifact):
+    art, X, y = two_class_artifact
+    dev = Device(art, allow_new_classes=True)
+    with pytest.raises(QCoreError, match="came with the cloud"):
+        dev.drop_class("low")
+    with pytest.raises(QCoreError, match="no class 'hgih'"):
+        dev.drop_class("hgih")
+    pick = np.flatnonzero(y == NEW)[:2]
+    dev.step(B.raw(X[pick]), _names(y[pick]))
+    shipped = Device(dev.art, deployed=dev.art)  # a grown state shipped as an artifact
+    with pytest.raises(QCoreError, match="came with the deployed artifact"):
+        shipped.drop_class("high")
+
+
+def test_classes_command_drops_a_misspelt_class(two_class_artifact, tmp_path, capsys):
+    art, X, y = two_class_artifact
+    art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
+    save_artifact(art_path, art)
+    stream.mkdir()
+    pick = np.flatnonzero(y != NEW)[:6]
+    labels = _names(y[pick]).astype(object)
+    labels[0] = "lwo"  # one misspelt label
+    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=labels.astype(str)))
+    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    assert main([*run, "--allow-new-classes"]) == 0
+    assert load_state(state).class_names == ("low", "mid", "lwo")
+    capsys.readouterr()
+    assert main(["classes", str(state), "--drop", "lwo", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["low", "mid"]
+    assert load_state(state).class_names == ("low", "mid")
+    assert main(["device", str(art_path), "--stream", str(stream), "--state", str(state)]) == 0

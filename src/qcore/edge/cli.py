@@ -29,13 +29,13 @@ from typing import IO
 from qcore.config import DeviceConfig, override_device, settings_help
 from qcore.core.fileio import read_regular_file
 from qcore.edge.artifact import (
-    Artifact,
     artifact_sizes,
     decode_artifact,
     load_artifact,
     save_artifact,
 )
 from qcore.edge.batches import folder_batches, load_batch, read_frames
+from qcore.edge.classes import class_table, drop_class
 from qcore.edge.device import Device
 from qcore.edge.state import bind_state, resume_or_start, save_state
 from qcore.errors import QCoreError
@@ -299,25 +299,12 @@ def _add_reset(sub: argparse._SubParsersAction) -> None:
     res.set_defaults(func=_cmd_reset, set=None)
 
 
-def class_table(art: Artifact) -> list[dict[str, object]]:
-    """One row per class of ``art``: its index, name, origin (``cloud``: a class of the
-    model the cloud trained; ``device``: learnt on the device) and the weight of its
-    windows in the streaming head's statistics (source windows count
-    ``head_source_weight`` each; None without a streaming head)."""
-    counts = None if art.head is None else art.head.count
-    return [
-        {
-            "index": k,
-            "name": name,
-            "origin": "cloud" if k < art.model.n_classes else "device",
-            "count": None if counts is None else round(float(counts[k]), 3),
-        }
-        for k, name in enumerate(art.class_names)
-    ]
-
-
 def _cmd_classes(args: argparse.Namespace) -> None:
-    rows = class_table(load_artifact(args.state))
+    art = load_artifact(args.state)
+    if args.drop is not None:
+        art = drop_class(art, args.drop)
+        save_state(args.state, art)
+    rows = class_table(art)
     if args.json:
         print(json.dumps(rows))
         return
@@ -336,5 +323,11 @@ def _add_classes(sub: argparse._SubParsersAction) -> None:
         "each).",
     )
     cls.add_argument("state", metavar="FILE", help="an artifact or a device state")
+    cls.add_argument(
+        "--drop",
+        metavar="NAME",
+        help="remove class NAME, one the device learnt (a misspelt label, say): the state's "
+        "head statistics become what they would be had its windows never come",
+    )
     cls.add_argument("--json", action="store_true", help="print one JSON list")
     cls.set_defaults(func=_cmd_classes, set=None)

@@ -48,6 +48,7 @@ from qcore.edge.backbone import (
     solve_head,
 )
 from qcore.edge.checks import check_batch, check_deployed, check_settings
+from qcore.edge.classes import drop_class
 from qcore.edge.draft import Draft, Seen
 from qcore.edge.drift import PageHinkley
 from qcore.edge.guard import deployed_right, guard_record, reset_reason, unguarded
@@ -168,6 +169,14 @@ class Device:
             draft.names = self.deployed.class_names
         self._return_to_deployed(draft)
         self.art, self.head = self._with(draft, self.art.step, draft.runtime), draft.head
+
+    def drop_class(self, name: str) -> None:
+        """Forget class ``name``, one this device learnt, as if its windows had never come
+        (:func:`qcore.edge.classes.drop_class`)."""
+        keep = 0 if self.deployed is None else len(self.deployed.class_names)
+        art = drop_class(self.art, name, keep)
+        head = None if self.head is None or art.head is None else solve_head(art.head, self.config)
+        self.art, self.head = art, head
 
     # -------------------------------------------------------------------------- step
 

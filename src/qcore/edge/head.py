@@ -19,7 +19,7 @@ bytes for 6 classes and 64 features) and every update and solve computes in floa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,11 +28,14 @@ from qcore.errors import QCoreError
 
 @dataclass(frozen=True)
 class HeadStats:
-    """Per-class counts and means, within-class scatter (float32)."""
+    """Per-class counts and means, within-class scatter (float32); and, for the last
+    ``L`` classes (those a device added, :func:`grow`), each one's own share of the scatter,
+    so that such a class can be removed exactly (:func:`drop`)."""
 
     count: np.ndarray  # float32 (K,)
     mean: np.ndarray  # float32 (K, D)
     scatter: np.ndarray  # float32 (D, D)
+    learnt: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # (L, D, D)
 
     def __post_init__(self) -> None:
         for name in ("count", "mean", "scatter"):
@@ -42,12 +45,22 @@ class HeadStats:
             raise QCoreError(
                 f"head means must have shape (classes, features), got {self.mean.shape}"
             )
-        if self.count.shape != (k,) or self.scatter.shape != (d, d):
+        learnt = np.asarray(self.learnt, dtype=np.float32)  # float32 (L, D, D), L <= K
+        object.__setattr__(
+            self, "learnt", learnt if learnt.size else np.zeros((0, d, d), np.float32)
+        )
+        if (
+            self.count.shape != (k,)
+            or self.scatter.shape != (d, d)
+            or self.learnt.ndim != 3
+            or self.learnt.shape[1:] != (d, d)
+            or len(self.learnt) > k
+        ):
             raise QCoreError(
                 f"head statistics disagree: count {self.count.shape}, mean {self.mean.shape}, "
-                f"scatter {self.scatter.shape}"
+                f"scatter {self.scatter.shape}, learnt classes' scatter {self.learnt.shape}"
             )
-        arrays = (self.count, self.mean, self.scatter)
+        arrays = (self.count, self.mean, self.scatter, self.learnt)
         if not all(np.isfinite(a).all() for a in arrays) or (self.count < 0).any():
             raise QCoreError("head statistics must be finite, with counts >= 0")
 
@@ -62,7 +75,12 @@ class HeadStats:
     @property
     def nbytes(self) -> int:
         """Device bytes of the statistics."""
-        return int(self.count.nbytes + self.mean.nbytes + self.scatter.nbytes)
+        return int(self.count.nbytes + self.mean.nbytes + self.scatter.nbytes + self.learnt.nbytes)
+
+    @property
+    def n_learnt(self) -> int:
+        """How many of the last classes keep their own scatter (added by :func:`grow`)."""
+        return len(self.learnt)
 
 
 UNSEEN = -1e30
@@ -86,6 +104,27 @@ def grow(stats: HeadStats, n_classes: int) -> HeadStats:
         np.concatenate([stats.count, np.zeros(extra, np.float32)]),
         np.concatenate([stats.mean, np.zeros((extra, d), np.float32)]),
         stats.scatter,
+        np.concatenate([stats.learnt, np.zeros((extra, d, d), np.float32)]),
+    )
+
+
+def drop(stats: HeadStats, k: int) -> HeadStats:
+    """``stats`` without class ``k``, one of the classes added by :func:`grow`: its count
+    and mean removed and its share taken out of the scatter, as if its windows had never
+    come (up to float32 rounding)."""
+    first = stats.n_classes - stats.n_learnt
+    if not first <= k < stats.n_classes:
+        raise QCoreError(
+            f"class {k} has no scatter of its own (only classes added by the device since "
+            f"the statistics kept them, {first}..{stats.n_classes - 1}, can be dropped)"
+        )
+    keep = np.arange(stats.n_classes) != k
+    scatter = stats.scatter.astype(np.float64) - stats.learnt[k - first].astype(np.float64)
+    return HeadStats(
+        stats.count[keep],
+        stats.mean[keep],
+        scatter,
+        np.delete(stats.learnt, k - first, axis=0),
     )
 
 
@@ -129,7 +168,27 @@ def update(stats: HeadStats, features: np.ndarray, y: np.ndarray) -> HeadStats:
     weight = n_a * n_b / safe  # 0 where either side is empty
     scatter = stats.scatter.astype(np.float64) + scatter_b + (delta * weight[:, None]).T @ delta
     mean = mean_a + delta * (n_b / safe)[:, None]
-    return HeadStats(total, mean, scatter)
+    learnt = _learnt_update(stats, features, y, mean_b, delta, weight)
+    return HeadStats(total, mean, scatter, learnt)
+
+
+def _learnt_update(
+    stats: HeadStats,
+    features: np.ndarray,
+    y: np.ndarray,
+    mean_b: np.ndarray,
+    delta: np.ndarray,
+    weight: np.ndarray,
+) -> np.ndarray:
+    """Each learnt class's own scatter after the batch (the same pairwise update, per
+    class), in float64."""
+    learnt = stats.learnt.astype(np.float64)
+    first = stats.n_classes - stats.n_learnt
+    x = np.asarray(features, dtype=np.float64)
+    for c in np.unique(y[y >= first]):
+        centred = x[y == c] - mean_b[c]
+        learnt[c - first] += centred.T @ centred + weight[c] * np.outer(delta[c], delta[c])
+    return learnt
 
 
 def solve(stats: HeadStats, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:

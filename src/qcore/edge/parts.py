@@ -357,6 +357,9 @@ def encode_head(w: Writer, head: HeadStats | None) -> dict[str, Any]:
         w.add("head/count", head.count, "float32")
         w.add("head/mean", head.mean, "float32")
         w.add("head/scatter", head.scatter, "float32")
+        if head.n_learnt:
+            w.add("head/learnt", head.learnt, "float32")
+            return {"head": True, "head_learnt": head.n_learnt}
     return {"head": head is not None}
 
 
@@ -371,8 +374,12 @@ def decode_head(
     if n_classes < qm.n_classes:
         raise corrupt(source, f"{n_classes} class names for a {qm.n_classes}-class model")
     k, d = n_classes, 4 * qm.filters
+    n_learnt = header.get("head_learnt", 0)
+    if not is_count(n_learnt) or n_learnt > k - qm.n_classes:
+        raise corrupt(source, f"head_learnt {n_learnt!r} is not a count of added classes")
     return HeadStats(
         r.take("head/count", "float32", (k,)),
         r.take("head/mean", "float32", (k, d)),
         r.take("head/scatter", "float32", (d, d)),
+        r.take("head/learnt", "float32", (n_learnt, d, d)) if n_learnt else np.zeros((0, d, d)),
     )

@@ -3,14 +3,17 @@ as it allows."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from qcore.cloud.export import to_qmodel
 from qcore.cloud.quantize import quantize_model
+from qcore.edge import flip_passes
 from qcore.edge.flip import N_FEATURES, FlipNet, error_signal, sums_reducer
 from qcore.edge.flip_passes import _flips_and_confidence, _most_confident, propose_flips
-from qcore.edge.infer import forward_reduced
+from qcore.edge.infer import forward, forward_reduced
 
 
 def test_the_budget_keeps_the_most_confident_flips_over_all_layers() -> None:
@@ -77,3 +80,113 @@ def test_a_budgeted_pass_keeps_the_most_confident_of_its_proposals(proposal, bud
     kept = np.concatenate(moved)  # (a flip clipped at the range's end moves nothing)
     assert len(kept) > 0 and kept.min() >= cutoff
     assert cutoff > np.median(proposed)  # a real choice: most proposals were not kept
+
+
+def test_ties_among_many_flips_keep_the_earliest() -> None:
+    """Stable ranking also where a sort of many equal confidences need not be stable."""
+    rng = np.random.default_rng(1)
+    conf = {"a": rng.choice([0.5, 0.7, 0.9], 300), "b": rng.choice([0.5, 0.7, 0.9], 300)}
+    flips = {n: np.ones(300, np.int16) for n in conf}
+    kept = _most_confident(flips, conf, 250)
+    everything = np.concatenate([conf["a"], conf["b"]])
+    order = sorted(range(600), key=lambda i: -everything[i])  # Python's sort is stable
+    expected = np.zeros(600, np.int16)
+    expected[order[:250]] = 1
+    np.testing.assert_array_equal(np.concatenate([kept["a"], kept["b"]]), expected)
+
+
+class _Model:
+    """A stand-in model: named layers of integer codes; its loss is ``1 + `` the cost of
+    each layer whose codes moved."""
+
+    def __init__(self, codes: dict[str, np.ndarray]) -> None:
+        self.layers = {n: SimpleNamespace(weight=c) for n, c in codes.items()}
+
+    def copy(self) -> _Model:
+        return _Model({n: layer.weight.copy() for n, layer in self.layers.items()})
+
+
+def _stand_ins(monkeypatch, loss_of) -> None:
+    """Flip passes on :class:`_Model` with ``loss_of(model)`` as the calibration loss."""
+    monkeypatch.setattr(flip_passes, "error_signal", lambda logits, y: None)
+    monkeypatch.setattr(flip_passes, "sums_features", lambda qm, name, *a: name)
+    monkeypatch.setattr(flip_passes, "quantized_weight", lambda qm, name: qm.layers[name].weight)
+    monkeypatch.setattr(flip_passes, "apply_flips", lambda w, f: w + f)
+    monkeypatch.setattr(flip_passes, "forward", lambda model, X: model)
+    monkeypatch.setattr(flip_passes, "cross_entropy", lambda model, y: loss_of(model))
+
+
+def test_the_layer_guard_weighs_each_layer_on_its_own(monkeypatch) -> None:
+    """No flips for a: skipped, and b, c, d still weighed; b leaves the loss as it is
+    (kept), c raises it (refused), d lowers it (kept): 2 + 3 flips applied."""
+    start = {n: np.zeros(4, np.int64) for n in "abcd"}
+    cost = {"a": 9.0, "b": 0.0, "c": 0.5, "d": -0.25}
+    proposals = {
+        "a": np.zeros(4, np.int64),
+        "b": np.array([1, 0, 1, 0]),
+        "c": np.array([1, 1, 0, 0]),
+        "d": np.array([0, 1, 1, 1]),
+    }
+
+    def loss_of(model: _Model) -> float:
+        return 1.0 + sum(cost[n] for n, layer in model.layers.items() if layer.weight.any())
+
+    _stand_ins(monkeypatch, loss_of)
+    net = SimpleNamespace(feedback=dict.fromkeys("abcd"), predict_flips=proposals.__getitem__)
+    trace = SimpleNamespace(logits=np.zeros((1, 2)), reduced=dict.fromkeys("abcd"))
+    qm, applied = flip_passes._layer_guarded_pass(_Model(start), net, trace, None, None, 1.0)
+    assert applied == 5
+    assert [bool(qm.layers[n].weight.any()) for n in "abcd"] == [False, True, False, True]
+
+
+def _backtrack(monkeypatch, proposed: int, accepted: set[int], budget=None):
+    """A backtracked pass over ``proposed`` flips whose loss does not rise (it stays at
+    1.0) only when exactly a count in ``accepted`` is applied; returns the pass's result
+    and the counts tried."""
+    tried: list[int] = []
+    flips = {"a": np.ones(proposed, np.int16)}
+    conf = {"a": np.linspace(1.0, 0.5, proposed)}
+    monkeypatch.setattr(flip_passes, "error_signal", lambda logits, y: None)
+    monkeypatch.setattr(flip_passes, "_flips_and_confidence", lambda *a: (flips, conf))
+
+    def with_flips(qm, chosen):
+        n = int(np.count_nonzero(chosen["a"]))
+        tried.append(n)
+        return ("model", n), n
+
+    monkeypatch.setattr(flip_passes, "_with_flips", with_flips)
+    monkeypatch.setattr(flip_passes, "_trace", lambda model, X: SimpleNamespace(logits=model))
+    monkeypatch.setattr(flip_passes, "cross_entropy", lambda m, y: 1.0 if m[1] in accepted else 2.0)
+    trace = SimpleNamespace(logits=np.zeros((1, 2)), reduced=None)
+    out = flip_passes._backtracked_pass("qm", None, trace, None, None, 1.0, budget)
+    return out, tried
+
+
+def test_backtracking_halves_four_times_at_most(monkeypatch) -> None:
+    # the fifth try, after four halvings, is the last; a loss that stays is no rise
+    (model, _, loss, applied, proposed), tried = _backtrack(monkeypatch, 16, {1})
+    assert tried == [16, 8, 4, 2, 1] and model == ("model", 1) and (applied, proposed) == (1, 16)
+    assert loss == 1.0
+    (model, trace, loss, applied, proposed), tried = _backtrack(monkeypatch, 64, {2})
+    assert tried == [64, 32, 16, 8, 4] and model == "qm" and (applied, proposed) == (0, 64)
+    (model, _, _, applied, _), tried = _backtrack(monkeypatch, 40, {40})
+    assert tried == [40] and applied == 40
+
+
+def test_backtracking_stops_when_nothing_is_left_to_try(monkeypatch) -> None:
+    (model, _, loss, applied, proposed), tried = _backtrack(monkeypatch, 2, set())
+    assert tried == [2, 1] and (model, loss, applied, proposed) == ("qm", 1.0, 0, 2)
+    (model, _, _, applied, proposed), tried = _backtrack(monkeypatch, 0, {0})
+    assert tried == [] and (model, applied, proposed) == ("qm", 0, 0)
+
+
+def test_each_kept_pass_records_which_windows_the_model_gets_right(proposal, tiny_xy) -> None:
+    qm, net, _, _ = proposal
+    X, y = tiny_xy[0][:20], tiny_xy[1][:20]
+    res = flip_passes.flip_calibrate(
+        qm, X, y, net, steps=2, guard="off", bn_mode="frozen", budget=0.05
+    )
+    assert res.flips_applied > 0 and res.correct.shape == (3, 20)
+    np.testing.assert_array_equal(res.correct[0], forward(qm, X).argmax(1) == y)
+    np.testing.assert_array_equal(res.correct[-1], forward(res.model, X).argmax(1) == y)
+    assert res.correct[-1].any()

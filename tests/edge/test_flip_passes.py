@@ -190,3 +190,40 @@ def test_each_kept_pass_records_which_windows_the_model_gets_right(proposal, tin
     np.testing.assert_array_equal(res.correct[0], forward(qm, X).argmax(1) == y)
     np.testing.assert_array_equal(res.correct[-1], forward(res.model, X).argmax(1) == y)
     assert res.correct[-1].any()
+
+
+def _calibrate_backtracking(monkeypatch, passes: list[tuple], steps: int = 5):
+    """``flip_calibrate`` with ``guard="backtrack"`` whose passes return, in turn,
+    ``(model, logits, flips applied, flips proposed)`` from ``passes``."""
+    y = np.array([0, 1, 1])
+    start = SimpleNamespace(logits=np.eye(2)[[0, 0, 0]], reduced=None)  # right on window 0
+    monkeypatch.setattr(flip_passes, "_trace", lambda qm, X: start)
+    monkeypatch.setattr(flip_passes, "cross_entropy", lambda logits, y: 1.0)
+    queue = iter(passes)
+
+    def backtracked(qm, net, trace, X, y, loss, budget):
+        model, logits, applied, proposed = next(queue)
+        return model, SimpleNamespace(logits=logits, reduced=None), loss, applied, proposed
+
+    monkeypatch.setattr(flip_passes, "_backtracked_pass", backtracked)
+    res = flip_passes.flip_calibrate(
+        "qm", None, y, object(), steps=steps, guard="backtrack", bn_mode="frozen", budget=None
+    )
+    return res, list(queue)
+
+
+def test_backtracking_passes_go_on_until_one_keeps_nothing(monkeypatch) -> None:
+    eye = np.eye(2)
+    passes = [
+        ("m1", eye[[0, 1, 0]], 3, 5),
+        ("m2", eye[[1, 1, 1]], 1, 4),
+        ("unused", None, 0, 1),  # one flip proposed, none kept: a rejected pass
+        ("never", None, 2, 2),
+    ]
+    res, left = _calibrate_backtracking(monkeypatch, passes)
+    assert res.model == "m2" and (res.flips_applied, res.passes_rejected) == (4, 1)
+    assert res.correct.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert [p[0] for p in left] == ["never"]  # the rejected pass ended the step
+    res, left = _calibrate_backtracking(monkeypatch, [("unused", None, 0, 0), passes[3]])
+    assert (res.model, res.flips_applied, res.passes_rejected) == ("qm", 0, 0)  # none proposed
+    assert len(left) == 1 and res.correct.shape == (1, 3)

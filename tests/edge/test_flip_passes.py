@@ -227,3 +227,27 @@ def test_backtracking_passes_go_on_until_one_keeps_nothing(monkeypatch) -> None:
     res, left = _calibrate_backtracking(monkeypatch, [("unused", None, 0, 0), passes[3]])
     assert (res.model, res.flips_applied, res.passes_rejected) == ("qm", 0, 0)  # none proposed
     assert len(left) == 1 and res.correct.shape == (1, 3)
+
+
+def test_layer_guarded_passes_go_on_until_one_flips_nothing(monkeypatch) -> None:
+    eye = np.eye(2)
+    logits = {"qm": eye[[0, 0, 0]], "m1": eye[[0, 1, 0]], "m2": eye[[1, 1, 1]]}
+    monkeypatch.setattr(
+        flip_passes, "_trace", lambda qm, X: SimpleNamespace(logits=logits[qm], reduced=None)
+    )
+    monkeypatch.setattr(flip_passes, "cross_entropy", lambda logits, y: 1.0)
+    queue = iter([("m1", 3), ("m2", 1), ("qm", 0), ("never", 2)])
+    monkeypatch.setattr(flip_passes, "_layer_guarded_pass", lambda *a: next(queue))
+    res = flip_passes.flip_calibrate(
+        "qm",
+        None,
+        np.array([0, 1, 1]),
+        object(),
+        steps=5,
+        guard="layer",
+        bn_mode="frozen",
+        budget=None,
+    )
+    assert res.model == "m2" and (res.flips_applied, res.passes_rejected) == (4, 0)
+    assert res.correct.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert next(queue) == ("never", 2)  # the pass that flipped nothing ended the step

@@ -14,6 +14,7 @@ from qcore.edge import flip_passes
 from qcore.edge.flip import N_FEATURES, FlipNet, error_signal, sums_reducer
 from qcore.edge.flip_passes import _flips_and_confidence, _most_confident, propose_flips
 from qcore.edge.infer import forward, forward_reduced
+from qcore.errors import QCoreError
 
 
 def test_the_budget_keeps_the_most_confident_flips_over_all_layers() -> None:
@@ -251,3 +252,80 @@ def test_layer_guarded_passes_go_on_until_one_flips_nothing(monkeypatch) -> None
     assert res.model == "m2" and (res.flips_applied, res.passes_rejected) == (4, 0)
     assert res.correct.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
     assert next(queue) == ("never", 2)  # the pass that flipped nothing ended the step
+
+
+def _calibrate_scripted(monkeypatch, guard: str, passes: list[tuple], steps: int = 5):
+    """``flip_calibrate`` under ``guard`` (``"pass"`` or ``"off"``) whose proposals are,
+    in turn, ``(model, flips, loss, logits)`` from ``passes``; the model it starts from
+    has loss 1.0 and is right on window 0 of 3."""
+    y = np.array([0, 1, 1])
+    loss_of = {"qm": 1.0}
+    logits_of = {"qm": np.eye(2)[[0, 0, 0]]}
+    for model, _, loss, logits in passes:
+        loss_of[model], logits_of[model] = loss, logits
+    loss_by_logits = {id(logits_of[m]): loss for m, loss in loss_of.items()}
+    monkeypatch.setattr(
+        flip_passes, "_trace", lambda qm, X: SimpleNamespace(logits=logits_of[qm], reduced=None)
+    )
+    monkeypatch.setattr(flip_passes, "cross_entropy", lambda lg, y: loss_by_logits[id(lg)])
+    monkeypatch.setattr(flip_passes, "error_signal", lambda logits, y: None)
+    queue = iter([(model, flips) for model, flips, _, _ in passes])
+    monkeypatch.setattr(flip_passes, "propose_flips", lambda *a: next(queue))
+    return flip_passes.flip_calibrate(
+        "qm", None, y, object(), steps=steps, guard=guard, bn_mode="frozen", budget=None
+    ), list(queue)
+
+
+def test_the_pass_guard_keeps_a_pass_whose_loss_does_not_rise(monkeypatch) -> None:
+    eye = np.eye(2)
+    passes = [
+        ("m1", 2, 1.0, eye[[0, 1, 0]]),  # the loss stays: kept
+        ("m2", 1, 0.5, eye[[1, 1, 1]]),  # one flip, the loss falls: kept
+        ("m3", 3, 0.7, eye[[0, 1, 1]]),  # the loss rises: rejected, the step ends
+        ("never", 1, 0.1, eye[[0, 1, 1]]),
+    ]
+    res, left = _calibrate_scripted(monkeypatch, "pass", passes)
+    assert res.model == "m2" and (res.flips_applied, res.passes_rejected) == (3, 1)
+    assert res.correct.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert [p[0] for p in left] == ["never"]
+
+
+def test_without_a_guard_passes_go_on_until_one_flips_nothing(monkeypatch) -> None:
+    eye = np.eye(2)
+    passes = [
+        ("m1", 2, 3.0, eye[[0, 1, 0]]),  # the loss rises: kept all the same
+        ("qm", 0, 1.0, eye[[0, 0, 0]]),  # nothing flipped: the step ends
+        ("never", 1, 0.1, eye[[0, 1, 1]]),
+    ]
+    res, left = _calibrate_scripted(monkeypatch, "off", passes)
+    assert res.model == "m1" and (res.flips_applied, res.passes_rejected) == (2, 0)
+    assert res.correct.tolist() == [[1, 0, 0], [1, 1, 0]]
+    assert [p[0] for p in left] == ["never"]
+
+
+def test_no_flip_network_is_needed_for_no_passes(monkeypatch) -> None:
+    _calibrate_scripted(monkeypatch, "pass", [], steps=0)  # the stand-ins
+    res = flip_passes.flip_calibrate(
+        "qm", None, np.array([0, 1, 1]), None, steps=0, guard="pass", bn_mode="frozen", budget=None
+    )
+    assert res.model == "qm" and res.correct.shape == (1, 3)
+    with pytest.raises(QCoreError, match="^flip passes need a flip network$"):
+        flip_passes.flip_calibrate(
+            "qm", None, None, None, steps=1, guard="pass", bn_mode="frozen", budget=None
+        )
+    for key, guard, bn_mode in (("flip_guard", "none", "frozen"), ("bn_mode", "off", "keep")):
+        with pytest.raises(QCoreError, match=rf"^unknown {key} '"):
+            flip_passes.flip_calibrate(
+                "qm", None, None, None, steps=0, guard=guard, bn_mode=bn_mode, budget=None
+            )
+
+
+def test_cross_entropy_is_stable_per_window() -> None:
+    """Each window's log-softmax shifted by its own maximum: a large logit in one window
+    neither overflows nor drowns another window."""
+    logits = np.array([[1000.0, 0.0], [0.0, 5.0], [-3.0, -3.0]])
+    expected = (0.0 + np.log1p(np.exp(-5.0)) + np.log(2.0)) / 3
+    assert flip_passes.cross_entropy(logits, np.array([0, 1, 0])) == pytest.approx(expected)
+    assert flip_passes.cross_entropy(logits, np.array([1, 0, 1])) == pytest.approx(
+        (1000.0 + 5.0 + np.log1p(np.exp(-5.0)) + np.log(2.0)) / 3
+    )

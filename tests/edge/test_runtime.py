@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -107,3 +108,20 @@ def test_an_old_state_with_every_id_keeps_the_last_ones() -> None:
     r = Runtime.from_dict({"consumed": ids}, step=len(ids))
     assert r.consumed == tuple(ids[10:])
     assert r.has_consumed(ids[-1]) and not r.has_consumed(ids[9])
+
+
+def test_ids_up_to_the_limit_are_kept_as_they_are_and_longer_ones_as_digests() -> None:
+    at = "y" * rt.ID_MAX_CHARS
+    assert id_key(at) == at
+    longer = at + "y"
+    assert id_key(longer) == "sha256:" + hashlib.sha256(longer.encode()).hexdigest()[:32]
+
+
+def test_a_state_one_step_old_may_have_moved_its_backbone() -> None:
+    assert Runtime.from_dict({}, step=1).backbone_moved is True
+
+
+def test_the_guards_record_keeps_the_last_window_records_and_none_at_zero() -> None:
+    r = Runtime().record(GuardRecord(1, 1, 1, 0, 0), 3)
+    assert r.record(GuardRecord(2, 2, 2, 0, 0), 1).recent == (GuardRecord(2, 2, 2, 0, 0),)
+    assert r.record(GuardRecord(2, 2, 2, 0, 0), 0).recent == ()

@@ -32,13 +32,15 @@ from qcore.edge.artifact import (
     load_artifact,
     save_artifact,
 )
+from qcore.edge.backbone import solve_head
 from qcore.edge.batches import load_batch, read_frames
 from qcore.edge.cli import PREDICTIONS_HEADER, add_commands
 from qcore.edge.device import Device
 from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.guard import UnguardedWarning, reset_reason, sign_test
-from qcore.edge.infer import forward
+from qcore.edge.head import batch_stats
+from qcore.edge.infer import forward, forward_features
 from qcore.edge.report import DeviceReport
 from qcore.edge.runtime import GuardRecord, Runtime
 from qcore.edge.state import load_state, save_state
@@ -763,3 +765,81 @@ def test_predictions_file_has_a_row_per_window(parts, tmp_path, capsys) -> None:
     assert [r[3] for r in first] == lines[0]["predicted"]
     assert [float(r[4]) for r in first] == lines[0]["confidences"]
     assert {r[1] for r in first} == {"1"}
+
+
+# ------------------------------------------------------- decisions (mutation survivors)
+
+
+def head_device(parts, **settings) -> tuple[Device, Artifact]:
+    """A device with a streaming head (statistics of the deployed model's features of
+    the tiny data), its backbone fixed: no flips, frozen BatchNorm."""
+    _, X, y = parts
+    art = make_art(parts)
+    art = replace(art, head=batch_stats(forward_features(art.model, X)[1], y, 3))
+    cfg = art.device.replace(head="slda", flip_steps=0, bn_mode="frozen", **settings)
+    return Device(art, cfg), art
+
+
+def test_a_device_with_a_fixed_backbone_still_updates_its_core(parts) -> None:
+    dev = make_device(make_art(parts), steps=0, bn_mode="frozen", guard_margin=1.0)
+    report = dev.step(*batches(parts, 1)[0])
+    assert report.calibrated and report.core_acc_before is not None
+    assert report.flips == 0 and not dev.runtime.backbone_moved
+
+
+def test_backbone_calibration_is_given_the_current_models_correctness(parts, monkeypatch):
+    dev = make_device(make_art(parts), guard_margin=1.0)
+    X, y = batches(parts, 1)[0]
+    y = y.copy()
+    y[:4] = (y[:4] + 1) % 3  # some windows the model gets wrong
+    expected = forward(dev.art.model, dev.normalize(X)).argmax(1) == y
+    assert expected.any() and not expected.all()
+    seen = []
+    real = device_module.calibration_step
+
+    def spy(model, core, net, X, y, batch_correct, *args):
+        seen.append(batch_correct)
+        return real(model, core, net, X, y, batch_correct, *args)
+
+    monkeypatch.setattr(device_module, "calibration_step", spy)
+    dev.step(X, y)
+    np.testing.assert_array_equal(seen[0], expected)
+
+
+def test_predict_takes_normalised_windows_as_they_are(parts) -> None:
+    dev = make_device(make_art(parts))
+    X = batches(parts, 1)[0][0]
+    Xn = dev.normalize(X)
+    np.testing.assert_array_equal(dev.predict(Xn, normalized=True), dev.predict(X))
+    assert not np.array_equal(dev.predict(Xn), dev.predict(X))  # normalising twice differs
+
+
+def test_a_device_without_its_deployed_artifact_cannot_reset(parts, tmp_path) -> None:
+    dev = make_device(make_art(parts), guard_margin=1.0)
+    dev.step(*batches(parts, 1)[0])
+    save_state(tmp_path / "s.qcore", dev.art)
+    state = load_state(tmp_path / "s.qcore")
+    resumed = Device(state, state.device.replace(reset_window=0))
+    with pytest.raises(QCoreError, match="^cannot reset: the device does not know its deployed"):
+        resumed.reset()
+
+
+def test_pseudo_labels_alone_feed_the_head_and_leave_the_backbone(parts) -> None:
+    dev, art = head_device(parts, pseudo_threshold=0.01)
+    X, _ = batches(parts, 1)[0]
+    report = dev.step(X)  # no labels: every window is confident enough
+    assert report.calibrated and report.pseudo_labels == len(X) and report.head_samples == 0
+    assert dev.art.model is art.model and dev.art.core is art.core
+
+
+def test_a_reset_streaming_head_is_solved_from_the_deployed_statistics(parts) -> None:
+    dev, art = head_device(parts, guard_margin=1.0)
+    for X, y in batches(parts, 2):
+        dev.step(X, y)
+    assert dev.predict(X).dtype == np.int64
+    moved = dev.head
+    dev.reset()
+    assert dev.head is not None and moved is not None
+    want = solve_head(art.head, dev.config)
+    np.testing.assert_array_equal(dev.head[0], want[0])
+    assert not np.array_equal(moved[0], want[0])  # the steps had moved it

@@ -40,6 +40,7 @@ from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.guard import UnguardedWarning, reset_reason, sign_test
 from qcore.edge.head import batch_stats
+from qcore.edge.head import logits as head_logits
 from qcore.edge.infer import forward, forward_features
 from qcore.edge.report import DeviceReport
 from qcore.edge.runtime import GuardRecord, Runtime
@@ -843,3 +844,33 @@ def test_a_reset_streaming_head_is_solved_from_the_deployed_statistics(parts) ->
     want = solve_head(art.head, dev.config)
     np.testing.assert_array_equal(dev.head[0], want[0])
     assert not np.array_equal(moved[0], want[0])  # the steps had moved it
+
+
+def test_the_core_follows_the_update_rule_given(parts) -> None:
+    art = make_art(parts)
+    _, X, y = parts
+
+    def rule(core, Xb, yb, correct, step):
+        return Core(X[:2], y[:2], np.zeros(2, np.int64), np.full(2, step, np.int64))
+
+    dev = Device(art, art.device.replace(guard_margin=1.0), update=rule)
+    dev.step(*batches(parts, 1)[0])
+    assert dev.art.core is not None and len(dev.art.core) == 2
+    assert dev.art.core.origin.tolist() == [1, 1]
+
+
+def test_pseudo_labels_go_to_unlabelled_windows_at_or_above_the_threshold(parts) -> None:
+    plain, art = head_device(parts)
+    X, y = batches(parts, 1)[0]
+    assert plain.head is not None
+    features = forward_features(art.model, plain.normalize(X))[1]
+    probs = device_module._softmax_max(head_logits(*plain.head, features))
+    y = y.copy()
+    y[::2] = -1  # every second window unlabelled
+    tau = float(probs[::2].min())  # (on this tiny data the head is sure: 1.0)
+    dev = Device(art, plain.config.replace(pseudo_threshold=tau))
+    report = dev.step(X, y)
+    assert report.head_samples == 6
+    assert report.pseudo_labels == 6  # the unlabelled ones, the least sure included
+    labelled = Device(art, plain.config)
+    assert labelled.step(X, y).pseudo_labels == 0  # no threshold: no pseudo labels

@@ -874,3 +874,29 @@ def test_pseudo_labels_go_to_unlabelled_windows_at_or_above_the_threshold(parts)
     assert report.pseudo_labels == 6  # the unlabelled ones, the least sure included
     labelled = Device(art, plain.config)
     assert labelled.step(X, y).pseudo_labels == 0  # no threshold: no pseudo labels
+
+
+def test_confidence_is_each_windows_own_softmax_maximum() -> None:
+    logits = np.array([[1000.0, 0.0], [0.0, 0.0], [1.0, 1.0 + np.log(3.0)]], np.float32)
+    np.testing.assert_allclose(device_module._softmax_max(logits), [1.0, 0.5, 0.75], rtol=1e-6)
+
+
+def test_normalised_windows_are_float32_and_taken_as_they_are_by_step(parts) -> None:
+    art = make_art(parts)
+    X, y = batches(parts, 1)[0]
+    one, other = make_device(art), make_device(art)
+    Xn = one.normalize(X)
+    assert Xn.dtype == np.float32
+    assert one.step(Xn, y, normalized=True).predicted == other.step(X, y).predicted
+
+
+def test_the_calibration_time_is_reported_in_milliseconds_and_zero_without_one(
+    parts, monkeypatch
+) -> None:
+    clock = itertools.count()  # one second per reading
+    monkeypatch.setattr(device_module.time, "perf_counter", lambda: float(next(clock)))
+    dev = make_device(make_art(parts), guard_margin=1.0)
+    X, y = batches(parts, 1)[0]
+    assert dev.step(X).calib_ms == 0.0  # no labels: no calibration
+    report = dev.step(X, y)
+    assert report.calibrated and report.calib_ms >= 1000.0

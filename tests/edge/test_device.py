@@ -897,6 +897,18 @@ def test_the_calibration_time_is_reported_in_milliseconds_and_zero_without_one(
     monkeypatch.setattr(device_module.time, "perf_counter", lambda: float(next(clock)))
     dev = make_device(make_art(parts), guard_margin=1.0)
     X, y = batches(parts, 1)[0]
-    assert dev.step(X).calib_ms == 0.0  # no labels: no calibration
-    report = dev.step(X, y)
-    assert report.calibrated and report.calib_ms >= 1000.0
+    unlabelled = dev.step(X)
+    assert unlabelled.calib_ms == 0.0 and not unlabelled.calibrated  # no labels
+    assert unlabelled.latency_ms == 1000.0 / len(X)  # per window
+    assert (unlabelled.n, unlabelled.n_labelled) == (len(X), 0)
+    report = dev.step(X, y)  # the readings: predict 3 and 4, calibrate 5 and 6
+    assert report.calibrated and report.calib_ms == 1000.0
+
+
+def test_confidences_are_reported_to_four_digits(parts) -> None:
+    dev = make_device(make_art(parts))
+    X, _ = batches(parts, 1)[0]
+    probs = device_module._softmax_max(forward(dev.art.model, dev.normalize(X)))
+    confidences = dev.step(X).confidences
+    assert confidences == [round(float(p), 4) for p in probs]
+    assert confidences != [round(float(p), 5) for p in probs]

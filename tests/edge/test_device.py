@@ -912,3 +912,17 @@ def test_confidences_are_reported_to_four_digits(parts) -> None:
     confidences = dev.step(X).confidences
     assert confidences == [round(float(p), 4) for p in probs]
     assert confidences != [round(float(p), 5) for p in probs]
+
+
+def test_windows_of_a_new_class_stay_out_of_the_backbones_core(parts) -> None:
+    """A class the device learns is for the streaming head alone: the core, which
+    calibrates the model's own classes, never takes its windows."""
+    plain, art = head_device(parts, guard_margin=1.0)
+    dev = Device(art, plain.config, allow_new_classes=True)
+    X, y = batches(parts, 1)[0]
+    names = np.array(["a", "b", "c"])[y]
+    names[:6] = "d"  # half the batch of a class the model does not have
+    report = dev.step(X, names)
+    assert report.new_classes == ["d"] and report.calibrated
+    assert dev.art.core is not None and (dev.art.core.y < 3).all()
+    assert (dev.art.core.origin == 1).any()  # the batch's other windows could enter

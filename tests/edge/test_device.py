@@ -926,3 +926,22 @@ def test_windows_of_a_new_class_stay_out_of_the_backbones_core(parts) -> None:
     assert report.new_classes == ["d"] and report.calibrated
     assert dev.art.core is not None and (dev.art.core.y < 3).all()
     assert (dev.art.core.origin == 1).any()  # the batch's other windows could enter
+
+
+def test_a_batch_of_class_0_alone_is_labelled_and_judged_at_window_1(parts) -> None:
+    dev = make_device(make_art(parts), reset_window=1, guard_margin=1.0)
+    X, y = batches(parts, 1)[0]
+    report = dev.step(X, np.zeros_like(y))
+    assert report.labelled and report.n_labelled == len(X) and not report.drift
+    assert len(dev.runtime.recent) == 1 and dev.runtime.recent[0].n == len(X)
+
+
+def test_an_unguarded_device_steps_on_labels_without_judging(parts, tmp_path) -> None:
+    dev = make_device(make_art(parts), guard_margin=1.0)
+    dev.step(*batches(parts, 1)[0])
+    save_state(tmp_path / "s.qcore", dev.art)
+    with pytest.warns(UnguardedWarning):
+        unguarded = Device(load_state(tmp_path / "s.qcore"))
+    report = unguarded.step(*batches(parts, 2)[1])
+    assert report.calibrated and not report.reset
+    assert unguarded.runtime.recent == dev.runtime.recent  # nothing judged, nothing added

@@ -893,7 +893,7 @@ def test_normalised_windows_are_float32_and_taken_as_they_are_by_step(parts) -> 
 def test_the_calibration_time_is_reported_in_milliseconds_and_zero_without_one(
     parts, monkeypatch
 ) -> None:
-    clock = itertools.count()  # one second per reading
+    clock = itertools.count(10)  # one second per reading
     monkeypatch.setattr(device_module.time, "perf_counter", lambda: float(next(clock)))
     dev = make_device(make_art(parts), guard_margin=1.0)
     X, y = batches(parts, 1)[0]
@@ -901,7 +901,7 @@ def test_the_calibration_time_is_reported_in_milliseconds_and_zero_without_one(
     assert unlabelled.calib_ms == 0.0 and not unlabelled.calibrated  # no labels
     assert unlabelled.latency_ms == 1000.0 / len(X)  # per window
     assert (unlabelled.n, unlabelled.n_labelled) == (len(X), 0)
-    report = dev.step(X, y)  # the readings: predict 3 and 4, calibrate 5 and 6
+    report = dev.step(X, y)  # the readings: predict 13 and 14, calibrate 15 and 16
     assert report.calibrated and report.calib_ms == 1000.0
 
 
@@ -933,6 +933,7 @@ def test_a_batch_of_class_0_alone_is_labelled_and_judged_at_window_1(parts) -> N
     X, y = batches(parts, 1)[0]
     report = dev.step(X, np.zeros_like(y))
     assert report.labelled and report.n_labelled == len(X) and not report.drift
+    assert report.head_samples == 0 and not report.head_solved  # the model's own head
     assert len(dev.runtime.recent) == 1 and dev.runtime.recent[0].n == len(X)
 
 

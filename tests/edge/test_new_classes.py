@@ -109,14 +109,24 @@ def test_a_held_out_class_is_added_on_the_device_and_then_predicted(two_class_ar
     assert not (again.predict(held) == NEW).any()
 
 
-def test_device_command_adds_a_class_only_when_allowed(two_class_artifact, tmp_path, capsys):
-    art, X, y = two_class_artifact
+def _one_batch_run(art, X, labels, tmp_path):
+    """``art`` saved as ``tmp_path/m.qcore`` and a stream of one batch (``X`` in raw units, text
+    ``labels``): (artifact path, state path, the `qcore device` arguments)."""
     art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
     save_artifact(art_path, art)
     stream.mkdir()
+    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X), y=labels))
+    return (
+        art_path,
+        state,
+        ["device", str(art_path), "--stream", str(stream), "--state", str(state)],
+    )
+
+
+def test_device_command_adds_a_class_only_when_allowed(two_class_artifact, tmp_path, capsys):
+    art, X, y = two_class_artifact
     pick = np.flatnonzero(y == NEW)[:4]
-    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=_names(y[pick])))
-    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    art_path, state, run = _one_batch_run(art, X[pick], _names(y[pick]), tmp_path)
     assert main(run) == 2  # every batch refused
     assert "allow_new_classes" in json.loads(capsys.readouterr().out)["error"]
     assert main([*run, "--allow-new-classes"]) == 0
@@ -186,12 +196,8 @@ def test_reset_command_returns_to_the_deployed_classes_unless_kept(
     two_class_artifact, tmp_path, capsys
 ):
     art, X, y = two_class_artifact
-    art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
-    save_artifact(art_path, art)
-    stream.mkdir()
     pick = np.flatnonzero(y == NEW)[:4]
-    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=_names(y[pick])))
-    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    art_path, state, run = _one_batch_run(art, X[pick], _names(y[pick]), tmp_path)
     assert main([*run, "--allow-new-classes"]) == 0
     assert main(["reset", str(art_path), "--state", str(state), "--keep-classes"]) == 0
     assert load_state(state).class_names == ("low", "mid", "high")
@@ -245,14 +251,10 @@ def test_only_a_class_the_device_learnt_can_be_dropped(two_class_artifact):
 
 def test_classes_command_drops_a_misspelt_class(two_class_artifact, tmp_path, capsys):
     art, X, y = two_class_artifact
-    art_path, state, stream = tmp_path / "m.qcore", tmp_path / "s.qcore", tmp_path / "in"
-    save_artifact(art_path, art)
-    stream.mkdir()
     pick = np.flatnonzero(y != NEW)[:6]
     labels = _names(y[pick]).astype(object)
     labels[0] = "lwo"  # one misspelt label
-    (stream / "b0.npz").write_bytes(B.npz_bytes(X=B.raw(X[pick]), y=labels.astype(str)))
-    run = ["device", str(art_path), "--stream", str(stream), "--state", str(state)]
+    art_path, state, run = _one_batch_run(art, X[pick], labels.astype(str), tmp_path)
     assert main([*run, "--allow-new-classes"]) == 0
     assert load_state(state).class_names == ("low", "mid", "lwo")
     capsys.readouterr()
@@ -260,4 +262,4 @@ def test_classes_command_drops_a_misspelt_class(two_class_artifact, tmp_path, ca
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["low", "mid"]
     assert load_state(state).class_names == ("low", "mid")
-    assert main(["device", str(art_path), "--stream", str(stream), "--state", str(state)]) == 0
+    assert main(run) == 0

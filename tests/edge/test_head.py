@@ -19,6 +19,7 @@ from qcore.edge.head import (
     UNSEEN,
     HeadStats,
     batch_stats,
+    drop,
     empty_stats,
     grow,
     logits,
@@ -425,3 +426,21 @@ def test_the_solve_computes_in_float64(eps):
     W, b = solve(stats, eps)
     np.testing.assert_array_equal(W, lam_mean.astype(np.float32))
     np.testing.assert_array_equal(b, (-0.5 * (lam_mean * mean).sum(1)).astype(np.float32))
+
+
+def test_drop_keeps_the_other_learnt_classes_share_and_refuses_the_rest():
+    """Two classes grown and fed; dropping the first leaves the second's own scatter, and
+    the statistics equal those of the second alone; no class outside the learnt ones can go."""
+    rng = np.random.default_rng(3)
+    base = batch_stats(rng.normal(size=(12, 4)), np.repeat([0, 1], 6), 2)
+    fa, fb = rng.normal(size=(5, 4)) + 2.0, rng.normal(size=(7, 4)) - 1.0
+    both = update(update(grow(base, 4), fa, np.full(5, 2)), fb, np.full(7, 3))
+    only_b = update(grow(base, 3), fb, np.full(7, 2))
+    dropped = drop(both, 2)
+    assert dropped.n_learnt == 1
+    np.testing.assert_allclose(dropped.learnt, only_b.learnt, atol=1e-5)
+    for part in ("count", "mean", "scatter"):
+        np.testing.assert_allclose(getattr(dropped, part), getattr(only_b, part), atol=1e-5)
+    for k in (1, 4):  # the cloud's class, past the end
+        with pytest.raises(QCoreError, match="has no scatter of its own"):
+            drop(both, k)

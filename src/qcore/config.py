@@ -47,6 +47,11 @@ BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
 HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
+# chosen on validation pairs (docs/results.md, "Confidence, novelty and the drift trigger")
+NEW_CLASS_MIN = 3
+CONFIDENCE_DOF = 3.0
+CONFIDENCE_TEMPERATURE = 1.0
+DRIFT_SHARE = 0.3
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
 # (ANY: at every value, as the shrinkage of a head that did not exist).
@@ -171,6 +176,35 @@ class DeviceConfig(Settings):
         None,
         "slda head: a window without a label whose confidence reaches this is added to the "
         "statistics as its predicted class (none: unlabelled windows are only predicted)",
+        "(0, 1]",
+    )
+    new_class_min: int = setting(
+        NEW_CLASS_MIN,
+        "slda head: a class the device learns is predicted once it has this many labelled "
+        "windows (one mislabelled window cannot take predictions)",
+        ">= 1",
+    )
+    confidence_dof: float = setting(
+        CONFIDENCE_DOF,
+        "slda head: degrees of freedom of the Student-t behind the confidence (smaller: a "
+        "window far from every class is less sure)",
+        "> 0",
+    )
+    confidence_temperature: float = setting(
+        CONFIDENCE_TEMPERATURE,
+        "slda head: temperature of the confidence (larger: less sure)",
+        "> 0",
+    )
+    novelty_threshold: float | None = setting(
+        None,
+        "slda head: squared Mahalanobis distance to the nearest class mean beyond which a "
+        "window is novel (the cloud sets it: 95% of held-out source windows lie within)",
+        "> 0",
+    )
+    drift_share: float = setting(
+        DRIFT_SHARE,
+        "policy=drift with a novelty threshold: calibrate on a batch when at least this "
+        "share of its windows is novel",
         "(0, 1]",
     )
     policy: str = setting("every", "when to calibrate: every, every:N or drift", _check_policy)

@@ -13,6 +13,7 @@ from qcore.coreset.core import Core, update_core
 from qcore.coreset.scores import pass_misses
 from qcore.edge import backbone
 from qcore.edge.flip_passes import FlipStepResult
+from qcore.edge.head import empty_stats
 from qcore.errors import QCoreError
 
 N = 20  # windows in the core and in the batch: one window is 0.05 of accuracy
@@ -157,8 +158,9 @@ def test_the_head_rounded_to_bits_is_float32_and_per_class(monkeypatch) -> None:
     weight = np.array([[0.0, 0.1, 0.35, 1.0], [-1.0, -0.4, 0.6, 2.0]], np.float32)
     bias = np.zeros(2, np.float32)
     monkeypatch.setattr(backbone, "solve", lambda stats, shrinkage: (weight, bias))
-    w, b = backbone.solve_head(object(), DeviceConfig(head_bits=2))  # type: ignore[arg-type]
-    assert w.dtype == np.float32 and b is bias
+    w, b, _ = backbone.solve_head(empty_stats(2, 4), DeviceConfig(head_bits=2))
+    assert w.dtype == np.float32 and b.dtype == np.float32
+    np.testing.assert_array_equal(b, bias)
     np.testing.assert_allclose(w, [[0.0, 0.0, 1 / 3, 1.0], [-1.0, 0.0, 1.0, 2.0]], atol=1e-6)
     with pytest.raises(QCoreError, match="^the streaming head needs its statistics$"):
         backbone.solve_head(None, DeviceConfig())

@@ -40,7 +40,6 @@ from qcore.edge.drift import PageHinkley
 from qcore.edge.flip import N_FEATURES, FlipNet
 from qcore.edge.guard import UnguardedWarning, reset_reason, sign_test
 from qcore.edge.head import batch_stats
-from qcore.edge.head import logits as head_logits
 from qcore.edge.infer import forward, forward_features
 from qcore.edge.report import DeviceReport
 from qcore.edge.runtime import GuardRecord, Runtime
@@ -863,8 +862,7 @@ def test_pseudo_labels_go_to_unlabelled_windows_at_or_above_the_threshold(parts)
     plain, art = head_device(parts)
     X, y = batches(parts, 1)[0]
     assert plain.head is not None
-    features = forward_features(art.model, plain.normalize(X))[1]
-    probs = device_module._softmax_max(head_logits(*plain.head, features))
+    probs = plain.signals(X).confidence
     y = y.copy()
     y[::2] = -1  # every second window unlabelled
     tau = float(probs[::2].min())  # (on this tiny data the head is sure: 1.0)
@@ -874,11 +872,6 @@ def test_pseudo_labels_go_to_unlabelled_windows_at_or_above_the_threshold(parts)
     assert report.pseudo_labels == 6  # the unlabelled ones, the least sure included
     labelled = Device(art, plain.config)
     assert labelled.step(X, y).pseudo_labels == 0  # no threshold: no pseudo labels
-
-
-def test_confidence_is_each_windows_own_softmax_maximum() -> None:
-    logits = np.array([[1000.0, 0.0], [0.0, 0.0], [1.0, 1.0 + np.log(3.0)]], np.float32)
-    np.testing.assert_allclose(device_module._softmax_max(logits), [1.0, 0.5, 0.75], rtol=1e-6)
 
 
 def test_normalised_windows_are_float32_and_taken_as_they_are_by_step(parts) -> None:
@@ -908,7 +901,7 @@ def test_the_calibration_time_is_reported_in_milliseconds_and_zero_without_one(
 def test_confidences_are_reported_to_four_digits(parts) -> None:
     dev = make_device(make_art(parts))
     X, _ = batches(parts, 1)[0]
-    probs = device_module._softmax_max(forward(dev.art.model, dev.normalize(X)))
+    probs = dev.signals(X).confidence
     confidences = dev.step(X).confidences
     assert confidences == [round(float(p), 4) for p in probs]
     assert confidences != [round(float(p), 5) for p in probs]

@@ -8,6 +8,7 @@ import pytest
 from qcore.config import DeviceConfig
 from qcore.edge import guard
 from qcore.edge.guard import guard_record, reset_reason, sign_test
+from qcore.edge.head import Solved
 from qcore.edge.runtime import GuardRecord
 
 
@@ -133,7 +134,7 @@ def test_deployed_right_reuses_the_devices_pass_and_runs_one_when_it_must(
     passes no features for a streaming head."""
     labels = np.array([0, 1, 1])
     eye = np.eye(2, dtype=np.float32)
-    head = (eye, np.zeros(2, np.float32))  # the head predicts the larger feature
+    head = Solved(eye, np.zeros(2, np.float32), eye)  # the head predicts the larger feature
     forward = _Forward(eye[[0, 1, 0]], eye[[1, 1, 1]])  # model: 0 1 0, features: 1 1 1
     monkeypatch.setattr(guard, "forward_features", forward)
     own = (eye[[1, 1, 1]], eye[[0, 0, 1]])  # device: 1 1 1, features: 0 0 1

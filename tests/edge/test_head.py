@@ -137,7 +137,9 @@ def test_predictions_come_from_the_head_and_survive_a_restart(head_artifact):
     Xr = B.raw(X)
     feats = forward_features(dev.art.model, dev.normalize(Xr))[1]
     assert dev.head is not None
-    np.testing.assert_array_equal(dev.predict(Xr), logits(*dev.head, feats).argmax(1))
+    np.testing.assert_array_equal(
+        dev.predict(Xr), logits(dev.head.weight, dev.head.bias, feats).argmax(1)
+    )
     again = Device(decode_artifact(encode_artifact(dev.art)), deployed=dev.deployed)
     np.testing.assert_array_equal(again.predict(Xr), dev.predict(Xr))
     assert again.art.head is not None
@@ -194,8 +196,8 @@ def test_a_low_bit_head_rounds_each_class_row(head_artifact, bits):
 
     art, _, _ = head_artifact
     cfg = art.device.replace(head="slda", head_bits=bits)
-    W, b = solve_head(art.head, cfg)
-    W_float, b_float = solve_head(art.head, cfg.replace(head_bits=None))
+    W, b, _ = solve_head(art.head, cfg)
+    W_float, b_float, _ = solve_head(art.head, cfg.replace(head_bits=None))
     np.testing.assert_array_equal(b, b_float)
     for row, ref in zip(W, W_float, strict=True):
         assert len(np.unique(row)) <= 2**bits

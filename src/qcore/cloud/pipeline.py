@@ -28,6 +28,7 @@ from qcore.edge.artifact import Artifact, build_artifact
 from qcore.edge.flip import FlipNet
 from qcore.edge.head import HeadStats, batch_stats
 from qcore.edge.infer import forward_features
+from qcore.edge.signals import fit_novelty_threshold
 
 
 def train_model(
@@ -149,17 +150,24 @@ def device_artifact(
     normaliser, class names, the run's settings and the device's (``device``, default
     ``cfg.device``). With ``head_data`` (source windows and labels) the streaming
     head's statistics start from the deployed model's pooled features of those windows,
-    each weighted ``cfg.head_source_weight`` (counts and scatter scaled, means kept).
+    each weighted ``cfg.head_source_weight`` (counts and scatter scaled, means kept), and
+    the device's novelty threshold, unless set, is fitted on them
+    (:func:`qcore.edge.signals.fit_novelty_threshold`).
     ``window_length`` is needed when there is no core to take it from."""
     qm = to_qmodel(qmodel)
     head = None
+    device = cfg.device if device is None else device
     if head_data is not None:
         X, y = head_data
-        head = batch_stats(forward_features(qm, X)[1], y, qm.n_classes)
+        features = forward_features(qm, X)[1]
+        head = batch_stats(features, y, qm.n_classes)
         w = cfg.head_source_weight  # the source's windows as so many target windows
         if w != 1.0:
             head = HeadStats(head.count * w, head.mean, head.scatter * w)
-    device = cfg.device if device is None else device
+        if device.novelty_threshold is None:
+            shrink = device.head_shrinkage
+            limit = fit_novelty_threshold(features, y, qm.n_classes, shrink, cfg.seed)
+            device = device.replace(novelty_threshold=limit)
     return build_artifact(
         qm, core, net, normalizer, class_names, cfg.to_dict(), window_length, device, head
     )

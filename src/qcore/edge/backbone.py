@@ -33,7 +33,7 @@ from qcore.coreset.scores import pass_misses
 from qcore.coreset.storage import roundtrip
 from qcore.edge.flip import FlipNet
 from qcore.edge.flip_passes import flip_calibrate
-from qcore.edge.head import HeadStats, solve
+from qcore.edge.head import UNSEEN, HeadStats, Solved, precision, solve
 from qcore.edge.infer import predict
 from qcore.errors import QCoreError
 
@@ -81,17 +81,24 @@ def moves_backbone(cfg: DeviceConfig) -> bool:
     return cfg.flip_steps > 0 or cfg.bn_mode == "reestimate"
 
 
-def solve_head(stats: HeadStats | None, cfg: DeviceConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The streaming head's weights and bias from its statistics (``cfg.head_shrinkage``);
-    with ``cfg.head_bits`` the weights are rounded to that many bits per class (asymmetric,
-    as the model's weights), as a device computing the head in integers would use them."""
+def solve_head(stats: HeadStats | None, cfg: DeviceConfig) -> Solved:
+    """The streaming head solved from its statistics (``cfg.head_shrinkage``); with
+    ``cfg.head_bits`` the weights are rounded to that many bits per class (asymmetric,
+    as the model's weights), as a device computing the head in integers would use them.
+    A class the device added (:func:`qcore.edge.head.grow`) is predicted only once it has
+    ``cfg.new_class_min`` labelled windows: until then its bias is
+    :data:`qcore.edge.head.UNSEEN`, as for a class never seen."""
     if stats is None:
         raise QCoreError("the streaming head needs its statistics")
     weight, bias = solve(stats, cfg.head_shrinkage)
     if cfg.head_bits is not None:
         qt = quantize_weight(weight, cfg.head_bits)
         weight = dequantize(qt.q, qt.scale[:, None], qt.zero_point[:, None]).astype(np.float32)
-    return weight, bias
+    first = stats.n_classes - stats.n_learnt
+    young = np.arange(stats.n_classes) >= first
+    young &= stats.count < cfg.new_class_min
+    bias = np.where(young, np.float32(UNSEEN), bias).astype(np.float32)
+    return Solved(weight, bias, precision(stats, cfg.head_shrinkage).astype(np.float32))
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

@@ -4,10 +4,13 @@ One :meth:`Device.step` is a sequence of named phases, each a short method:
 
 1. **predict** (:meth:`Device._see`): validate the batch (nothing changes when it is
    rejected), normalise it with the artifact's normaliser (unless it already is) and
-   predict; ``accuracy`` is measured *before* any calibration on this batch, as in the
-   stream evaluation. The policy then says whether to calibrate: ``every`` batch,
-   ``every:N`` (the N-th, 2N-th, ... batch) or ``drift`` (when a Page-Hinkley test on the
-   batch's mean max-softmax confidence fires, see :mod:`qcore.edge.drift`);
+   predict, with a calibrated confidence and a novelty per window
+   (:mod:`qcore.edge.signals`); ``accuracy`` is measured *before* any calibration on this
+   batch, as in the stream evaluation. The policy then says whether to calibrate:
+   ``every`` batch, ``every:N`` (the N-th, 2N-th, ... batch) or ``drift``: when at least
+   ``drift_share`` of the batch's windows are novel, or, for a device without novelty
+   (no streaming head or no novelty threshold), when a Page-Hinkley test on the batch's
+   mean confidence fires (:mod:`qcore.edge.drift`);
 2. **judge** (:meth:`Device._judge`): the user guard (:mod:`qcore.edge.guard`) compares
    the device with the deployed model (the artifact it started from) on the batch's
    labelled windows; when calibration has made the device worse for this user over a
@@ -58,16 +61,11 @@ from qcore.edge.head import update as update_head
 from qcore.edge.infer import forward, forward_features, predict
 from qcore.edge.report import DeviceReport, peak_rss_bytes, rss_bytes
 from qcore.edge.runtime import Runtime
+from qcore.edge.schedule import is_due, pseudo_labelled
+from qcore.edge.signals import Signals, batch_signals, novel_share
 from qcore.errors import QCoreError
 
 PREDICT_CHUNK = 256  # windows per streaming-head prediction pass of Device.predict
-
-
-def _softmax_max(logits: np.ndarray) -> np.ndarray:
-    """Max-softmax probability per window (float64, stable softmax)."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p.max(axis=1) / p.sum(axis=1)
 
 
 class Device:
@@ -157,6 +155,14 @@ class Device:
         scores = [self._scores(Xn[i : i + PREDICT_CHUNK])[0].argmax(1) for i in chunks]
         return np.concatenate(scores).astype(np.int64)
 
+    def signals(self, X: np.ndarray, *, normalized: bool = False) -> Signals:
+        """The calibrated class probabilities and the novelty the device gives windows
+        ``X`` (:mod:`qcore.edge.signals`), validated as :meth:`predict` validates them."""
+        X = self.validate(X, None)[0]
+        Xn = X if normalized else self.normalize(X)
+        chunks = range(0, len(Xn), PREDICT_CHUNK)
+        return Signals.join([self._signals(Xn[i : i + PREDICT_CHUNK]) for i in chunks])
+
     def reset(self, *, keep_classes: bool = False) -> None:
         """Return to the deployed model (backbone, core, head statistics) and to its classes:
         the classes the device learnt are forgotten, unless ``keep_classes`` (they then stay
@@ -202,8 +208,9 @@ class Device:
         draft = self._draft(seen)
         new_step = self.art.step + 1
         detector = copy.deepcopy(self.detector)  # committed only if the step succeeds
-        due, fired = self._due(new_step, detector, float(seen.probs.mean()))
-        pseudo = self._pseudo_labelled(seen.labels, seen.probs) if due else None
+        due, fired = is_due(self.policy, self.config, new_step, detector, seen.probs, seen.novelty)
+        tau = None if self.head is None else self.config.pseudo_threshold
+        pseudo = pseudo_labelled(tau, seen.labels, seen.probs) if due else None
         calibrate = due and (seen.mask is not None or pseudo is not None)
         reason = self._judge(seen, draft)
         backbone, learnt, t1 = None, None, time.perf_counter()
@@ -221,6 +228,8 @@ class Device:
             predicted=[names[k] for k in seen.pred],
             predicted_index=seen.pred.tolist(),
             confidences=[round(float(p), 4) for p in seen.probs],
+            novelty=None if seen.novelty is None else [round(float(v), 3) for v in seen.novelty],
+            novel_share=novel_share(seen.novelty),
             accuracy=_accuracy(seen),
             new_classes=list(seen.new) if calibrate else [],
             confidence=float(seen.probs.mean()),
@@ -246,8 +255,12 @@ class Device:
         logits, model_logits, features = self._scores(Xn)
         latency_ms = (time.perf_counter() - t0) * 1e3 / len(X)
         mask = None if labels is None or not (labels >= 0).any() else labels >= 0
-        pred, probs = logits.argmax(1), _softmax_max(logits)
-        return Seen(Xn, labels, new, mask, pred, probs, latency_ms, model_logits, features)
+        sig = batch_signals(self.head, self.config, logits, features)
+        pred = logits.argmax(1)
+        return Seen(
+            Xn, labels, new, mask, pred, sig.confidence, sig.novelty, latency_ms, model_logits,
+            features,
+        )  # fmt: skip
 
     def _draft(self, seen: Seen | None = None) -> Draft:
         """The device's state as a draft; after :meth:`_see`, with the batch's logits and
@@ -258,31 +271,17 @@ class Device:
             draft.model_logits, draft.features = seen.model_logits, seen.features
         return draft
 
+    def _signals(self, Xn: np.ndarray) -> Signals:
+        scores, _, features = self._scores(Xn)
+        return batch_signals(self.head, self.config, scores, features)
+
     def _scores(self, Xn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(the device's scores, the model head's logits, pooled features or None)."""
         if self.head is None:
             logits = forward(self.art.model, Xn)
             return logits, logits, None
         model_logits, features = forward_features(self.art.model, Xn)
-        return head_logits(*self.head, features), model_logits, features
-
-    def _due(self, new_step: int, detector: PageHinkley, confidence: float) -> tuple[bool, bool]:
-        """(calibrate?, drift fired?) for the batch numbered ``new_step`` (1-based)."""
-        if self.policy.kind == "drift":
-            fired = detector.update(confidence)
-            return fired, fired
-        return new_step % self.policy.every == 0, False
-
-    def _pseudo_labelled(self, labels: np.ndarray | None, probs: np.ndarray) -> np.ndarray | None:
-        """Windows without a label confident enough to feed the streaming head as their
-        predicted class (``pseudo_threshold``), or None when there are none."""
-        tau = self.config.pseudo_threshold
-        if tau is None or self.head is None:
-            return None
-        chosen = probs >= tau
-        if labels is not None:
-            chosen &= labels < 0
-        return chosen if chosen.any() else None
+        return head_logits(self.head.weight, self.head.bias, features), model_logits, features
 
     def _judge(self, seen: Seen, draft: Draft) -> str | None:
         """Judge: record how the device and the deployed model did on the labelled

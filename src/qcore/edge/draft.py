@@ -12,8 +12,7 @@ import numpy as np
 
 from qcore.core.qmodel import QuantizedModel
 from qcore.coreset.core import Core
-from qcore.edge.guard import Head
-from qcore.edge.head import HeadStats
+from qcore.edge.head import HeadStats, Solved
 from qcore.edge.runtime import Runtime
 
 
@@ -22,8 +21,10 @@ class Seen:
     """What the predict phase saw of a batch: the normalised windows float32 ``(n, c, t)``, labels
     int64 ``(n,)`` (-1: none) or None, the class names they add, the labelled windows
     (bool ``(n,)``, None when there are none), the predicted class indices int64 ``(n,)``,
-    the max-softmax probabilities float64 ``(n,)``, the inference time per window, and
-    the model head's logits and the pooled features (None without a streaming head)."""
+    the confidences float64 ``(n,)`` and the novelty float64 ``(n,)`` (None without head
+    statistics and a novelty threshold, :mod:`qcore.edge.signals`), the inference time per
+    window, and the model head's logits and the pooled features (None without a streaming
+    head)."""
 
     Xn: np.ndarray
     labels: np.ndarray | None
@@ -31,6 +32,7 @@ class Seen:
     mask: np.ndarray | None
     pred: np.ndarray
     probs: np.ndarray
+    novelty: np.ndarray | None
     latency_ms: float
     model_logits: np.ndarray
     features: np.ndarray | None
@@ -45,7 +47,7 @@ class Draft:
     model: QuantizedModel
     core: Core | None
     stats: HeadStats | None
-    head: Head | None
+    head: Solved | None
     names: tuple[str, ...]
     runtime: Runtime
     model_logits: np.ndarray | None = None

@@ -20,11 +20,10 @@ import numpy as np
 
 from qcore.config import DeviceConfig
 from qcore.core.qmodel import QuantizedModel
+from qcore.edge.head import Solved
 from qcore.edge.head import logits as head_logits
 from qcore.edge.infer import forward_features
 from qcore.edge.runtime import GuardRecord
-
-Head = tuple[np.ndarray, np.ndarray]  # a solved streaming head: weights, bias
 
 
 def sign_test(losses: int, wins: int) -> float:
@@ -75,7 +74,7 @@ def reset_reason(recent: Sequence[GuardRecord], moved: bool, cfg: DeviceConfig) 
 
 def deployed_right(
     model: QuantizedModel,
-    head: Head | None,
+    head: Solved | None,
     Xn: np.ndarray,
     labels: np.ndarray,
     seen: tuple[np.ndarray, np.ndarray | None] | None,
@@ -91,7 +90,7 @@ def deployed_right(
     if head is None:
         return model_logits.argmax(1) == labels
     assert features is not None
-    return head_logits(*head, features).argmax(1) == labels
+    return head_logits(head.weight, head.bias, features).argmax(1) == labels
 
 
 class UnguardedWarning(UserWarning):

@@ -20,6 +20,7 @@ bytes for 6 classes and 64 features) and every update and solve computes in floa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,15 @@ class HeadStats:
 
 
 UNSEEN = -1e30
+
+
+class Solved(NamedTuple):
+    """A solved head: ``weight`` float32 ``(K, D)``, ``bias`` float32 ``(K,)`` and the
+    ``precision`` float32 ``(D, D)`` they came from (for :mod:`qcore.edge.signals`)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    precision: np.ndarray
 
 
 def empty_stats(n_classes: int, n_features: int) -> HeadStats:
@@ -198,18 +208,27 @@ def solve(stats: HeadStats, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
     A class never seen gets bias :data:`UNSEEN` (finite, far below any score), so it is
     never predicted.
     """
-    n = float(stats.count.sum())
-    d = stats.n_features
     mean = stats.mean.astype(np.float64)
-    sigma = stats.scatter.astype(np.float64) / n if n > 0 else np.zeros((d, d))
-    if not 0.0 < shrinkage <= 1.0:
-        raise QCoreError(f"head shrinkage must lie in (0, 1], got {shrinkage}")
-    eps = shrinkage
-    precision_times_mean = np.linalg.solve((1.0 - eps) * sigma + eps * np.eye(d), mean.T)
+    precision_times_mean = np.linalg.solve(_covariance(stats, shrinkage), mean.T)
     weight = precision_times_mean.T  # (K, D): row c is Λ mean_c
     bias = -0.5 * np.einsum("kd,kd->k", weight, mean)
     bias = np.where(stats.count > 0, bias, UNSEEN)
     return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def precision(stats: HeadStats, shrinkage: float) -> np.ndarray:
+    """The head's precision ``Λ`` float64 ``(D, D)``, the inverse of its shrunk covariance."""
+    return np.linalg.inv(_covariance(stats, shrinkage))
+
+
+def _covariance(stats: HeadStats, shrinkage: float) -> np.ndarray:
+    """``(1 - ε) Σ + ε I`` in float64, ``Σ = scatter / N`` (zero before any sample)."""
+    if not 0.0 < shrinkage <= 1.0:
+        raise QCoreError(f"head shrinkage must lie in (0, 1], got {shrinkage}")
+    n = float(stats.count.sum())
+    d = stats.n_features
+    sigma = stats.scatter.astype(np.float64) / n if n > 0 else np.zeros((d, d))
+    return (1.0 - shrinkage) * sigma + shrinkage * np.eye(d)
 
 
 def logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:

@@ -137,7 +137,7 @@ def build_onnx(art: Artifact) -> Any:
         x = y
     features = g.op("ReduceMean", [x], "features", axes=[2], keepdims=0)
     if art.device.head == "slda" and art.head is not None:
-        weight, bias = solve_head(art.head, art.device)  # (n_classes, n_features), (n_classes,)
+        weight, bias, _ = solve_head(art.head, art.device)  # (n_classes, n_features), (n_classes,)
         w, bias_name = g.const(weight, "slda.weight"), g.const(bias, "slda.bias")
         logits = g.op("Gemm", [features, w, bias_name], "slda", transB=1)
         n_out = int(weight.shape[0])  # every class the head knows, grown ones included

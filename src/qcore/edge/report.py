@@ -41,7 +41,10 @@ class DeviceReport:
     ``step`` (batches processed so far, this one included), ``n`` (windows),
     ``labelled`` (any window labelled) and ``n_labelled``, ``predicted`` (class names)
     and ``predicted_index`` (their indices into the device's class names, int),
-    ``confidences`` (max-softmax per window, 4 decimals), ``confidence`` (the batch mean),
+    ``confidences`` (the calibrated probability of the predicted class per window, 4
+    decimals; :mod:`qcore.edge.signals`), ``confidence`` (the batch mean), ``novelty``
+    (per window, 3 decimals; above 1: novel; None without a novelty threshold) and
+    ``novel_share`` (the share of novel windows),
     ``accuracy`` (on the labelled windows; None without labels), ``latency_ms``
     (inference per window).
 
@@ -68,6 +71,8 @@ class DeviceReport:
     predicted: list[str]
     predicted_index: list[int]
     confidences: list[float]
+    novelty: list[float] | None
+    novel_share: float | None
     accuracy: float | None
     new_classes: list[str]
     confidence: float

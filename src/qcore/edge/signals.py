@@ -1,0 +1,147 @@
+"""What the streaming head can say about its own predictions: confidence and novelty.
+
+Both come from the squared Mahalanobis distances ``d2[:, c]`` of a window's pooled
+features ``x`` to the class means under the head's shrunk precision ``Λ``
+(:func:`qcore.edge.head.precision`). The head's scores already hold them:
+``score_c = μ_c Λ x - μ_c Λ μ_c / 2``, so ``d2_c = x Λ x - 2 score_c``, and one quadratic
+form per window is all that is added to a prediction.
+
+* **Confidence.** The softmax of the head's scores is the posterior of a Gaussian model
+  whose parameters are taken as exact; its logits differ by hundreds, so it says 1.0
+  whether the window is right or wrong, most of all on a drifted stream. The confidence
+  here is the posterior of the same model with a Student-t in place of the Gaussian
+  (``dof`` degrees of freedom, ``D`` features), tempered by ``temperature``:
+  ``p_c ∝ exp(-(dof + D) / (2 temperature) · log(1 + d2_c / dof))``. The t's heavy tails
+  make a window far from every class mean less sure than one near a mean, which the
+  Gaussian cannot, and since ``log(1 + d / dof)`` rises with ``d`` the class with the
+  highest probability is the head's prediction: calibration changes no prediction.
+* **Novelty.** The smallest of a window's distances over the cloud's novelty threshold:
+  above 1, the window lies further from every class the device knows than 95% of the
+  source's held-out windows (:func:`fit_novelty_threshold`). The share of such windows in
+  a batch is the drift signal of the ``drift`` policy (:func:`novel_share`).
+
+NumPy only; float64 throughout, so the scores of a float32 head lose nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcore.config import DeviceConfig
+from qcore.edge.head import Solved, batch_stats, logits, precision, solve
+from qcore.errors import QCoreError
+
+NOVELTY_QUANTILE = 0.95  # the share of held-out source windows below the novelty threshold
+NOVELTY_FOLDS = 5  # folds of the cloud's out-of-fold distances
+
+
+@dataclass(frozen=True)
+class Signals:
+    """A batch's calibrated ``probs`` float64 ``(n, K)`` (rows sum to 1) and ``novelty``
+    float64 ``(n,)`` (None where the device has no novelty threshold)."""
+
+    probs: np.ndarray
+    novelty: np.ndarray | None
+
+    @classmethod
+    def join(cls, parts: list[Signals]) -> Signals:
+        """The signals of consecutive chunks of windows as one."""
+        novelty = [p.novelty for p in parts if p.novelty is not None]
+        return cls(
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate(novelty) if len(novelty) == len(parts) else None,
+        )
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The calibrated probability of the predicted class, per window."""
+        return self.probs.max(axis=1)
+
+
+def sq_distances(scores: np.ndarray, features: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances float64 ``(n, K)`` of ``features`` ``(n, D)`` to the
+    class means, from the head's ``scores`` ``(n, K)`` and its ``precision`` ``(D, D)``;
+    clipped at 0 (rounding), huge for a class never seen (its score is far below any)."""
+    x = np.asarray(features, dtype=np.float64)
+    quad = np.einsum("nd,de,ne->n", x, np.asarray(precision, dtype=np.float64), x)
+    return np.maximum(quad[:, None] - 2.0 * np.asarray(scores, dtype=np.float64), 0.0)
+
+
+def calibrated_probs(d2: np.ndarray, n_features: int, dof: float, temperature: float) -> np.ndarray:
+    """The tempered Student-t posterior ``(n, K)`` of squared distances ``d2`` in a space
+    of ``n_features`` dimensions (see the module docstring)."""
+    if not (dof > 0 and temperature > 0):
+        raise QCoreError(f"confidence needs dof > 0 and temperature > 0, got {dof}, {temperature}")
+    return _softmax(-(dof + n_features) / (2.0 * temperature) * np.log1p(d2 / dof))
+
+
+def head_signals(
+    scores: np.ndarray,
+    features: np.ndarray,
+    precision: np.ndarray,
+    dof: float,
+    temperature: float,
+    novelty_threshold: float | None,
+) -> Signals:
+    """Calibrated probabilities and novelty of one batch (see the module docstring)."""
+    d2 = sq_distances(scores, features, precision)
+    probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
+    novelty = None if novelty_threshold is None else d2.min(axis=1) / novelty_threshold
+    return Signals(probs, novelty)
+
+
+def batch_signals(
+    head: Solved | None, cfg: DeviceConfig, scores: np.ndarray, features: np.ndarray | None
+) -> Signals:
+    """The signals of a batch a device scored: from the streaming ``head`` and the pooled
+    ``features`` when it has them, else the softmax of the model's ``scores``."""
+    if head is None or features is None:
+        return softmax_signals(scores)
+    return head_signals(
+        scores, features, head.precision, cfg.confidence_dof, cfg.confidence_temperature,
+        cfg.novelty_threshold,
+    )  # fmt: skip
+
+
+def softmax_signals(logits: np.ndarray) -> Signals:
+    """The plain softmax of a model head's logits (no head statistics: no novelty)."""
+    return Signals(_softmax(np.asarray(logits, dtype=np.float64)), None)
+
+
+def novel_share(novelty: np.ndarray | None) -> float | None:
+    """The share of windows beyond the novelty threshold (None without novelty)."""
+    return None if novelty is None or len(novelty) == 0 else float((novelty > 1.0).mean())
+
+
+def fit_novelty_threshold(
+    features: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    shrinkage: float,
+    seed: int,
+) -> float:
+    """The cloud's novelty threshold: the :data:`NOVELTY_QUANTILE` quantile of each
+    source window's smallest squared distance to the class means of a head fitted
+    without it (:data:`NOVELTY_FOLDS` folds drawn from ``seed``), so that the distances
+    are those of windows the head has not seen, as on the device."""
+    x = np.asarray(features, dtype=np.float64)
+    if len(x) < NOVELTY_FOLDS:
+        raise QCoreError(f"novelty threshold needs at least {NOVELTY_FOLDS} windows, got {len(x)}")
+    fold = np.random.default_rng([seed, 0x40E1]).permutation(len(x)) % NOVELTY_FOLDS
+    smallest = np.empty(len(x))
+    for k in range(NOVELTY_FOLDS):
+        held = fold == k
+        stats = batch_stats(x[~held], y[~held], n_classes)
+        weight, bias = solve(stats, shrinkage)
+        scores = logits(weight, bias, x[held])
+        d2 = sq_distances(scores, x[held], precision(stats, shrinkage))
+        smallest[held] = d2.min(axis=1)
+    return float(np.quantile(smallest, NOVELTY_QUANTILE))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)

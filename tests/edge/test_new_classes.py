@@ -15,8 +15,11 @@ from qcore.cli import main
 from qcore.cloud import pipeline
 from qcore.cloud.model import InceptionTime
 from qcore.cloud.train import train_float
+from qcore.config import DeviceConfig
 from qcore.edge.artifact import encode_artifact, save_artifact
+from qcore.edge.backbone import solve_head
 from qcore.edge.device import Device
+from qcore.edge.head import UNSEEN, HeadStats, batch_stats, grow, update
 from qcore.edge.state import load_state, save_state
 from qcore.errors import QCoreError
 
@@ -263,3 +266,109 @@ def test_classes_command_drops_a_misspelt_class(two_class_artifact, tmp_path, ca
     assert [r["name"] for r in rows] == ["low", "mid"]
     assert load_state(state).class_names == ("low", "mid")
     assert main(run) == 0
+
+
+# ----------------------------------------------------------------- new_class_min
+
+
+def _with_min(art, m: int):
+    """A device on ``art`` that may learn classes and predicts one only from ``m`` windows."""
+    return Device(art, art.device.replace(new_class_min=m), allow_new_classes=True)
+
+
+def _cloud_stats(per_window: float) -> HeadStats:
+    """Statistics of two cloud classes, one window each, shipped at weight ``per_window``
+    (counts and scatter scaled, means kept, as the cloud weights its source windows)."""
+    features = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]])
+    s = batch_stats(features, np.array([0, 1]), 2)
+    return HeadStats(s.count * per_window, s.mean, s.scatter * per_window)
+
+
+@pytest.mark.parametrize("m", [2, 3, 5])
+def test_solve_head_holds_a_learnt_class_back_below_new_class_min(m):
+    stats = grow(_cloud_stats(0.3), 3)  # cloud counts 0.3 each, far below m
+    rng = np.random.default_rng(m)
+    cfg = DeviceConfig(head="slda", new_class_min=m)
+    for k in range(1, m + 1):
+        stats = update(stats, rng.normal(size=(1, 3)) + 2.0, np.array([2]))
+        bias = solve_head(stats, cfg).bias
+        assert stats.count[2] == k
+        assert (bias[:2] > UNSEEN).all(), k  # the cloud's classes are never held back
+        assert (bias[2] == np.float32(UNSEEN)) == (k < m), k
+
+
+def test_the_cloud_s_classes_are_predicted_whatever_their_weighted_count(two_class_artifact):
+    """Cloud counts of 0.3 (the artifact's 6 per class scaled by 0.05, the scatter with
+    them, so the solved head is the same) are below every new_class_min tried; the cloud's
+    classes still predict as they did."""
+    art, X, y = two_class_artifact
+    h = art.head
+    tiny = replace(art, head=HeadStats(h.count * 0.05, h.mean, h.scatter * 0.05, h.learnt))
+    np.testing.assert_allclose(tiny.head.count, 0.3)
+    Xr = B.raw(X[y != NEW])
+    want = Device(art).predict(Xr)
+    assert set(want.tolist()) == {0, 1}
+    for m in (1, 3, 5):
+        np.testing.assert_array_equal(_with_min(tiny, m).predict(Xr), want)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_a_new_class_is_predicted_exactly_from_new_class_min_windows(two_class_artifact, m):
+    art, X, y = two_class_artifact
+    new = np.flatnonzero(y == NEW)
+    dev = _with_min(art, m)
+    dev.step(B.raw(X[new[: m - 1]]), _names(y[new[: m - 1]]))  # one window short
+    own = B.raw(X[new[:m]])  # the windows it is learnt from
+    assert dev.art.head.count[NEW] == m - 1 and dev.head.bias[NEW] == np.float32(UNSEEN)
+    assert not (dev.predict(own) == NEW).any()
+    dev.step(B.raw(X[new[m - 1 : m]]), _names(y[new[m - 1 : m]]))  # the m-th, a batch later
+    assert dev.art.head.count[NEW] == m and dev.head.bias[NEW] > UNSEEN
+    assert (dev.predict(own) == NEW).all()
+
+
+def test_one_misspelt_label_changes_no_prediction_until_new_class_min_is_one(
+    two_class_artifact,
+):
+    """One batch of the known classes with one window labelled "lwo" (a "low" window),
+    against the same batch with that window unlabelled (""): the predictions on the held-out
+    windows of the known classes are compared (the scores are not: the typo window still
+    counts in the shared covariance's denominator)."""
+    art, X, y = two_class_artifact
+    old = np.flatnonzero(y != NEW)
+    batch, held = old[:12], B.raw(X[old[12:]])
+    typo, blank = _names(y[batch]).astype(object), _names(y[batch]).astype(object)
+    assert typo[0] == "low"
+    typo[0], blank[0] = "lwo", ""
+    changed = {}
+    for m in (3, 2, 1):
+        dev, ref = _with_min(art, m), _with_min(art, m)
+        assert dev.step(B.raw(X[batch]), typo.astype(str)).new_classes == ["lwo"]
+        ref.step(B.raw(X[batch]), blank.astype(str))
+        assert dev.art.head.count[2] == 1 and ref.art.class_names == ("low", "mid")
+        pred, want = dev.predict(held), ref.predict(held)
+        changed[m] = int((pred != want).sum())
+        assert changed[m] == int((pred == 2).sum())  # only to the typo class
+    assert changed[3] == changed[2] == 0
+    assert changed[1] > 0, "with new_class_min=1 the typo takes predictions (the test bites)"
+
+
+def test_new_class_min_travels_in_the_state_and_is_listed_by_help(
+    two_class_artifact, tmp_path, capsys
+):
+    art, X, y = two_class_artifact
+    new = np.flatnonzero(y == NEW)
+    dev = _with_min(art, 4)
+    dev.step(B.raw(X[new[:3]]), _names(y[new[:3]]))
+    save_state(tmp_path / "s.qcore", dev.art)
+    state = load_state(tmp_path / "s.qcore")
+    assert state.device.new_class_min == 4
+    again = Device(state, deployed=art, allow_new_classes=True)  # the state's settings
+    assert not (again.predict(B.raw(X[new[:4]])) == NEW).any()  # 3 of 4 windows
+    again.step(B.raw(X[new[3:4]]), _names(y[new[3:4]]))
+    assert (again.predict(B.raw(X[new[:4]])) == NEW).all()
+    path = tmp_path / "a.qcore"
+    save_artifact(path, replace(art, device=art.device.replace(new_class_min=4)))
+    with pytest.raises(SystemExit) as done:
+        main(["device", str(path), "--help"])
+    assert done.value.code in (0, None)
+    assert "\n  new_class_min = 4\n" in capsys.readouterr().out

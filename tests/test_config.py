@@ -53,9 +53,7 @@ def test_committed_flat_results_still_load_and_match():
     import json
     from pathlib import Path
 
-    from qcore.config import ADDED_SETTINGS, ANY
-
-    then = {k: v for k, v in ADDED_SETTINGS.items() if v is not ANY}
+    from qcore.config import ADDED_SETTINGS, ANY, settings_before
 
     root = Path(__file__).resolve().parents[1]
     files = sorted(root.glob("docs/bench-*/**/results.json"))[::10]
@@ -63,6 +61,7 @@ def test_committed_flat_results_still_load_and_match():
     matched = 0
     for path in files:
         stored = json.loads(path.read_text())["config"]
+        then = {k: v for k, v in settings_before(stored).items() if v is not ANY}
         cfg = RunConfig.from_dict({**then, **stored})
         assert cfg.device.head == stored.get("head", "model"), path
         assert cfg.device.flip_steps == stored["flip_steps"], path

@@ -49,13 +49,20 @@ HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
 # chosen on validation pairs (docs/results.md, "Confidence, novelty and the drift trigger")
 NEW_CLASS_MIN = 3
-CONFIDENCE_DOF = 3.0
-CONFIDENCE_TEMPERATURE = 1.0
-DRIFT_SHARE = 0.3
+CONFIDENCE_DOF = 30.0
+CONFIDENCE_TEMPERATURE = 2.0
+DRIFT_SHARE = 0.7
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
 # (ANY: at every value, as the shrinkage of a head that did not exist).
 ANY = object()
+_NO_VALUE = object()  # no value reproduces what was done before
+
+
+def _unless_drift(stored: dict[str, object]) -> object:
+    return _NO_VALUE if stored.get("policy") == "drift" else ANY
+
+
 ADDED_SETTINGS: dict[str, object] = {
     "head": "model",
     "head_shrinkage": ANY,
@@ -67,8 +74,21 @@ ADDED_SETTINGS: dict[str, object] = {
     "new_classes": "",
     "head_source_weight": 1.0,
     "reset_alpha": None,
+    # the device's signals change no prediction; they decide when policy=drift calibrates,
+    # which watched the mean confidence before they existed
+    "confidence_dof": _unless_drift,
+    "confidence_temperature": _unless_drift,
+    "novelty_threshold": _unless_drift,
+    "drift_share": _unless_drift,
+    # a new class was predicted from its first window: 1 where the run had new classes
+    "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
 }
-_NO_VALUE = object()
+
+
+def settings_before(stored: dict[str, object]) -> dict[str, object]:
+    """Each added setting's value in results stored with the flat settings ``stored``
+    (:data:`ADDED_SETTINGS`, with the values that depend on ``stored`` resolved)."""
+    return {k: v(stored) if callable(v) else v for k, v in ADDED_SETTINGS.items()}
 
 
 def check_flip_budget(key: str, budget: float) -> None:
@@ -353,13 +373,16 @@ class RunConfig(Settings):
 
         Every stored key must be a setting with this run's value. A setting the stored
         dict lacks matches only if it is in :data:`ADDED_SETTINGS` (added without changing
-        what the other settings do) and this run has it at the value listed there.
+        what the other settings do) and this run has it at the value listed there (a
+        function of the stored settings where that value depends on them).
         """
         mine = self.to_dict()
         if set(stored) - set(mine):
             return False
+
+        then = settings_before(stored)
         return all(
-            stored[k] == v if k in stored else ADDED_SETTINGS.get(k, _NO_VALUE) in (v, ANY)
+            stored[k] == v if k in stored else then.get(k, _NO_VALUE) in (v, ANY)
             for k, v in mine.items()
         )
 

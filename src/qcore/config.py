@@ -52,6 +52,7 @@ NEW_CLASS_MIN = 3
 CONFIDENCE_DOF = 30.0
 CONFIDENCE_TEMPERATURE = 2.0
 DRIFT_SHARE = 0.7
+CONFIDENCE_NOVELTY_POWER = 1.0
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
 # (ANY: at every value, as the shrinkage of a head that did not exist).
@@ -79,6 +80,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "confidence_dof": _unless_drift,
     "confidence_temperature": _unless_drift,
     "novelty_threshold": _unless_drift,
+    "confidence_novelty_power": _unless_drift,
     "drift_share": _unless_drift,
     # a new class was predicted from its first window: 1 where the run had new classes
     "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
@@ -214,6 +216,12 @@ class DeviceConfig(Settings):
         CONFIDENCE_TEMPERATURE,
         "slda head: temperature of the confidence (larger: less sure)",
         "> 0",
+    )
+    confidence_novelty_power: float = setting(
+        CONFIDENCE_NOVELTY_POWER,
+        "slda head: a novel window's temperature grows as its novelty to this power (0: "
+        "one temperature for all)",
+        ">= 0",
     )
     novelty_threshold: float | None = setting(
         None,

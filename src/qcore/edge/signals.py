@@ -10,11 +10,14 @@ form per window is all that is added to a prediction.
   whose parameters are taken as exact; its logits differ by hundreds, so it says 1.0
   whether the window is right or wrong, most of all on a drifted stream. The confidence
   here is the posterior of the same model with a Student-t in place of the Gaussian
-  (``dof`` degrees of freedom, ``D`` features), tempered by ``temperature``:
-  ``p_c ∝ exp(-(dof + D) / (2 temperature) · log(1 + d2_c / dof))``. The t's heavy tails
-  make a window far from every class mean less sure than one near a mean, which the
-  Gaussian cannot, and since ``log(1 + d / dof)`` rises with ``d`` the class with the
-  highest probability is the head's prediction: calibration changes no prediction.
+  (``dof`` degrees of freedom, ``D`` features), tempered by a temperature ``t``:
+  ``p_c ∝ exp(-(dof + D) / (2 t) · log(1 + d2_c / dof))``. The t's heavy tails make a
+  window far from every class mean less sure than one near a mean, which the Gaussian
+  cannot. A novel window (below) also gets a higher temperature of its own,
+  ``t = temperature · max(1, novelty)^power``: the further it lies from what the device
+  knows, the less its scores are trusted. Since ``log(1 + d / dof)`` rises with ``d`` and
+  a window's temperature is the same for every class, the class with the highest
+  probability is the head's prediction: calibration changes no prediction.
 * **Novelty.** The smallest of a window's distances over the cloud's novelty threshold:
   above 1, the window lies further from every class the device knows than 95% of the
   source's held-out windows (:func:`fit_novelty_threshold`). The share of such windows in
@@ -69,12 +72,17 @@ def sq_distances(scores: np.ndarray, features: np.ndarray, precision: np.ndarray
     return np.maximum(quad[:, None] - 2.0 * np.asarray(scores, dtype=np.float64), 0.0)
 
 
-def calibrated_probs(d2: np.ndarray, n_features: int, dof: float, temperature: float) -> np.ndarray:
+def calibrated_probs(
+    d2: np.ndarray, n_features: int, dof: float, temperature: float | np.ndarray
+) -> np.ndarray:
     """The tempered Student-t posterior ``(n, K)`` of squared distances ``d2`` in a space
-    of ``n_features`` dimensions (see the module docstring)."""
-    if not (dof > 0 and temperature > 0):
-        raise QCoreError(f"confidence needs dof > 0 and temperature > 0, got {dof}, {temperature}")
-    return _softmax(-(dof + n_features) / (2.0 * temperature) * np.log1p(d2 / dof))
+    of ``n_features`` dimensions (see the module docstring); ``temperature``: one for all
+    windows or one per window ``(n,)``."""
+    t = np.asarray(temperature, dtype=np.float64)
+    if not (dof > 0 and (t > 0).all()):
+        raise QCoreError(f"confidence needs dof > 0 and temperatures > 0, got {dof}, {temperature}")
+    t = t[:, None] if t.ndim == 1 else t
+    return _softmax(-(dof + n_features) / (2.0 * t) * np.log1p(d2 / dof))
 
 
 def head_signals(
@@ -84,11 +92,14 @@ def head_signals(
     dof: float,
     temperature: float,
     novelty_threshold: float | None,
+    power: float = 0.0,
 ) -> Signals:
     """Calibrated probabilities and novelty of one batch (see the module docstring)."""
     d2 = sq_distances(scores, features, precision)
-    probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
     novelty = None if novelty_threshold is None else d2.min(axis=1) / novelty_threshold
+    if novelty is not None and power > 0:
+        temperature = temperature * np.maximum(novelty, 1.0) ** power  # type: ignore[assignment]
+    probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
     return Signals(probs, novelty)
 
 
@@ -101,7 +112,7 @@ def batch_signals(
         return softmax_signals(scores)
     return head_signals(
         scores, features, head.precision, cfg.confidence_dof, cfg.confidence_temperature,
-        cfg.novelty_threshold,
+        cfg.novelty_threshold, cfg.confidence_novelty_power,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from qcore.eval.bench_cli import add_command
 from qcore.eval.flip_tables import flip_activity_table, flipnet_table
 from qcore.eval.grid import cell_dir, make_grid
 from qcore.eval.report import (
+    CALIBRATION,
     CSV_COLUMNS,
     STREAM_COLUMNS,
     collect,
@@ -46,6 +47,8 @@ def test_reduced_quick_grid_writes_tidy_results_and_resumes(tmp_path):
     }
     for r in rows:
         assert 0.0 <= float(r["target_acc"]) <= 1.0 and int(r["device_bytes"]) > 0
+        for key in ("target_ece_before", "target_ece", "source_ece", "target_auroc_before"):
+            assert 0.0 <= float(r[key]) <= 1.0, key
     for png in ("stream.png", "bits.png", "cost.png"):
         assert (tmp_path / png).stat().st_size > 1000
     table = (tmp_path / "results.md").read_text()
@@ -190,16 +193,29 @@ def _row(method: str, seed: int, bits: int = 4, **extra) -> dict:
 
 
 def test_markdown_table_is_mean_and_std_over_seeds():
-    table = markdown_table([_row("qcore", 0), _row("qcore", 1), _row("none", 0, bits=2)])
-    lines = table.splitlines()
+    """Calibration cells: mean ± std over the seeds that measured it, "-" where none did
+    (rows of results.json files from before it was measured)."""
+    calib = {"target_ece_before": 0.1, "target_ece": 0.3, "source_ece": 0.2}
+    rows = [
+        _row("qcore", 0, **calib, target_auroc_before=0.6),
+        _row("qcore", 1, **calib, target_auroc_before=None),
+        _row("none", 0, bits=2),
+    ]
+    lines = markdown_table(rows).splitlines()
     assert lines[0].startswith("| dataset | scenario | bits | method | seeds | target before ")
+    assert lines[0].endswith(
+        "| target ECE before | target ECE after | source ECE after | target AUROC before "
+        "| s / step | device bytes |"
+    )
+    assert lines[1] == "|" + "---|" * 15
     assert lines[2] == (
         "| d | 1->2 | 2 | none | 1 | 0.400 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 "
-        "| 0.900 ± 0.000 | 0.250 ± 0.000 | 1000 |"
+        "| 0.900 ± 0.000 | - | - | - | - | 0.250 ± 0.000 | 1000 |"
     )
     assert lines[3] == (
         "| d | 1->2 | 4 | qcore | 2 | 0.400 ± 0.000 | 0.550 ± 0.050 | 1.000 ± 0.000 "
-        "| 0.900 ± 0.000 | 0.250 ± 0.000 | 1000 |"
+        "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.300 ± 0.000 | 0.200 ± 0.000 | 0.600 ± 0.000 "
+        "| 0.250 ± 0.000 | 1000 |"
     )
     assert len(lines) == 4
 
@@ -447,6 +463,36 @@ def test_stream_plot_shows_step_zero(tmp_path):
     assert (tmp_path / "stream.png").stat().st_size > 1000
 
 
+def test_reliability_diagram_draws_the_chosen_method_before_and_after(tmp_path):
+    """One panel per bit-width, for the method the runner names (the device it saved),
+    else the first streamed method with bins: four curves (target/source, before/after)
+    from the bins' mean confidence and accuracy, labelled with their ECE."""
+    from qcore.eval.plots import plot_reliability
+
+    def row(method: str, bits: int, shift: float) -> dict:
+        bins = {f"{n}_reliability{s}": [[0.35 + shift, 0.2, 3], [0.85, 0.9 - shift, 5]]
+                for n in ("source", "target") for s in ("_before", "")}  # fmt: skip
+        eces = {f"{n}_ece{s}": 0.1 for n in ("source", "target") for s in ("_before", "")}
+        return {"method": method, "bits": bits, "steps": [], **bins, **eces}
+
+    rows = [{"method": "ptq", "bits": 4}, row("none", 4, 0.0), row("slda", 4, 0.1)]
+    rows += [row("none", 8, 0.0), {"method": "old", "bits": 8, "steps": []}]
+    rows[2]["target_reliability"] = [[0.95, 0.5, 8]]  # slda after the stream
+    rows[2]["target_ece"] = 0.45
+    fig = plot_reliability(rows, tmp_path / "reliability.png", "d 1 -> 2", {4: "slda"})
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
+    four, eight = fig.axes
+    assert four.get_title() == "d 1 -> 2, slda, 4 bits"
+    assert eight.get_title() == "d 1 -> 2, none, 8 bits"
+    curves = {line.get_label(): line for line in four.get_lines()}
+    after = curves["target after (ECE 0.450)"]
+    assert list(after.get_xdata()) == [0.95] and list(after.get_ydata()) == [0.5]
+    before = curves["target before (ECE 0.100)"]
+    assert list(before.get_xdata()) == pytest.approx([0.45, 0.85])
+    assert list(before.get_ydata()) == pytest.approx([0.2, 0.8])
+    assert {"source before (ECE 0.100)", "source after (ECE 0.100)"} <= set(curves)
+
+
 COMMITTED = Path(__file__).parents[2] / "docs" / "bench-labels-guard" / "cells" / "hapt-1-25-s0-b8"
 
 
@@ -469,3 +515,10 @@ def test_committed_results_with_nan_still_load(tmp_path):
         assert by[r["method"]]["step_seconds"] == r["seconds"]
         assert by[r["method"]]["cloud_seconds"] == r["cloud_seconds"]
         assert by[r["method"]]["target_acc_before"] == r["target_acc_before"]
+        assert "target_ece" not in r  # written before calibration was measured
+        assert all(by[r["method"]][k] is None for k in CALIBRATION)
+    with (tmp_path / "results.csv").open() as f:
+        for line in csv.DictReader(f):
+            assert [line[k] for k in CALIBRATION] == [""] * len(CALIBRATION)
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| - | - | - | - |") == len(cfg.methods)

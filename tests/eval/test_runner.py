@@ -1,5 +1,6 @@
 """A seeded end-to-end run on tiny synthetic data, through the library and the CLI."""
 
+import itertools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from qcore.cli import main
 from qcore.config import DeviceConfig, RunConfig
 from qcore.edge.artifact import load_artifact
 from qcore.errors import QCoreError
+from qcore.eval.report import CALIBRATION
 from qcore.eval.run_table import run_table
 from qcore.eval.runner import run
 
@@ -29,6 +31,7 @@ TINY = dict(
     source_calib_epochs=1,
 )
 TINY_QCORE = {**TINY, "device": DeviceConfig(flip_steps=2)}  # fewer flip passes: faster
+CALIBRATION_KEYS = tuple(k for k in CALIBRATION if k != "target_auroc_novelty_before")
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -76,9 +79,60 @@ def test_results_contract(result):
             assert {"task_acc", "source_acc", "target_acc", "core_acc", "seconds"} <= set(s)
         assert r["step_ms"] == pytest.approx(1000 * np.mean([s["seconds"] for s in r["steps"]]))
     assert (out / "stream.png").stat().st_size > 1000
+    assert (out / "reliability.png").stat().st_size > 1000
+    n_test = {k: res["scenario"][f"n_{k}_test"] for k in ("source", "target")}
+    for r in (r for r in rows if "steps" in r):
+        for key in CALIBRATION_KEYS:
+            assert 0.0 <= r[key] <= 1.0, (r["method"], key)
+        assert r["target_auroc_novelty_before"] is None  # no streaming head: no novelty
+        for name, suffix in itertools.product(("source", "target"), ("_before", "")):
+            bins = r[f"{name}_reliability{suffix}"]
+            assert sum(count for _, _, count in bins) == n_test[name]
+            # the ECE is the count-weighted gap of the bins it reports
+            gap = sum(count * abs(acc - conf) for conf, acc, count in bins) / n_test[name]
+            assert r[f"{name}_ece{suffix}"] == pytest.approx(gap)
     by = {(r["method"], r["bits"]): r["device_bytes"] for r in rows}
     assert by[("ptq", 2)] < by[("ptq", 4)] < by[("float", None)]
     assert by[("qcore", 4)] > by[("none", 4)]  # core and flip network cost bytes
+
+
+def _scenario(cfg: RunConfig):
+    """The scenario (stream and test sets) the runner cuts for ``cfg``."""
+    from qcore.data.registry import load_dataset
+    from qcore.data.scenario import make_scenario
+
+    ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
+    return make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
+
+
+def test_calibration_is_that_of_the_shipped_and_of_the_final_device(result):
+    """``*_ece_before`` and ``target_auroc_before`` are those of the device in
+    ``deployed-*.qcore`` (what ships), ``*_ece`` those of ``calibrated-*.qcore`` (its state
+    after the stream), recomputed from the device's own confidence; the two differ. The
+    back-prop method's torch model before the stream is the deployed model of ``none``."""
+    from qcore.edge.device import Device
+    from qcore.eval.metrics import auroc, ece
+
+    out, res = result
+    sc = _scenario(RunConfig(**TINY_QCORE, method="none,backprop,qcore"))
+    rows = {(r["method"], r["bits"]): r for r in res["results"]}
+    for bits in (2, 4):
+        row = rows[("qcore", bits)]
+        shipped = load_artifact(out / f"deployed-{bits}bit.qcore")
+        final = load_artifact(out / f"calibrated-{bits}bit.qcore")
+        for suffix, device in (("_before", Device(shipped)), ("", Device(final, deployed=shipped))):
+            for name, split in (("source", sc.source_test), ("target", sc.target_test)):
+                right = device.predict(split.X, normalized=True) == split.y
+                conf = device.signals(split.X, normalized=True).confidence
+                want = ece(conf, right)
+                assert row[f"{name}_ece{suffix}"] == pytest.approx(want), (bits, name, suffix)
+                if (name, suffix) == ("target", "_before"):
+                    assert row["target_auroc_before"] == pytest.approx(auroc(conf, right))
+        assert row["target_ece_before"] != pytest.approx(row["target_ece"], abs=1e-6)
+        none, backprop = rows[("none", bits)], rows[("backprop", bits)]
+        for name in ("source", "target"):
+            assert none[f"{name}_ece_before"] == none[f"{name}_ece"]  # never changes
+            assert backprop[f"{name}_ece_before"] == pytest.approx(none[f"{name}_ece_before"])
 
 
 def test_same_seed_same_numbers(result, tmp_path):
@@ -282,6 +336,8 @@ def test_a_class_held_out_of_the_cloud_is_learnt_on_the_device(tmp_path):
     assert all(s["new_recall"] == 0.0 for s in rows["none"]["steps"])  # cannot name it
     assert rows["slda"]["new_recall"] > 0.5
     assert rows["backprop"]["new_recall"] > 0  # its head grew a row and learnt it
+    for row in rows.values():  # the confidence of the method inside the class translation
+        assert row["target_ece_before"] is not None and row["target_ece"] is not None
     seen = [s["new_seen"] for s in rows["slda"]["steps"]]
     assert seen == sorted(seen) and rows["slda"]["windows_to_recall"] in [*seen, None]
     with pytest.raises(QCoreError, match="cannot learn a class the cloud never saw"):
@@ -310,12 +366,25 @@ def test_results_json_is_strict_json(result):
 def test_before_is_what_the_method_ships(tmp_path):
     """``*_before`` is measured on the method's own device before the first batch: with no
     label reaching the device nothing moves, so before equals after (the streaming head of
-    ``slda`` predicts otherwise than the deployed model's head)."""
+    ``slda`` predicts otherwise than the deployed model's head, and its novelty tells
+    right from wrong; the deployed model's softmax has no novelty)."""
     cfg = RunConfig(**{**TINY, "bits": (4,)}, method="none,slda", label_fraction=0.0)
     rows = {r["method"]: r for r in run(cfg, tmp_path)["results"]}
     for m in ("none", "slda"):
-        assert rows[m]["target_acc_before"] == rows[m]["target_acc"], m
-        assert rows[m]["source_acc_before"] == rows[m]["source_acc"], m
+        for key in ("acc", "ece", "reliability"):
+            assert rows[m][f"target_{key}_before"] == rows[m][f"target_{key}"], (m, key)
+            assert rows[m][f"source_{key}_before"] == rows[m][f"source_{key}"], (m, key)
+    assert rows["none"]["target_auroc_novelty_before"] is None
+    # the shipped slda device's novelty: a smaller one goes with a right prediction
+    from qcore.edge.device import Device
+    from qcore.eval.metrics import auroc
+
+    device = Device(load_artifact(tmp_path / "deployed-4bit.qcore"))
+    test = _scenario(cfg).target_test
+    novelty = device.signals(test.X, normalized=True).novelty
+    right = device.predict(test.X, normalized=True) == test.y
+    assert rows["slda"]["target_auroc_novelty_before"] == pytest.approx(auroc(-novelty, right))
+    assert rows["slda"]["target_ece_before"] != rows["none"]["target_ece_before"]
     assert rows["none"]["target_acc_before"] == rows["backprop-source"]["target_acc"]
 
 
@@ -370,12 +439,16 @@ def test_the_run_table_names_what_each_number_measured(tmp_path, capsys):
     head, *lines = out.splitlines()
     names = head.split()
     assert names == ["method", "bits", "target_before", "target_after", "source_before",
-                     "source_after", "step_ms", "cloud_s", "device_bytes"]  # fmt: skip
+                     "source_after", "target_ece_before", "target_ece_after", "step_ms",
+                     "cloud_s", "device_bytes"]  # fmt: skip
     res = json.loads((tmp_path / "results.json").read_text())
     table = {line.split()[0]: dict(zip(names, line.split(), strict=True)) for line in lines[:5]}
     slda = next(r for r in res["results"] if r["method"] == "slda")
     assert table["slda"]["step_ms"] == f"{slda['step_ms']:.2f}"
     assert table["slda"]["target_before"] == f"{slda['target_acc_before']:.3f}"
+    assert table["slda"]["target_ece_before"] == f"{slda['target_ece_before']:.3f}"
+    assert table["slda"]["target_ece_after"] == f"{slda['target_ece']:.3f}"
+    assert table["ptq"]["target_ece_after"] == "-"  # the cloud's models: no confidence
     assert table["float"]["cloud_s"] == f"{res['results'][0]['train_s']:.1f}"
     assert table["float"]["target_before"] == "-" and table["ptq"]["step_ms"] == "-"
     few = {**res, "config": {**res["config"], "label_fraction": 0.5}}

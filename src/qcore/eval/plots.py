@@ -1,7 +1,7 @@
 """PNG plots (matplotlib, headless) of one run and of the benchmark grid.
 
-One run (:mod:`qcore.eval.runner`): :func:`plot_stream`. The grid
-(:mod:`qcore.eval.bench`), from the report's tidy rows: ``DIR/stream.png`` (target
+One run (:mod:`qcore.eval.runner`): :func:`plot_stream` and :func:`plot_reliability`.
+The grid (:mod:`qcore.eval.bench`), from the report's tidy rows: ``DIR/stream.png`` (target
 accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-width),
 ``DIR/cost.png`` (target accuracy against device time per step and against device
 bytes), for grids over many pairs ``DIR/pairs.png`` (the distribution over pairs) and
@@ -59,6 +59,54 @@ def plot_stream(rows: list[dict], path: Path, title: str = ""):
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+# the reliability diagram's curves: results key suffix, label, colour; per test set a style
+_WHEN = (("_before", "before", "C0"), ("", "after", "C1"))
+_SETS = (("target", "-"), ("source", "--"))
+
+
+def plot_reliability(
+    rows: list[dict], path: Path, title: str = "", chosen: dict[int, str] | None = None
+):
+    """Reliability diagram of one run: one panel per bit-width, for the method ``chosen``
+    names at that bit-width (the runner: the device whose artifacts it wrote), else the
+    first streamed method with reliability bins; accuracy against mean confidence per
+    confidence bin, before the stream (blue) and after it (orange), solid = target test
+    set, dashed = source test set, each labelled with its expected calibration error; the
+    diagonal is perfect calibration. Returns the (closed) matplotlib Figure."""
+    plt = _pyplot()
+    chosen = chosen or {}
+    shown: dict[int, dict] = {}
+    for r in rows:
+        if "steps" not in r or not r.get("target_reliability"):
+            continue
+        if r["bits"] not in shown or r["method"] == chosen.get(r["bits"]):
+            shown[r["bits"]] = r
+    n = max(1, len(shown))
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.8), squeeze=False)
+    for ax, (b, row) in zip(axes[0], sorted(shown.items()), strict=False):
+        for suffix, when, colour in _WHEN:
+            for name, style in _SETS:
+                bins = row.get(f"{name}_reliability{suffix}") or []
+                err = row.get(f"{name}_ece{suffix}")
+                label = f"{name} {when}" + ("" if err is None else f" (ECE {err:.3f})")
+                ax.plot([x[0] for x in bins], [x[1] for x in bins], linestyle=style,
+                        marker="o", ms=3, color=colour, label=label)  # fmt: skip
+        head = f"{title}, {row['method']}, {b} bits" if title else f"{row['method']}, {b} bits"
+        ax.set_title(head, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes[0]:
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8, linestyle=":")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("confidence (mean per bin)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy in the bin")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,8 +16,9 @@ From the cells' ``results.json`` the report writes:
   classes held out of the cloud.
 
 Older results.json files (``NaN`` for a missing value, ``seconds`` and ``cloud_seconds``)
-read like current ones (``null``, ``step_ms``, ``cloud_s``). The plots drawn from the same
-rows are in :mod:`qcore.eval.plots`.
+read like current ones (``null``, ``step_ms``, ``cloud_s``); their rows lack the
+calibration (:data:`CALIBRATION`), which the tables leave empty (``-`` in Markdown). The
+plots drawn from the same rows are in :mod:`qcore.eval.plots`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from qcore.eval.flip_tables import flips_markdown
 from qcore.eval.grid import cell_dir
 from qcore.eval.metrics import groups, mean_std
 
+# how well the method's confidence is calibrated (qcore.eval.calibration); None in rows
+# of results.json files written before the runner measured it
+CALIBRATION = ("target_ece_before", "target_ece", "source_ece_before", "source_ece",
+               "target_auroc_before", "target_auroc_novelty_before")  # fmt: skip
 CSV_COLUMNS = (
     "dataset",
     "scenario",
@@ -47,6 +52,7 @@ CSV_COLUMNS = (
     "source_acc",
     "target_acc_before",
     "source_acc_before",
+    *CALIBRATION,
     "step_seconds",
     "cloud_seconds",
     "device_bytes",
@@ -103,6 +109,7 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                     "label_fraction": fraction,
                     "seed": cfg.seed,
                     **{k: _number(r[k]) for k in ACCURACIES},
+                    **{k: _optional(r.get(k)) for k in CALIBRATION},
                     **_timings(r),
                     "device_bytes": r["device_bytes"],
                     "cell_seconds": _number(res.get("wall_s", res.get("seconds"))),
@@ -133,6 +140,11 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _optional(value) -> float | None:
+    """A value results.json may lack or hold as ``null``: None (an empty CSV cell)."""
+    return None if value is None else float(value)
+
+
 def _timings(r: dict) -> dict[str, float]:
     """A streamed row's device seconds per step and cloud seconds, from ``step_ms`` and
     ``cloud_s`` (older results.json: ``seconds`` and ``cloud_seconds``)."""
@@ -147,25 +159,31 @@ def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
         w.writerows(rows)
 
 
-def _fmt(values: list[float], digits: int = 3) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+def _fmt(values: list, digits: int = 3) -> str:
+    """Mean ± std of the values measured (None and NaN left out); "-" when none was."""
+    m, s = mean_std([np.nan if v is None else v for v in values])
+    return "-" if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Mean ± std over seeds per dataset / scenario / bits / method (Markdown)."""
+    """Mean ± std over seeds per dataset / scenario / bits / method (Markdown): the
+    accuracies, the expected calibration errors and the target AUROC before the stream
+    ("-" where no seed measured it), the device's time and bytes."""
     head = (
         "| dataset | scenario | bits | method | seeds | target before | target after "
-        "| source before | source after | s / step | device bytes |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| source before | source after | target ECE before | target ECE after "
+        "| source ECE after | target AUROC before | s / step | device bytes |\n"
+        f"|{'---|' * 15}\n"
     )
     lines = []
     for (d, sc, b, m), g in sorted(groups(rows, ("dataset", "scenario", "bits", "method")).items()):
-        col = {k: [r[k] for r in g] for k in CSV_COLUMNS[CSV_COLUMNS.index("target_acc") :]}
+        col = {k: [r.get(k) for r in g] for k in CSV_COLUMNS[CSV_COLUMNS.index("target_acc") :]}
         lines.append(
             f"| {d} | {sc} | {b} | {m} | {len(g)} | {_fmt(col['target_acc_before'])} "
             f"| {_fmt(col['target_acc'])} | {_fmt(col['source_acc_before'])} "
-            f"| {_fmt(col['source_acc'])} | {_fmt(col['step_seconds'])} "
+            f"| {_fmt(col['source_acc'])} | {_fmt(col['target_ece_before'])} "
+            f"| {_fmt(col['target_ece'])} | {_fmt(col['source_ece'])} "
+            f"| {_fmt(col['target_auroc_before'])} | {_fmt(col['step_seconds'])} "
             f"| {int(np.mean(col['device_bytes']))} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -348,9 +366,11 @@ def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
     _write_csv(out_dir / "stream.csv", steps, STREAM_COLUMNS)
     (out_dir / "results.md").write_text(
         "# Benchmark: mean ± std over seeds\n\n"
-        "Accuracies on the test sets before (deployed model) and after the stream; "
-        "s / step: device seconds per calibration step; device bytes: model + buffers.\n\n"
-        + markdown_table(rows)
+        "Accuracies on the test sets before (deployed model) and after the stream; ECE: "
+        "expected calibration error of the method's confidence (10 equal-width bins); "
+        "target AUROC before: how well that confidence tells the wrong target predictions "
+        "before the stream from the right ones (-: not measured); s / step: device "
+        "seconds per calibration step; device bytes: model + buffers.\n\n" + markdown_table(rows)
     )
     (out_dir / "summary.md").write_text(summary_table(rows))
     extras = (

@@ -16,6 +16,8 @@ RUN_COLUMNS = (
     ("target_after", "target_acc"),
     ("source_before", "source_acc_before"),
     ("source_after", "source_acc"),
+    ("target_ece_before", "target_ece_before"),
+    ("target_ece_after", "target_ece"),
     ("step_ms", "step_ms"),
     ("cloud_s", "cloud_s"),
     ("device_bytes", "device_bytes"),
@@ -26,7 +28,9 @@ NEW_CLASS_COLUMNS = (("old_acc", "old_acc"), ("new_recall", "new_recall"),
 CLOUD_TIMES = ("train_s", "quantize_s", "calibrate_s", "cloud_s")  # one per kind of row
 RUN_LEGEND = (
     "before: what ships (the device of that method) before the first batch; after: after "
-    "the stream (float, ptq, backprop-source: the cloud's models, no stream); step_ms: mean "
+    "the stream (float, ptq, backprop-source: the cloud's models, no stream); target_ece: "
+    "expected calibration error of the method's confidence on the target test set (10 "
+    "equal-width bins); step_ms: mean "
     "device milliseconds per stream step; cloud_s: cloud seconds of the row (float: "
     "training, ptq: quantization, backprop-source: back-prop on the source, a method: its "
     "preparation), 'cached' when reused from the cache"

@@ -6,8 +6,10 @@ QCore and train the flip network; what the cloud computes is cached
 (:mod:`qcore.eval.cache`).
 Device: stream the target batches through the chosen method, evaluating after every
 step on the batch, the source test set (forgetting), the target test set (adaptation)
-and the core. Only the runner (this module and :mod:`qcore.eval.newclass`) holds the
-stream and the test sets.
+and the core; before the first batch and after the last, also how well the method's
+confidence is calibrated on both test sets (:mod:`qcore.eval.calibration`). Only the
+runner (this module, :mod:`qcore.eval.newclass` and :mod:`qcore.eval.calibration`) holds
+the stream and the test sets.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from qcore.data.scenario import HeldOut, Scenario, Split, held_out, label_mask, 
 from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
 from qcore.eval import cache as cache_store
+from qcore.eval.calibration import measure_test_sets
 from qcore.eval.newclass import NEW_CLASS_RECALL, new_class_record, new_class_view
 from qcore.methods.all import available, check_methods
 from qcore.methods.all import make as make_method
@@ -132,8 +135,8 @@ def stream(
 class _Run:
     """What every step of one run reads: the settings, the scenario, the classes the
     cloud held out (or None), the source windows the cloud trains on, where the run
-    writes, its cache folder (or None) and the bit-widths whose device artifacts are
-    written."""
+    writes, its cache folder (or None) and, per bit-width whose device artifacts are
+    written, the method whose device they hold."""
 
     cfg: RunConfig
     sc: Scenario
@@ -142,7 +145,7 @@ class _Run:
     out_dir: Path
     cache: Path | None
     progress: bool
-    saved: set[int] = field(default_factory=set)
+    saved: dict[int, str] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -229,9 +232,9 @@ def _deploy(r: _Run, model, bits: int) -> tuple[Any, list[dict]]:
 def run(
     cfg: RunConfig, out_dir: str | Path, progress: bool = False, cache: bool | Path = True
 ) -> dict:
-    """Run one experiment and write ``out_dir/results.json`` (and a plot); its
-    ``wall_s`` is the run's wall time (the float row's ``cached`` says whether training
-    was reused).
+    """Run one experiment and write ``out_dir/results.json`` and the plots ``stream.png``
+    and ``reliability.png``; its ``wall_s`` is the run's wall time (the float row's
+    ``cached`` says whether training was reused).
 
     With ``cache`` the trained float model, its training dynamics and the deployed model
     of each bit-width are kept in ``out_dir/.cache`` (or the folder ``cache`` names) under
@@ -257,9 +260,11 @@ def run(
         "wall_s": time.perf_counter() - run_t0,  # the whole run, cached training included
     }
     write_json_atomic(r.out_dir / "results.json", result)
-    from qcore.eval.plots import plot_stream
+    from qcore.eval.plots import plot_reliability, plot_stream
 
-    plot_stream(rows, r.out_dir / "stream.png", f"{cfg.dataset} {cfg.source} -> {cfg.target}")
+    title = f"{cfg.dataset} {cfg.source} -> {cfg.target}"
+    plot_stream(rows, r.out_dir / "stream.png", title)
+    plot_reliability(rows, r.out_dir / "reliability.png", title, r.saved)
     return result
 
 
@@ -302,19 +307,21 @@ def _deployment(r: _Run, bits: int, qmodel, core, shared: dict) -> Deployment:
 
 
 def _stream_row(r: _Run, method: str, bits: int, qmodel, core, shared: dict) -> dict:
-    """Stream one method. ``*_before``: the accuracies of what this method ships, before
-    the first batch; ``cloud_s``: its cloud preparation; ``step_ms``: its mean device
-    milliseconds per step. The first device method of the run at ``bits`` writes its
-    deployed artifact and its state after the stream."""
+    """Stream one method. ``*_before``: the accuracies and calibration
+    (:func:`qcore.eval.calibration.measure_test_sets`) of what this method ships, before
+    the first batch; without the suffix, after the stream; ``cloud_s``: its cloud
+    preparation; ``step_ms``: its mean device milliseconds per step. The first device
+    method of the run at ``bits`` writes its deployed artifact and its state after the
+    stream."""
     cloud_t0 = time.perf_counter()
     dep = _deployment(r, bits, qmodel, core, shared)
     cal = new_class_view(method, make_method(method, dep), r.hold)
     save = isinstance(cal, DeviceCalibrator) and bits not in r.saved
     if save:  # the deployable file: model, core, flip network, head statistics
-        r.saved.add(bits)
+        r.saved[bits] = method
         _save(r.out_dir, bits, cal.deployed)
     row: dict = {"method": method, "bits": bits, "cloud_s": time.perf_counter() - cloud_t0}
-    row.update({f"{k}_before": v for k, v in _accuracies(cal, r.sc).items()})
+    row.update(measure_test_sets(cal, r.sc, "_before"))
     row.update(dep.extras)
     steps = stream(
         cal,
@@ -333,9 +340,8 @@ def _stream_row(r: _Run, method: str, bits: int, qmodel, core, shared: dict) -> 
         hit = [s["new_seen"] for s in steps if s["new_recall"] >= NEW_CLASS_RECALL]
         new = {k: steps[-1][k] for k in ("old_acc", "new_recall")}
         row.update(new, windows_to_recall=hit[0] if hit else None)
+    row.update(measure_test_sets(cal, r.sc))  # after: the last step's accuracies, too
     row.update(
-        source_acc=steps[-1]["source_acc"],
-        target_acc=steps[-1]["target_acc"],
         device_bytes=cal.device_bytes(),
         step_ms=1000 * float(np.mean([s["seconds"] for s in steps])),
         steps=steps,

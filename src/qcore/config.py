@@ -52,6 +52,7 @@ NEW_CLASS_MIN = 3
 CONFIDENCE_DOF = 30.0
 CONFIDENCE_TEMPERATURE = 2.0
 DRIFT_SHARE = 0.7
+DRIFT_RELEASE = 0.05
 CONFIDENCE_NOVELTY_POWER = 1.0
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
@@ -82,6 +83,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "novelty_threshold": _unless_drift,
     "confidence_novelty_power": _unless_drift,
     "drift_share": _unless_drift,
+    "drift_release": _unless_drift,
     # a new class was predicted from its first window: 1 where the run had new classes
     "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
 }
@@ -234,6 +236,12 @@ class DeviceConfig(Settings):
         "policy=drift with a novelty threshold: calibrate on a batch when at least this "
         "share of its windows is novel",
         "(0, 1]",
+    )
+    drift_release: float = setting(
+        DRIFT_RELEASE,
+        "policy=drift with a novelty threshold: once in drift, calibrate on each batch until "
+        "its novel share falls to this or below",
+        "[0, 1)",
     )
     policy: str = setting("every", "when to calibrate: every, every:N or drift", _check_policy)
     seed: int = setting(0, "seed of the core updates (with the step number)")

@@ -53,7 +53,7 @@ from qcore.edge.backbone import (
 from qcore.edge.checks import check_batch, check_deployed, check_settings
 from qcore.edge.classes import drop_class
 from qcore.edge.draft import Draft, Seen
-from qcore.edge.drift import PageHinkley
+from qcore.edge.drift import Detector, PageHinkley
 from qcore.edge.guard import deployed_right, guard_record, reset_reason, unguarded
 from qcore.edge.head import grow as grow_head
 from qcore.edge.head import logits as head_logits
@@ -61,7 +61,7 @@ from qcore.edge.head import update as update_head
 from qcore.edge.infer import forward, forward_features, predict
 from qcore.edge.report import DeviceReport, peak_rss_bytes, rss_bytes
 from qcore.edge.runtime import Runtime
-from qcore.edge.schedule import is_due, pseudo_labelled
+from qcore.edge.schedule import is_due, make_detector, pseudo_labelled
 from qcore.edge.signals import Signals, batch_signals, novel_share
 from qcore.errors import QCoreError
 
@@ -110,13 +110,9 @@ class Device:
             solve_head(deployed.head, config) if deployed is not None and self.head else None
         )
         self.art = replace(art, device=config, runtime=copy.deepcopy(art.runtime))
-        saved = runtime.drift if self.policy.kind == "drift" else None
-        if drift is not None:
-            self.detector = copy.deepcopy(drift)
-        elif saved is not None:
-            self.detector = PageHinkley.from_dict(dict(saved))
-        else:
-            self.detector = PageHinkley()
+        self.detector: Detector = PageHinkley()  # the policy's, when it is drift
+        if self.policy.kind == "drift":
+            self.detector = make_detector(config, self.head is not None, runtime.drift, drift)
 
     @property
     def runtime(self) -> Runtime:
@@ -364,7 +360,7 @@ class Device:
         return int(given.sum()), 0 if pseudo is None else int(pseudo.sum())
 
     def _commit(
-        self, draft: Draft, new_step: int, detector: PageHinkley, batch_id: str | None
+        self, draft: Draft, new_step: int, detector: Detector, batch_id: str | None
     ) -> None:
         """Record: the runtime state (drift detector, consumed id) and the draft become
         the device's, in one assignment."""

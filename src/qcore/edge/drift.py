@@ -1,9 +1,15 @@
-"""Page-Hinkley test for a drop in prediction confidence (NumPy-free, deterministic).
+"""The drift detectors of the ``drift`` policy (NumPy-free, deterministic).
 
 The device sees labels only when it calibrates, but it always sees its own predictions.
-A domain shift typically lowers the mean max-softmax confidence of a batch, so the
-``drift`` policy feeds one scalar per batch (that mean confidence) to this detector and
-calibrates only when it fires.
+With a streaming head and a novelty threshold it watches the share of novel windows in
+each batch (:mod:`qcore.edge.signals`) with :class:`NoveltyTrigger`: a world it knows
+keeps that share near 5%, a drifted one far above. Without them it watches the batch's
+mean confidence with a Page-Hinkley test, :class:`PageHinkley`.
+
+:class:`NoveltyTrigger` has two levels. It enters drift when a batch's novel share
+reaches ``enter`` and stays in drift, calibrating on every batch, while the share stays
+above ``leave``: a head that has learnt one batch of a new world finds the next ones far
+less novel, long before it has learnt all it can from them.
 
 Page-Hinkley (Page 1954; Hinkley 1971), one-sided for a *decrease* of the mean:
 
@@ -25,6 +31,36 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qcore.errors import QCoreError
+
+
+@dataclass
+class NoveltyTrigger:
+    """Calibrate while the world is new: enter drift at a novel share of ``enter`` or
+    more, leave it at ``leave`` or less. ``active``: in drift (persisted with the state)."""
+
+    enter: float
+    leave: float
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.leave < self.enter <= 1.0:
+            raise QCoreError(
+                f"drift_release ({self.leave}) must lie below drift_share ({self.enter}), "
+                "both in [0, 1]"
+            )
+        if not isinstance(self.active, bool):
+            raise QCoreError(f"novelty trigger's active must be true or false, got {self.active!r}")
+
+    def update(self, share: float) -> bool:
+        """Add one batch's novel share; True when the device should calibrate on it."""
+        if not 0.0 <= share <= 1.0:
+            raise QCoreError(f"a novel share lies in [0, 1], got {share}")
+        self.active = share > self.leave if self.active else share >= self.enter
+        return self.active
+
+    def to_dict(self) -> dict[str, Any]:
+        """The running state (the levels are settings): ``{"active": bool}``."""
+        return {"active": self.active}
 
 
 @dataclass
@@ -94,3 +130,6 @@ class PageHinkley:
         if unknown:
             raise QCoreError(f"unknown Page-Hinkley fields: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+Detector = NoveltyTrigger | PageHinkley

@@ -1,8 +1,7 @@
 """Every setting, in frozen dataclasses: the one home of defaults, help and constraints.
 
-:class:`DeviceConfig` is what a device's calibration step reads (head, flip passes, guard,
-budget, BatchNorm mode, core update, reset, policy, seed); it travels in the artifact.
-:class:`RunConfig` is a whole run (data, model, training, bit-widths, methods) and holds
+:class:`DeviceConfig` (:mod:`qcore.device_config`, imported here) is what a device's
+calibration step reads; it travels in the artifact. :class:`RunConfig` is a whole run (data, model, training, bit-widths, methods) and holds
 the device settings its methods start from in its field ``device``; a method may fix some
 of them (:mod:`qcore.methods.registry`). Library code takes these objects; only the CLI
 parses TOML files and ``key=value`` overrides into them, with errors that name the
@@ -13,18 +12,18 @@ among the run's (``seed`` once: the run's seed is also the device's), so a flat 
 Each field declares, in :func:`setting`, its default, one line of help (listed by ``qcore
 run --help`` and ``qcore device --help``) and its bounds; its type hint declares the rest
 (integer, number, a ``Literal``'s choices, ``None`` allowed), so one check reads every
-field. This module imports nothing beyond ``qcore.core`` and ``qcore.errors``.
+field. This module imports nothing beyond ``qcore.core``, ``qcore.device_config`` and
+``qcore.errors``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from qcore.core.quant import check_bits
 from qcore.core.settings import (
@@ -36,24 +35,27 @@ from qcore.core.settings import (
     setting,
     settings_of,
 )
+from qcore.device_config import (  # noqa: F401  (re-exported: the settings are found here)
+    BN_MODES,
+    CORE_MODES,
+    DEFAULT_FLIP_BUDGET,
+    DEVICE_KEYS,
+    FLIP_GUARDS,
+    HEADS,
+    RUN_DEVICE_KEYS,
+    BnMode,
+    CoreMode,
+    DeviceConfig,
+    FlipGuard,
+    HeadKind,
+    Policy,
+    check_flip_budget,
+    parse_policy,
+)
 from qcore.errors import QCoreError
 
-FlipGuard = Literal["pass", "backtrack", "layer", "off"]
-BnMode = Literal["reestimate", "frozen"]
-CoreMode = Literal["proportional", "stratified", "balanced"]
-HeadKind = Literal["model", "slda"]
-FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
-BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
-CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
-HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
-DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
-# chosen on validation pairs (docs/results.md, "Confidence, novelty and the drift trigger")
-NEW_CLASS_MIN = 3
-CONFIDENCE_DOF = 30.0
-CONFIDENCE_TEMPERATURE = 2.0
-DRIFT_SHARE = 0.7
-DRIFT_RELEASE = 0.05
-CONFIDENCE_NOVELTY_POWER = 1.0
+_DEVICE = DeviceConfig()
+
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
 # (ANY: at every value, as the shrinkage of a head that did not exist).
@@ -95,166 +97,8 @@ def settings_before(stored: dict[str, object]) -> dict[str, object]:
     return {k: v(stored) if callable(v) else v for k, v in ADDED_SETTINGS.items()}
 
 
-def check_flip_budget(key: str, budget: float) -> None:
-    """A flip budget is a share of the codes in (0, 1] (None: no cap)."""
-    if not 0.0 < budget <= 1.0:
-        raise QCoreError(f"flip budget must lie in (0, 1], got {budget}")
-
-
 def _check_bits(key: str, bits: int) -> None:
     check_bits(bits)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """When a device calibrates: ``kind`` "every" (each ``every``-th batch) or "drift"."""
-
-    kind: Literal["every", "drift"]
-    every: int = 1
-
-    def __str__(self) -> str:
-        if self.kind == "drift":
-            return "drift"
-        return "every" if self.every == 1 else f"every:{self.every}"
-
-
-def parse_policy(spec: object) -> Policy:
-    """``"every"``, ``"every:N"`` (N >= 1) or ``"drift"`` -> :class:`Policy`."""
-    if spec == "every":
-        return Policy("every")
-    if spec == "drift":
-        return Policy("drift")
-    if isinstance(spec, str) and spec.startswith("every:"):
-        n = spec.split(":", 1)[1]
-        if n.isdigit() and int(n) >= 1:
-            return Policy("every", int(n))
-    raise QCoreError(f"unknown policy {spec!r}: choose every, every:N (N >= 1) or drift")
-
-
-def _check_policy(key: str, spec: str) -> None:
-    parse_policy(spec)
-
-
-@dataclass(frozen=True)
-class DeviceConfig(Settings):
-    """How a device calibrates; stored in the artifact's ``device`` section."""
-
-    head: HeadKind = setting(
-        "model",
-        "model: predict with the deployed head; slda: with the streaming closed-form head "
-        "(class means and shared covariance of pooled features, updated by every label)",
-    )
-    head_shrinkage: float = setting(
-        1e-3, "slda head: covariance shrinkage towards the identity, in (0, 1]", "(0, 1]"
-    )
-    head_bits: int | None = setting(
-        None, "slda head: weights rounded to this many bits per class (none: float32)", _check_bits
-    )
-    flip_steps: int = setting(
-        3, "flip passes per calibration step (each one forward pass; 0: no flips)", ">= 0"
-    )
-    flip_guard: FlipGuard = setting(
-        "pass",
-        "pass: keep a pass only if the loss on core+batch does not rise; backtrack: retry a "
-        "rejected pass with its most confident half, quarter, ...; layer: accept each "
-        "layer's flips on their own; off: apply every pass",
-    )
-    flip_budget: float | None = setting(
-        DEFAULT_FLIP_BUDGET,
-        "most codes one pass may move, as a share of all codes (none: no cap)",
-        check_flip_budget,
-    )
-    bn_mode: BnMode = setting(
-        "reestimate", "reestimate: BatchNorm statistics from core+batch each step; frozen: keep"
-    )
-    core_mode: CoreMode = setting(
-        "proportional",
-        "core draw: proportional to misses, stratified (PMF over miss counts) or balanced "
-        "(equal quota per class)",
-    )
-    old_quota: float | None = setting(
-        None,
-        "share of the core reserved for old samples at each update (none: by score)",
-        "[0, 1]",
-    )
-    guard_margin: float = setting(
-        0.05, "roll a step back when accuracy on the old core or the batch drops by more", "[0, 1]"
-    )
-    reset_window: int = setting(
-        5,
-        "return to the deployed model when, over this many recent labelled batches, the "
-        "device predicted worse than the deployed model would have (0: never)",
-        ">= 0",
-    )
-    reset_margin: float = setting(
-        0.02, "reset only when the device's accuracy over that window is lower by more", "[0, 1]"
-    )
-    reset_alpha: float | None = setting(
-        0.05,
-        "while the backbone has not moved (the device learns only its head), reset only when, "
-        "in addition, an exact one-sided sign test on the windows where the device and the "
-        "deployed model disagree gives p below this (none: the margin alone)",
-        "(0, 1]",
-    )
-    pseudo_threshold: float | None = setting(
-        None,
-        "slda head: a window without a label whose confidence reaches this is added to the "
-        "statistics as its predicted class (none: unlabelled windows are only predicted)",
-        "(0, 1]",
-    )
-    new_class_min: int = setting(
-        NEW_CLASS_MIN,
-        "slda head: a class the device learns is predicted once it has this many labelled "
-        "windows (one mislabelled window cannot take predictions)",
-        ">= 1",
-    )
-    confidence_dof: float = setting(
-        CONFIDENCE_DOF,
-        "slda head: degrees of freedom of the Student-t behind the confidence (smaller: a "
-        "window far from every class is less sure)",
-        "> 0",
-    )
-    confidence_temperature: float = setting(
-        CONFIDENCE_TEMPERATURE,
-        "slda head: temperature of the confidence (larger: less sure)",
-        "> 0",
-    )
-    confidence_novelty_power: float = setting(
-        CONFIDENCE_NOVELTY_POWER,
-        "slda head: a novel window's temperature grows as its novelty to this power (0: "
-        "one temperature for all)",
-        ">= 0",
-    )
-    novelty_threshold: float | None = setting(
-        None,
-        "slda head: squared Mahalanobis distance to the nearest class mean beyond which a "
-        "window is novel (the cloud sets it: 95% of held-out source windows lie within)",
-        "> 0",
-    )
-    drift_share: float = setting(
-        DRIFT_SHARE,
-        "policy=drift with a novelty threshold: calibrate on a batch when at least this "
-        "share of its windows is novel",
-        "(0, 1]",
-    )
-    drift_release: float = setting(
-        DRIFT_RELEASE,
-        "policy=drift with a novelty threshold: once in drift, calibrate on each batch until "
-        "its novel share falls to this or below",
-        "[0, 1)",
-    )
-    policy: str = setting("every", "when to calibrate: every, every:N or drift", _check_policy)
-    seed: int = setting(0, "seed of the core updates (with the step number)")
-
-    @property
-    def schedule(self) -> Policy:
-        return parse_policy(self.policy)
-
-
-DEVICE_KEYS = tuple(f.name for f in fields(DeviceConfig))
-# the device settings a run holds in its ``device`` field (its seed is the run's)
-RUN_DEVICE_KEYS = tuple(k for k in DEVICE_KEYS if k != "seed")
-_DEVICE = DeviceConfig()
 
 
 def _check_core_size(key: str, size: float) -> None:

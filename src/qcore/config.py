@@ -1,10 +1,11 @@
 """Every setting, in frozen dataclasses: the one home of defaults, help and constraints.
 
 :class:`DeviceConfig` (:mod:`qcore.device_config`, imported here) is what a device's
-calibration step reads; it travels in the artifact. :class:`RunConfig` is a whole run (data, model, training, bit-widths, methods) and holds
-the device settings its methods start from in its field ``device``; a method may fix some
-of them (:mod:`qcore.methods.registry`). Library code takes these objects; only the CLI
-parses TOML files and ``key=value`` overrides into them, with errors that name the
+calibration step reads; it travels in the artifact. :class:`RunConfig` is a whole run
+(data, model, training, bit-widths, methods) and holds the device settings its methods
+start from in its field ``device``; a method may fix some of them
+(:mod:`qcore.methods.registry`). Library code takes these objects; only the CLI parses
+TOML files and ``key=value`` overrides into them, with errors that name the
 offending key. A run's settings are written flat: one key per setting, the device's
 among the run's (``seed`` once: the run's seed is also the device's), so a flat TOML file,
 ``--set head_shrinkage=0.1`` and every stored ``results.json`` read alike.

@@ -764,7 +764,12 @@ def test_predictions_file_has_a_row_per_window(parts, tmp_path, capsys) -> None:
     first = [r for r in rows if r[0] == "b00.npz"]
     assert [r[3] for r in first] == lines[0]["predicted"]
     assert [float(r[4]) for r in first] == lines[0]["confidences"]
+    assert [r[5] for r in first] == [""] * len(first)  # no novelty threshold: no novelty
     assert {r[1] for r in first} == {"1"}
+    out.write_text("batch,step,window,predicted,confidence\n")  # an older qcore's file
+    assert main([*args, "--predictions", str(out)]) == 2
+    assert "has the columns batch,step,window,predicted,confidence" in capsys.readouterr().err
+    assert out.read_text() == "batch,step,window,predicted,confidence\n"
 
 
 # ------------------------------------------------------- decisions (mutation survivors)

@@ -1,11 +1,13 @@
-"""Page-Hinkley drift detection on a confidence stream."""
+"""The drift detectors: Page-Hinkley on a confidence stream, the novelty trigger."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qcore.edge.drift import PageHinkley
+from qcore.config import DeviceConfig
+from qcore.edge.drift import NoveltyTrigger, PageHinkley
+from qcore.edge.schedule import is_due, make_detector
 from qcore.errors import QCoreError
 
 
@@ -182,3 +184,58 @@ def test_infinite_input_and_a_state_that_is_no_mapping_are_rejected() -> None:
         PageHinkley.from_dict([("n", 1)])
     with pytest.raises(QCoreError, match="unknown Page-Hinkley fields: bogus, extra$"):
         PageHinkley.from_dict({"extra": 1, "bogus": 2, "n": 0})
+
+
+# ------------------------------------------------------------------- novelty trigger
+
+
+def test_the_novelty_trigger_enters_at_its_share_and_leaves_at_its_release() -> None:
+    trig = NoveltyTrigger(enter=0.7, leave=0.05)
+    shares = [0.1, 0.69, 0.7, 0.3, 0.06, 0.05, 0.5, 0.7, 0.0]
+    fired = [trig.update(s) for s in shares]
+    assert fired == [False, False, True, True, True, False, False, True, False]
+    assert trig.to_dict() == {"active": False}
+
+
+@pytest.mark.parametrize(("enter", "leave"), [(0.5, 0.5), (0.3, 0.6), (1.2, 0.1), (0.5, -0.1)])
+def test_a_trigger_that_leaves_before_it_enters_is_refused(enter, leave) -> None:
+    with pytest.raises(QCoreError, match=r"drift_release .* must lie below drift_share"):
+        NoveltyTrigger(enter=enter, leave=leave)
+
+
+def test_a_novel_share_outside_zero_one_is_refused() -> None:
+    with pytest.raises(QCoreError, match="novel share lies in"):
+        NoveltyTrigger(0.7, 0.05).update(1.5)
+
+
+def test_the_detector_is_the_novelty_trigger_only_with_a_head_and_a_threshold() -> None:
+    cfg = DeviceConfig(novelty_threshold=50.0, drift_share=0.6, drift_release=0.1)
+    trig = make_detector(cfg, True, {"active": True})
+    assert trig == NoveltyTrigger(0.6, 0.1, True)  # resumed in drift
+    assert make_detector(cfg, True, None) == NoveltyTrigger(0.6, 0.1, False)
+    # a Page-Hinkley state saved before the device had novelty starts the trigger afresh
+    assert make_detector(cfg, True, PageHinkley(n=3).to_dict()) == NoveltyTrigger(0.6, 0.1)
+    saved = PageHinkley(n=3, mean=0.9).to_dict()
+    assert make_detector(cfg, False, saved) == PageHinkley(n=3, mean=0.9)
+    assert make_detector(DeviceConfig(), True, saved) == PageHinkley(n=3, mean=0.9)
+    given = PageHinkley(threshold=0.5)
+    got = make_detector(DeviceConfig(), True, None, given)
+    assert got == given and got is not given
+    assert make_detector(DeviceConfig(), True, {"active": True}) == PageHinkley()
+
+
+def test_the_drift_policy_asks_the_trigger_with_the_batchs_novel_share() -> None:
+    cfg = DeviceConfig(novelty_threshold=1.0, policy="drift")
+    trig = NoveltyTrigger(0.5, 0.1)
+    conf = np.full(4, 0.99)
+    assert is_due(cfg.schedule, cfg, 1, trig, conf, np.array([2.0, 2.0, 0.1, 0.1])) == (True, True)
+    assert is_due(cfg.schedule, cfg, 2, trig, conf, np.array([0.1, 0.1, 0.1, 0.1])) == (
+        False,
+        False,
+    )
+    every = DeviceConfig(policy="every:2").schedule
+    assert is_due(every, cfg, 2, trig, conf, np.full(4, 9.0)) == (True, False)
+    assert is_due(every, cfg, 3, trig, conf, np.full(4, 9.0)) == (False, False)
+    ph = PageHinkley(min_samples=1, threshold=0.1)
+    assert is_due(cfg.schedule, cfg, 1, ph, np.full(4, 0.9), None) == (False, False)
+    assert is_due(cfg.schedule, cfg, 2, ph, np.full(4, 0.2), None) == (True, True)

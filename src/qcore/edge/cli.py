@@ -43,7 +43,25 @@ from qcore.errors import QCoreError
 __all__ = ["PREDICTIONS_HEADER", "add_commands"]
 
 # columns of `--predictions FILE`, written once at the top of a new or empty file
-PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence")
+# (novelty is empty for a device without a novelty threshold)
+PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence", "novelty")
+
+
+def _check_predictions_header(path: Path) -> None:
+    """Refuse to append to a predictions file whose columns are not :data:`PREDICTIONS_HEADER`
+    (e.g. one written by an older qcore), before any batch is consumed."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            first = next(csv.reader(f), None)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise QCoreError(f"cannot read the predictions file {path}: {exc}") from None
+    if first is not None and tuple(first) != PREDICTIONS_HEADER:
+        raise QCoreError(
+            f"predictions file {path} has the columns {','.join(first)}; this qcore writes "
+            f"{','.join(PREDICTIONS_HEADER)}: give a new file"
+        )
 
 
 def _deployed_bits(folder: Path) -> list[int]:
@@ -127,6 +145,7 @@ def _cmd_device(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         out = None
         if args.predictions is not None:
+            _check_predictions_header(Path(args.predictions))
             out = stack.enter_context(open(args.predictions, "a", newline="", encoding="utf-8"))
             if out.tell() == 0:  # a new or empty file: the header, once
                 csv.writer(out).writerow(PREDICTIONS_HEADER)
@@ -169,10 +188,11 @@ def _consume(
         save_state(args.state, device.art)
         processed += 1
         if predictions is not None:
-            rows = zip(report.predicted, report.confidences, strict=True)
+            novelty = report.novelty or [""] * report.n
+            rows = zip(report.predicted, report.confidences, novelty, strict=True)
             writer = csv.writer(predictions)
-            for k, (label, confidence) in enumerate(rows):
-                writer.writerow([name, report.step, k, label, confidence])
+            for k, (label, confidence, far) in enumerate(rows):
+                writer.writerow([name, report.step, k, label, confidence, far])
             predictions.flush()
         print(json.dumps({"batch": name, **report.to_dict()}, allow_nan=False), flush=True)
     return processed, skipped, repeated
@@ -274,7 +294,7 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         default=None,
         help="append one CSV row per window (a new file starts with the header batch, step, "
-        "window, predicted, confidence)",
+        "window, predicted, confidence, novelty)",
     )
     dev.set_defaults(func=_cmd_device)
 

@@ -98,7 +98,7 @@ def head_signals(
     d2 = sq_distances(scores, features, precision)
     novelty = None if novelty_threshold is None else d2.min(axis=1) / novelty_threshold
     if novelty is not None and power > 0:
-        temperature = temperature * np.maximum(novelty, 1.0) ** power  # type: ignore[assignment]
+        temperature = temperature * np.maximum(novelty, 1.0) ** power
     probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
     return Signals(probs, novelty)
 

@@ -18,6 +18,7 @@ from qcore.cloud.train import train_float
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import encode_artifact, save_artifact
 from qcore.edge.backbone import solve_head
+from qcore.edge.classes import class_table, drop_class
 from qcore.edge.device import Device
 from qcore.edge.head import UNSEEN, HeadStats, batch_stats, grow, update
 from qcore.edge.state import load_state, save_state
@@ -236,6 +237,23 @@ def test_dropping_a_learnt_class_is_as_if_its_windows_never_came(two_class_artif
         assert np.abs(got - want).max() <= 1e-5, part
     assert dev.art.head.n_learnt == 0
     np.testing.assert_array_equal(dev.predict(B.raw(X)), ref.predict(B.raw(X)))
+    # and the state after the drop survives a save and a reload like any other
+    save_state(tmp_path / "s.qcore", dev.art)
+    again = Device(load_state(tmp_path / "s.qcore"), deployed=art, allow_new_classes=True)
+    assert again.art.class_names == ref.art.class_names and again.art.head.n_learnt == 0
+    np.testing.assert_array_equal(again.art.head.scatter, dev.art.head.scatter)
+    np.testing.assert_array_equal(again.predict(B.raw(X)), ref.predict(B.raw(X)))
+
+
+def test_classes_of_an_artifact_without_head_statistics_have_no_count(two_class_artifact):
+    art, _, _ = two_class_artifact
+    bare = replace(art, head=None, device=art.device.replace(head="model"))
+    assert class_table(bare) == [
+        {"index": 0, "name": "low", "origin": "cloud", "count": None},
+        {"index": 1, "name": "mid", "origin": "cloud", "count": None},
+    ]
+    with pytest.raises(QCoreError, match="came with the cloud"):
+        drop_class(bare, "mid")
 
 
 def test_only_a_class_the_device_learnt_can_be_dropped(two_class_artifact):

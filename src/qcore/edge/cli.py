@@ -188,7 +188,9 @@ def _consume(
         save_state(args.state, device.art)
         processed += 1
         if predictions is not None:
-            novelty = report.novelty or [""] * report.n
+            novelty: list[float | str] = (
+                [""] * report.n if report.novelty is None else [*report.novelty]
+            )
             rows = zip(report.predicted, report.confidences, novelty, strict=True)
             writer = csv.writer(predictions)
             for k, (label, confidence, far) in enumerate(rows):

@@ -1,0 +1,66 @@
+"""Which windows a device asks labels for (qcore.edge.asking)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcore.edge.asking import LABEL_POLICIES, ask, budget
+from qcore.errors import QCoreError
+
+# five windows, three classes: predicted 0, 0, 1, 2, 1; margins 0.8, 0.1, 0.3, 0.05, 0.5
+PROBS = np.array(
+    [
+        [0.9, 0.1, 0.0],
+        [0.5, 0.4, 0.1],
+        [0.2, 0.5, 0.3],
+        [0.3, 0.325, 0.375],
+        [0.0, 0.75, 0.25],
+    ]
+)
+NOVELTY = np.array([0.5, 3.0, 1.0, 2.0, 4.0])
+
+
+def test_margin_asks_for_the_windows_the_head_is_least_sure_between() -> None:
+    assert ask("margin", 2, PROBS, None).tolist() == [1, 3]
+    assert ask("margin", 0, PROBS, None).tolist() == []
+
+
+def test_novel_asks_for_the_windows_furthest_from_what_the_device_knows() -> None:
+    assert ask("novel", 2, PROBS, NOVELTY).tolist() == [1, 4]
+    with pytest.raises(QCoreError, match="needs the device's novelty"):
+        ask("novel", 2, PROBS, None)
+
+
+def test_cover_asks_first_for_the_classes_with_the_fewest_labels() -> None:
+    # margin order 3, 1, 2, 4, 0; the best window per predicted class: class 0 window 1,
+    # class 1 window 2, class 2 window 3; the classes with the fewest labels first
+    assert ask("margin-cover", 2, PROBS, None, np.array([0, 0, 0])).tolist() == [1, 2]
+    assert ask("margin-cover", 2, PROBS, None, np.array([9, 5, 0])).tolist() == [2, 3]
+    assert ask("margin", 2, PROBS, None).tolist() == [1, 3]  # without cover: by margin only
+    # novel order 4, 1, 3, 2, 0: class 1 (window 4), class 0 (window 1), class 2 (window 3)
+    assert ask("novel-cover", 1, PROBS, NOVELTY, np.array([3, 3, 0])).tolist() == [3]
+    assert ask("novel-cover", 4, PROBS, NOVELTY, None).tolist() == [1, 2, 3, 4]
+    with pytest.raises(QCoreError, match="one count per class"):
+        ask("margin-cover", 1, PROBS, None, np.zeros(2))
+
+
+def test_random_draws_from_its_generator_and_every_policy_keeps_the_budget() -> None:
+    a = ask("random", 3, PROBS, None, rng=np.random.default_rng(0))
+    b = ask("random", 3, PROBS, None, rng=np.random.default_rng(0))
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 3
+    for policy in LABEL_POLICIES:
+        got = ask(policy, 3, PROBS, NOVELTY, np.zeros(3), np.random.default_rng(1))
+        assert len(got) == 3 and got.dtype == np.int64 and (np.diff(got) > 0).all()
+    with pytest.raises(QCoreError, match="needs a random generator"):
+        ask("random", 1, PROBS, None)
+
+
+def test_a_budget_is_the_nearest_count_and_bad_requests_are_refused() -> None:
+    assert [budget(23, f) for f in (0.0, 0.05, 0.1, 1.0)] == [0, 1, 2, 23]
+    with pytest.raises(QCoreError, match="share in"):
+        budget(10, 1.5)
+    with pytest.raises(QCoreError, match="unknown label_policy 'smart'"):
+        ask("smart", 1, PROBS, None)
+    with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
+        ask("margin", 6, PROBS, None)

@@ -7,7 +7,7 @@ import pytest
 
 from qcore.config import DeviceConfig
 from qcore.edge.drift import NoveltyTrigger, PageHinkley
-from qcore.edge.schedule import is_due, make_detector
+from qcore.edge.schedule import is_due, make_detector, pseudo_labelled
 from qcore.errors import QCoreError
 
 
@@ -199,8 +199,25 @@ def test_the_novelty_trigger_enters_at_its_share_and_leaves_at_its_release() -> 
 
 @pytest.mark.parametrize(("enter", "leave"), [(0.5, 0.5), (0.3, 0.6), (1.2, 0.1), (0.5, -0.1)])
 def test_a_trigger_that_leaves_before_it_enters_is_refused(enter, leave) -> None:
-    with pytest.raises(QCoreError, match=r"drift_release .* must lie below drift_share"):
+    with pytest.raises(
+        QCoreError, match=r"drift_release .* must lie below drift_share .*, both in \[0, 1\]$"
+    ):
         NoveltyTrigger(enter=enter, leave=leave)
+
+
+def test_the_trigger_takes_the_ends_of_its_ranges() -> None:
+    assert NoveltyTrigger(enter=1.0, leave=0.0).update(1.0)
+    with pytest.raises(QCoreError, match="active must be true or false, got 1"):
+        NoveltyTrigger(0.5, 0.1, active=1)  # type: ignore[arg-type]
+
+
+def test_pseudo_labels_go_to_unlabelled_windows_at_or_above_the_threshold() -> None:
+    conf = np.array([0.9, 0.5, 0.7, 0.95])
+    labels = np.array([-1, -1, -1, 2])
+    assert pseudo_labelled(0.7, labels, conf).tolist() == [True, False, True, False]
+    assert pseudo_labelled(0.7, None, conf).tolist() == [True, False, True, True]
+    assert pseudo_labelled(None, labels, conf) is None
+    assert pseudo_labelled(0.96, labels, conf) is None  # none chosen: None
 
 
 def test_a_novel_share_outside_zero_one_is_refused() -> None:

@@ -253,7 +253,7 @@ def test_classes_of_an_artifact_without_head_statistics_have_no_count(two_class_
         {"index": 1, "name": "mid", "origin": "cloud", "count": None},
     ]
     with pytest.raises(QCoreError, match="came with the cloud"):
-        drop_class(bare, "mid")
+        drop_class(bare, "mid", 0)
 
 
 def test_only_a_class_the_device_learnt_can_be_dropped(two_class_artifact):
@@ -390,3 +390,24 @@ def test_new_class_min_travels_in_the_state_and_is_listed_by_help(
         main(["device", str(path), "--help"])
     assert done.value.code in (0, None)
     assert "\n  new_class_min = 4\n" in capsys.readouterr().out
+
+
+def test_dropping_one_of_two_learnt_classes_keeps_the_other_and_its_name(two_class_artifact):
+    art, X, y = two_class_artifact
+    dev = Device(art, allow_new_classes=True)
+    new, old = np.flatnonzero(y == NEW)[:6], np.flatnonzero(y == 0)[:6]
+    dev.step(B.raw(X[new]), _names(y[new]))
+    dev.step(B.raw(X[old]), np.array(["zzz"] * 6))  # a second learnt class, after "high"
+    assert dev.art.class_names == ("low", "mid", "high", "zzz")
+    dev.drop_class("high")
+    assert dev.art.class_names == ("low", "mid", "zzz")
+    table = class_table(dev.art)
+    assert [r["name"] for r in table] == ["low", "mid", "zzz"] and table[2]["count"] == 6.0
+    assert table[2]["origin"] == "device" and table[0]["origin"] == "cloud"
+
+
+def test_the_class_table_rounds_weights_to_three_decimals(two_class_artifact):
+    art, _, _ = two_class_artifact
+    count = np.array([1 / 3, 2.00049], np.float32)
+    head = replace(art.head, count=count)
+    assert [r["count"] for r in class_table(replace(art, head=head))] == [0.333, 2.0]

@@ -46,6 +46,17 @@ def test_distances_come_from_the_scores_and_one_quadratic_form(head) -> None:
     assert (sq_distances(np.full((1, 2), 5.0), np.zeros((1, 3)), np.eye(3)) == 0).all()  # clip
 
 
+def test_distances_are_computed_in_float64_whatever_the_inputs() -> None:
+    """Far from the origin, x Λ x - 2 score cancels: float32 would lose the distance."""
+    mean = np.full((1, 8), 1000.0)
+    x = (mean + np.linspace(-1, 1, 8)).astype(np.float32)
+    scores = x.astype(np.float64) @ mean.T - 0.5 * (mean * mean).sum(1)  # precision I
+    got = sq_distances(scores, x, np.eye(8, dtype=np.float32))
+    want = ((x.astype(np.float64) - mean) ** 2).sum(1, keepdims=True)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_the_confidence_is_a_tempered_student_t_posterior_by_hand() -> None:
     d2 = np.array([[1.0, 4.0]])
     # dof 2, 2 features, temperature 1: scores -2 log(1 + d2 / 2) = -2 log 1.5, -2 log 3
@@ -103,10 +114,26 @@ def test_novelty_is_the_smallest_distance_over_the_threshold(head) -> None:
     _, solved = head
     x, _ = gaussian_classes(10, 4)
     scores = logits(solved.weight, solved.bias, x)
-    sig = head_signals(scores, x, solved.precision, 30.0, 2.0, 7.0)
+    sig = head_signals(scores, x, solved.precision, 30.0, 2.0, 7.0, 0.0)
     d2 = sq_distances(scores, x, solved.precision)
     np.testing.assert_allclose(sig.novelty, d2.min(1) / 7.0)
-    assert head_signals(scores, x, solved.precision, 30.0, 2.0, None).novelty is None
+    np.testing.assert_array_equal(sig.probs, calibrated_probs(d2, 4, 30.0, 2.0))
+    # without a threshold there is no novelty, and no novelty temperature either
+    blind = head_signals(scores, x, solved.precision, 30.0, 2.0, None, 2.0)
+    assert blind.novelty is None
+    np.testing.assert_array_equal(blind.probs, sig.probs)
+
+
+def test_a_novel_windows_temperature_is_its_novelty_to_the_power(head) -> None:
+    _, solved = head
+    x, _ = gaussian_classes(10, 4)
+    x[:4] *= 3.0
+    scores = logits(solved.weight, solved.bias, x)
+    d2 = sq_distances(scores, x, solved.precision)
+    novelty = d2.min(1) / 7.0
+    sig = head_signals(scores, x, solved.precision, 30.0, 2.0, 7.0, 2.0)
+    want = calibrated_probs(d2, 4, 30.0, 2.0 * np.maximum(novelty, 1.0) ** 2)
+    np.testing.assert_allclose(sig.probs, want, rtol=1e-12)
 
 
 def test_the_novel_share_counts_windows_strictly_beyond_the_threshold() -> None:
@@ -129,6 +156,23 @@ def test_the_cloud_threshold_leaves_about_five_percent_of_new_windows_beyond_it(
     assert limit > float(np.quantile(_in_sample(x, y), NOVELTY_QUANTILE))
     with pytest.raises(QCoreError, match="at least 5 windows"):
         fit_novelty_threshold(x[:4], y[:4], 3, 0.01, seed=0)
+    assert np.isfinite(fit_novelty_threshold(x[:5], y[:5], 3, 0.01, seed=0))  # one per fold
+
+
+def test_the_cloud_threshold_by_hand() -> None:
+    """Five folds drawn from the seed, each window scored by a head fitted on the other
+    four, and the 95th percentile of the smallest distances."""
+    x, y = gaussian_classes(50, 7)
+    fold = np.random.default_rng([3, 0x40E1]).permutation(50) % 5
+    smallest = np.empty(50)
+    for k in range(5):
+        stats = batch_stats(x[fold != k], y[fold != k], 3)
+        weight, bias = solve(stats, 0.1)
+        held = x[fold == k]
+        d2 = sq_distances(logits(weight, bias, held), held, precision(stats, 0.1))
+        smallest[fold == k] = d2.min(1)
+    want = float(np.quantile(smallest, 0.95))
+    assert fit_novelty_threshold(x, y, 3, 0.1, seed=3) == pytest.approx(want, rel=1e-12)
 
 
 def _in_sample(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -147,7 +191,15 @@ def test_signals_of_chunks_join_into_one() -> None:
 
 
 def test_a_device_without_a_streaming_head_reports_the_softmax() -> None:
-    scores = np.array([[0.0, np.log(3.0)], [5.0, 5.0]], np.float32)
+    scores = np.array([[0.0, np.log(3.0)], [5.0, 5.0], [1000.0, 0.0]], np.float32)
     sig = batch_signals(None, DeviceConfig(), scores, None)
-    np.testing.assert_allclose(sig.confidence, [0.75, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(sig.confidence, [0.75, 0.5, 1.0], rtol=1e-6)
+    assert sig.novelty is None and sig.probs.dtype == np.float64
+
+
+def test_a_streaming_head_without_features_reports_the_softmax(head) -> None:
+    _, solved = head
+    scores = np.array([[0.0, np.log(3.0), -np.inf]], np.float32)
+    sig = batch_signals(solved, DeviceConfig(novelty_threshold=5.0), scores, None)
+    np.testing.assert_allclose(sig.probs, [[0.25, 0.75, 0.0]], rtol=1e-6)
     assert sig.novelty is None

@@ -35,7 +35,7 @@ def class_table(art: Artifact) -> list[dict[str, object]]:
     ]
 
 
-def drop_class(art: Artifact, name: str, keep: int = 0) -> Artifact:
+def drop_class(art: Artifact, name: str, keep: int) -> Artifact:
     """``art`` without the device class ``name``; the classes of the first ``keep``
     indices (those of the artifact the device was deployed with) cannot be dropped."""
     if name not in art.class_names:

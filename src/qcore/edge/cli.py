@@ -324,7 +324,7 @@ def _add_reset(sub: argparse._SubParsersAction) -> None:
 def _cmd_classes(args: argparse.Namespace) -> None:
     art = load_artifact(args.state)
     if args.drop is not None:
-        art = drop_class(art, args.drop)
+        art = drop_class(art, args.drop, 0)  # a state alone: the cloud's classes stay
         save_state(args.state, art)
     rows = class_table(art)
     if args.json:

@@ -92,7 +92,7 @@ def head_signals(
     dof: float,
     temperature: float,
     novelty_threshold: float | None,
-    power: float = 0.0,
+    power: float,
 ) -> Signals:
     """Calibrated probabilities and novelty of one batch (see the module docstring)."""
     d2 = sq_distances(scores, features, precision)

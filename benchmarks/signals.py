@@ -42,6 +42,7 @@ from qcore.edge.artifact import Artifact, load_artifact  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
 from qcore.edge.infer import forward_features  # noqa: E402
 from qcore.edge.signals import fit_novelty_threshold, novel_share  # noqa: E402
+from qcore.eval.metrics import auroc, ece  # noqa: E402
 
 DOFS = (1.0, 3.0, 10.0, 30.0, 100.0)
 TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
@@ -51,27 +52,6 @@ POWER_TEMPERATURES = (1.0, 2.0, 5.0, 10.0)
 FIRST = [(d, t, 0.0) for d, t in itertools.product(DOFS, TEMPERATURES)]
 SECOND = [(30.0, t, p) for p, t in itertools.product(POWERS, POWER_TEMPERATURES)]
 SHARES = (0.1, 0.2, 0.3, 0.5, 0.7)
-
-
-def ece(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
-    idx = np.minimum((confidence * bins).astype(int), bins - 1)
-    return float(
-        sum(
-            (idx == b).mean() * abs(confidence[idx == b].mean() - right[idx == b].mean())
-            for b in range(bins)
-            if (idx == b).any()
-        )
-    )
-
-
-def auroc(score: np.ndarray, right: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    pos, neg = int(right.sum()), int((~right).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[right].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def with_threshold(art: Artifact, sc: Scenario, seed: int) -> Artifact:
@@ -115,13 +95,17 @@ def cell(run: Path, bits: int, sc: Scenario, seed: int) -> dict:
     ]
     return {
         "eces": eces,
-        "auroc_conf": auroc(sig.confidence, right),
-        "auroc_novelty": auroc(-sig.novelty, right),
+        "auroc_conf": _nan(auroc(sig.confidence, right)),
+        "auroc_novelty": _nan(auroc(-sig.novelty, right)),
         "acc_before": float(right.mean()),
         "target_shares": target_shares,
         "source_shares": source_shares,
         "threshold": before.device.novelty_threshold,
     }
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def first_fire(shares: list, share: float) -> int | None:

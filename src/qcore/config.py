@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from qcore.core.quant import check_bits
 from qcore.core.settings import (
@@ -56,6 +57,10 @@ from qcore.device_config import (  # noqa: F401  (re-exported: the settings are 
 from qcore.errors import QCoreError
 
 _DEVICE = DeviceConfig()
+# which windows of a batch the labels go to: qcore.edge.asking's LABEL_POLICIES (a test
+# holds the two equal; this module does not import qcore.edge)
+LabelPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
+LABEL_POLICIES: tuple[LabelPolicy, ...] = typing.get_args(LabelPolicy)
 
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value
@@ -75,6 +80,9 @@ ADDED_SETTINGS: dict[str, object] = {
     "reset_window": 0,
     "reset_margin": ANY,
     "label_fraction": 1.0,
+    # the windows given labels were drawn at random; at label fraction 0 or 1 there is
+    # nothing to choose, and every policy gives the same masks
+    "label_policy": lambda stored: ANY if stored.get("label_fraction", 1.0) in (0, 1) else "random",
     "pseudo_threshold": None,
     "new_classes": "",
     "head_source_weight": 1.0,
@@ -136,6 +144,12 @@ class RunConfig(Settings):
         "share of each stream batch's windows that reach the device with their label "
         "(seeded); the others arrive without one (accuracy is measured on all)",
         "[0, 1]",
+    )
+    label_policy: LabelPolicy = setting(
+        "random",
+        "which windows of a stream batch get the label_fraction's labels: random (seeded), "
+        "or those the streaming-head device asks for (margin, novel, margin-cover, "
+        "novel-cover: qcore.edge.asking); every method of the run gets the same",
     )
     # the small reference InceptionTime (57,030 parameters for 6 channels, 6 classes) keeps
     # the default run to minutes on 2 cores; configs/paper.toml has the paper's 32 x 6

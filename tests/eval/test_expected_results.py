@@ -69,7 +69,8 @@ def measured(tmp_path_factory) -> dict[str, dict[str, float]]:
 
 def test_every_method_has_stored_results(measured):
     stored = json.loads(EXPECTED.read_text())
-    assert stored["config"] == CONFIG.to_dict(), "settings changed: regenerate (see docstring)"
+    # settings added since, at the values that reproduce them, leave the results valid
+    assert CONFIG.made_with(stored["config"]), "settings changed: regenerate (see docstring)"
     assert set(stored["results"]) == set(measured)
 
 

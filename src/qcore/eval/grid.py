@@ -21,8 +21,10 @@ Presets:
   ``none,bn-stats,qcore,backprop,slda``. The cells of one source share one trained float
   model; its report adds the distribution over pairs (``pairs.md``, ``pairs.png``);
 * ``labels``: few labels: the test pairs of ``method`` at 2/4/8 bits, seeds 0/1/2, each
-  with label fractions 1, 0.25, 0.1, 0.05 and 0 (``label_fractions=...`` changes them),
-  methods ``none,bn-stats,backprop,slda``;
+  with label fractions 1, 0.25, 0.1, 0.05 and 0 (``label_fractions=...`` changes them) and
+  label policies ``random`` and the default one (``label_policies=...``; at fractions 0
+  and 1 the policy chooses nothing, so those cells are run once, as ``random``), methods
+  ``none,bn-stats,backprop,slda``;
 * ``newclass``: new classes: HAPT 1 -> 4 and 1 -> 25 at 2/4/8 bits, seed 0, each of the
   6 classes held out of the cloud in turn (``held_out=...`` changes them), methods
   ``none,slda,backprop``; its report adds ``newclass.md``.
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.config import RunConfig, parse_overrides
+from qcore.config import LABEL_POLICIES, RunConfig, check_choice, parse_overrides
 from qcore.errors import QCoreError
 
 # set per cell by the grid: a --set for them would be silently overwritten
@@ -51,19 +53,23 @@ Pair = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class Grid:
-    """Settings shared by every cell (``base``), the domain pairs, the seeds and the
-    label fractions (default: the base's alone)."""
+    """Settings shared by every cell (``base``), the domain pairs, the seeds, the label
+    fractions and the label policies (default: the base's alone)."""
 
     base: RunConfig
     pairs: tuple[Pair, ...]
     seeds: tuple[int, ...]
     label_fractions: tuple[float, ...] = ()
     new_classes: tuple[str, ...] = ()  # one cell per entry: the classes it holds out
+    label_policies: tuple[str, ...] = ()
 
     def cells(self) -> list[RunConfig]:
-        """One validated config per (pair, seed, bit-width, label fraction, held-out
-        classes), in that nesting order."""
+        """One validated config per (pair, seed, bit-width, label fraction, label policy,
+        held-out classes), in that nesting order. At label fractions 0 and 1 no window is
+        chosen (none or all carry a label): one cell, with policy ``random``, whatever the
+        policies."""
         fractions = self.label_fractions or (self.base.label_fraction,)
+        policies = self.label_policies or (self.base.label_policy,)
         held = self.new_classes or (self.base.new_classes,)
         return [
             self.base.replace(
@@ -73,24 +79,29 @@ class Grid:
                 seed=seed,
                 bits=(b,),
                 label_fraction=f,
+                label_policy=p,
                 new_classes=h,
             )  # fmt: skip
             for d, s, t in self.pairs
             for seed in self.seeds
             for b in self.base.bits
             for f in fractions
+            for p in (policies if 0.0 < f < 1.0 else ("random",))
             for h in held
         ]
 
 
 def cell_dir(out_dir: Path, cfg: RunConfig) -> Path:
     """``out_dir/cells/<dataset>-<source>-<target>-s<seed>-b<bits>``, with ``-l<fraction>``
-    when only that share of the stream's windows is labelled and ``-new-<classes>`` when
-    the cloud held classes out: one cell's run folder."""
+    when only that share of the stream's windows is labelled, ``-p<policy>`` when a policy
+    other than ``random`` chose them and ``-new-<classes>`` when the cloud held classes
+    out: one cell's run folder."""
     bits = "-".join(str(b) for b in cfg.bits)
     name = f"{cfg.dataset}-{cfg.source}-{cfg.target}-s{cfg.seed}-b{bits}"
     if cfg.label_fraction != 1.0:
         name += f"-l{cfg.label_fraction:g}"
+    if cfg.label_policy != "random" and 0.0 < cfg.label_fraction < 1.0:
+        name += f"-p{cfg.label_policy}"
     if cfg.new_classes:
         name += "-new-" + "".join(c if c.isalnum() else "_" for c in cfg.new_classes)
     return out_dir / "cells" / name
@@ -165,7 +176,8 @@ def _wide() -> Grid:
 def _labels() -> Grid:
     base = RunConfig(bits=(2, 4, 8), method=LABELS_METHODS, threads=1)
     pairs = _with_uschad((("hapt", 1, 4), ("hapt", 1, 25)))
-    return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS)
+    policies = tuple(dict.fromkeys(("random", base.label_policy)))  # random and the default
+    return Grid(base, pairs, (0, 1, 2), LABEL_FRACTIONS, label_policies=policies)
 
 
 def _newclass() -> Grid:
@@ -236,9 +248,9 @@ def _parse_list(key: str, text: str, convert: Callable[[str], Any]) -> tuple:
 def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """A preset changed by ``key=value`` overrides.
 
-    ``pairs=dataset:source:target,...``, ``seeds=0,1,...``, ``label_fractions=1,0.1,...``
-    and ``held_out=CLASS,...`` (one cell per class held out of the cloud) change the grid;
-    any other
+    ``pairs=dataset:source:target,...``, ``seeds=0,1,...``, ``label_fractions=1,0.1,...``,
+    ``label_policies=random,margin,...`` and ``held_out=CLASS,...`` (one cell per class
+    held out of the cloud) change the grid; any other
     key is a :class:`RunConfig` setting for every cell (``bits=2,4``, ``method=none,er``,
     ``epochs=2``, ...). ``dataset``/``source``/``target``/``seed`` belong to the grid.
     """
@@ -258,7 +270,12 @@ def make_grid(name: str = "quick", overrides: list[str] | tuple[str, ...] = ()) 
     held = grid.new_classes
     if "held_out" in sets:
         held = _parse_list("held_out", sets.pop("held_out"), str)
+    policies = grid.label_policies
+    if "label_policies" in sets:
+        policies = _parse_list("label_policies", sets.pop("label_policies"), str)
+        for p in policies:
+            check_choice("label_policy", p, LABEL_POLICIES)
     data = {**grid.base.to_dict(), **sets}
-    grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions, held)
+    grid = Grid(RunConfig.from_dict(data), pairs, seeds, fractions, held, policies)
     grid.cells()  # validate every cell (e.g. source == target) before anything runs
     return grid

@@ -6,8 +6,9 @@ accuracy over the stream), ``DIR/bits.png`` (final target accuracy against bit-w
 ``DIR/cost.png`` (target accuracy against device time per step and against device
 bytes), for grids over many pairs ``DIR/pairs.png`` (the distribution over pairs) and
 for grids over label fractions ``DIR/labels.png`` (accuracy against the share of labelled
-windows), written by :func:`write_plots`. A grid of more than :data:`MAX_PANELS` pairs gets no
-per-pair plots (stream, bits): its pairs are summarised by ``pairs.png``.
+windows, a row of panels per label policy), written by :func:`write_plots`. A grid of more
+than :data:`MAX_PANELS` pairs gets no per-pair plots (stream, bits): its pairs are
+summarised by ``pairs.png``.
 """
 
 from __future__ import annotations
@@ -135,19 +136,25 @@ def write_plots(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
 
 def plot_labels(rows: list[dict], path: Path) -> None:
     """Final target accuracy against the share of labelled windows: one panel per
-    (dataset, pair), one line per method and bit-width (mean over seeds); the x-axis
-    places the fractions evenly, 0 to 1."""
+    (dataset, pair) and label policy (a row of panels per policy), one line per method
+    and bit-width (mean over seeds); the x-axis places the fractions evenly, 0 to 1."""
+    from qcore.eval.label_tables import policies_of, policy_rows
+
     plt = _pyplot()
+    policies = policies_of(rows)
     panels = sorted({(r["dataset"], r["scenario"]) for r in rows})
     fractions = sorted({r["label_fraction"] for r in rows})
     methods = sorted({r["base_method"] for r in rows})
     colors = _colors(methods)
     bits = sorted({r["bits"] for r in rows})
     widths = dict(zip(bits, (0.8, 1.3, 1.8, 2.3, 2.8), strict=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (d, sc) in zip(axes[0], panels, strict=True):
-        sub = groups([r for r in rows if (r["dataset"], r["scenario"]) == (d, sc)],
-                     ("base_method", "bits", "label_fraction"))  # fmt: skip
+    n = len(policies)
+    fig, axes = plt.subplots(n, len(panels), figsize=(4.6 * len(panels), 3.8 * n), squeeze=False)
+    where = [(ax, p, pair) for p, row in zip(policies, axes, strict=True)
+             for ax, pair in zip(row, panels, strict=True)]  # fmt: skip
+    for ax, policy, (d, sc) in where:
+        mine = [r for r in policy_rows(rows, policy) if (r["dataset"], r["scenario"]) == (d, sc)]
+        sub = groups(mine, ("base_method", "bits", "label_fraction"))
         values = []
         for m in methods:
             for b in bits:
@@ -163,13 +170,14 @@ def plot_labels(rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(fractions)), [f"{f:g}" for f in fractions])
         ax.set_xlabel("share of each batch's windows that carry a label")
         ax.set_ylabel("final target accuracy")
-        ax.set_title(f"{d} {sc}: final target accuracy (mean over seeds)", fontsize=9)
+        asked = f"\nlabelled windows: {policy}" if n > 1 else ""
+        ax.set_title(f"{d} {sc}: final target accuracy (mean over seeds){asked}", fontsize=9)
         _ylim(ax, values)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=7)
     fig.text(0.5, 0.005, FAMILIES + "; thicker lines: more bits", ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.86))
+    fig.tight_layout(rect=(0, 0.03 / n, 1, 1 - 0.14 / n))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

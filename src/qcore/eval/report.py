@@ -12,8 +12,8 @@ From the cells' ``results.json`` the report writes:
 * ``DIR/pairs.md``, only when a dataset has at least :data:`MIN_PAIRS` pairs: per method
   the distribution over pairs of the final target accuracy and of its gain over ``none``
   (quantiles, pairs gaining and losing), and the cells' wall times;
-* ``DIR/labels.md`` and ``DIR/newclass.md``, only for grids over label fractions or
-  classes held out of the cloud.
+* ``DIR/labels.md`` (:mod:`qcore.eval.label_tables`, per label policy) and
+  ``DIR/newclass.md``, only for grids over label fractions or classes held out of the cloud.
 
 Older results.json files (``NaN`` for a missing value, ``seconds`` and ``cloud_seconds``)
 read like current ones (``null``, ``step_ms``, ``cloud_s``); their rows lack the
@@ -32,6 +32,7 @@ import numpy as np
 from qcore.config import RunConfig
 from qcore.eval.flip_tables import flips_markdown
 from qcore.eval.grid import cell_dir
+from qcore.eval.label_tables import labels_markdown
 from qcore.eval.metrics import groups, mean_std
 
 # how well the method's confidence is calibrated (qcore.eval.calibration); None in rows
@@ -47,6 +48,7 @@ CSV_COLUMNS = (
     "method",
     "base_method",
     "label_fraction",
+    "label_policy",
     "seed",
     "target_acc",
     "source_acc",
@@ -56,6 +58,7 @@ CSV_COLUMNS = (
     "step_seconds",
     "cloud_seconds",
     "device_bytes",
+    "classes_never_labelled",
 )
 STREAM_COLUMNS = (
     "dataset",
@@ -95,11 +98,15 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
             "target": cfg.target,
         }
         fraction = float(res["config"].get("label_fraction", 1.0))
+        policy = str(res["config"].get("label_policy", "random"))
         for r in res["results"]:
             if "steps" not in r:
                 continue
-            # a stream with few labels is another row of its method: "slda@0.1"
+            # a stream with few labels is another row of its method: "slda@0.1", and
+            # "slda@0.1/margin" where a policy other than random chose the labelled windows
             name = r["method"] if fraction == 1.0 else f"{r['method']}@{fraction:g}"
+            if policy != "random" and 0.0 < fraction < 1.0:
+                name += f"/{policy}"
             rows.append(
                 {
                     **key,
@@ -107,11 +114,13 @@ def collect(out_dir: Path, cells: list[RunConfig]) -> tuple[list[dict], list[dic
                     "method": name,
                     "base_method": r["method"],
                     "label_fraction": fraction,
+                    "label_policy": policy,
                     "seed": cfg.seed,
                     **{k: _number(r[k]) for k in ACCURACIES},
                     **{k: _optional(r.get(k)) for k in CALIBRATION},
                     **_timings(r),
                     "device_bytes": r["device_bytes"],
+                    "classes_never_labelled": r.get("classes_never_labelled"),
                     "cell_seconds": _number(res.get("wall_s", res.get("seconds"))),
                     **{k: _number(r[k]) for k in NEW_CLASS_KEYS[:2] if k in r},
                     **({"windows_to_recall": r["windows_to_recall"]} if "new_recall" in r else {}),
@@ -288,44 +297,6 @@ def pairs_markdown(rows: list[dict]) -> str:
             )
         parts.append("")
     return "\n".join(parts)
-
-
-def labels_markdown(rows: list[dict]) -> str:
-    """The text of ``labels.md`` when the rows hold streams with few labels: per dataset,
-    pair and bit-width, a row per method and a column per label fraction (final target
-    accuracy, mean over seeds), then for every method the share of its full-label gain
-    over ``none`` it keeps at each fraction; empty otherwise."""
-    fractions = sorted({r["label_fraction"] for r in rows}, reverse=True)
-    if fractions == [1.0] or not fractions:
-        return ""
-    out = [
-        "# Few labels: final target accuracy against the share of labelled windows\n\n"
-        "Mean over seeds. Kept: the method's gain over `none` at that fraction as a share of "
-        "its gain with every label (both against `none` at the same fraction).\n"
-    ]
-    for (d, sc, b), rs in sorted(groups(rows, ("dataset", "scenario", "bits")).items()):
-        acc = {k: float(np.mean([r["target_acc"] for r in g]))
-               for k, g in groups(rs, ("base_method", "label_fraction")).items()}  # fmt: skip
-        methods = sorted({r["base_method"] for r in rs})
-        head = " | ".join(f"{f:g}" for f in fractions)
-        out.append(f"## {d} {sc}, {b} bits\n\n| method | {head} |\n|---|{'---|' * len(fractions)}")
-        for m in methods:
-            out.append(
-                f"| {m} | "
-                + " | ".join(f"{acc[(m, f)]:.3f}" if (m, f) in acc else "-" for f in fractions)
-                + " |"
-            )
-        for m in methods:
-            full = acc.get((m, 1.0), np.nan) - acc.get(("none", 1.0), np.nan)
-            if m == "none" or not np.isfinite(full) or full <= 0:
-                continue
-            kept = [
-                (acc.get((m, f), np.nan) - acc.get(("none", f), np.nan)) / full for f in fractions
-            ]
-            cells = " | ".join("-" if not np.isfinite(k) else f"{100 * k:.0f}%" for k in kept)
-            out.append(f"| {m}: gain kept | {cells} |")
-        out.append("")
-    return "\n".join(out)
 
 
 def newclass_markdown(rows: list[dict]) -> str:

@@ -33,6 +33,7 @@ from qcore.data.scenario import HeldOut, Scenario, Split, held_out, label_mask, 
 from qcore.edge.artifact import Artifact, save_artifact
 from qcore.errors import QCoreError
 from qcore.eval import cache as cache_store
+from qcore.eval import label_requests
 from qcore.eval.calibration import measure_test_sets
 from qcore.eval.newclass import NEW_CLASS_RECALL, new_class_record, new_class_view
 from qcore.methods.all import available, check_methods
@@ -84,11 +85,13 @@ def stream(
     seed: int = 0,
     unlabelled: bool = False,
     hold: HeldOut | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> list[dict]:
     """Feed every stream batch to ``calibrator``; evaluate after each step.
 
     With ``label_fraction`` < 1 only a seeded share of each batch's windows carries its
-    label (:func:`qcore.data.scenario.label_mask`); ``unlabelled``: the method takes the
+    label (:func:`qcore.data.scenario.label_mask`, or ``masks``: the labelled windows of
+    each batch, :mod:`qcore.eval.label_requests`); ``unlabelled``: the method takes the
     others as -1 labels, else it sees the labelled windows alone. ``task_acc`` is always
     measured on every window of the batch. With ``hold`` (classes the cloud never saw)
     each step also records ``old_acc`` (target test windows of the cloud's classes),
@@ -101,7 +104,11 @@ def stream(
     seen_new = 0
     for i, batch in enumerate(tqdm(sc.stream, desc=label, disable=not progress)):
         if label_fraction < 1.0 or hold is not None:
-            mask = label_mask(len(batch), label_fraction, seed, i + 1)
+            mask = (
+                masks[i]
+                if masks is not None
+                else label_mask(len(batch), label_fraction, seed, i + 1)
+            )
             rep, task_acc = _partly_labelled(calibrator, batch, mask, unlabelled)
             if rep is None:
                 rep = StepReport(task_acc, 0.0, {})
@@ -251,7 +258,10 @@ def run(
         shared: dict = {}  # cloud products the methods of this bit-width share
         qmodel, deployed_rows = _deploy(r, model, bits)
         rows += deployed_rows
-        rows += [_stream_row(r, method, bits, qmodel, core, shared) for method in cfg.methods]
+        masks = _label_masks(r, bits, qmodel, core, shared)
+        rows += [
+            _stream_row(r, method, bits, qmodel, core, shared, masks) for method in cfg.methods
+        ]
         write_json_atomic(r.out_dir / "results.json", {"config": cfg.to_dict(), "results": rows})
     result = {
         "config": cfg.to_dict(),
@@ -306,10 +316,25 @@ def _deployment(r: _Run, bits: int, qmodel, core, shared: dict) -> Deployment:
     )
 
 
-def _stream_row(r: _Run, method: str, bits: int, qmodel, core, shared: dict) -> dict:
-    """Stream one method. ``*_before``: the accuracies and calibration
-    (:func:`qcore.eval.calibration.measure_test_sets`) of what this method ships, before
-    the first batch; without the suffix, after the stream; ``cloud_s``: its cloud
+def _label_masks(r: _Run, bits: int, qmodel, core, shared: dict) -> list[np.ndarray]:
+    """Which windows of each stream batch carry a label at ``bits``, for every method:
+    the seeded draw, or those the reference device asks for
+    (:mod:`qcore.eval.label_requests`)."""
+    c = r.cfg
+    if not label_requests.chooses(c):
+        return label_requests.random_masks(r.sc.stream, c.label_fraction, c.seed)
+    ref = label_requests.reference_device(_deployment(r, bits, qmodel, core, shared))
+    return label_requests.requested_masks(
+        ref, r.sc.stream, c.label_policy, c.label_fraction, c.seed
+    )
+
+
+def _stream_row(
+    r: _Run, method: str, bits: int, qmodel, core, shared: dict, masks: list[np.ndarray]
+) -> dict:
+    """Stream one method with the labelled windows ``masks``. ``*_before``: the accuracies
+    and calibration (:func:`qcore.eval.calibration.measure_test_sets`) of what this method
+    ships, before the first batch; without the suffix, after the stream; ``cloud_s``: its cloud
     preparation; ``step_ms``: its mean device milliseconds per step. The first device
     method of the run at ``bits`` writes its deployed artifact and its state after the
     stream."""
@@ -321,6 +346,8 @@ def _stream_row(r: _Run, method: str, bits: int, qmodel, core, shared: dict) -> 
         r.saved[bits] = method
         _save(r.out_dir, bits, cal.deployed)
     row: dict = {"method": method, "bits": bits, "cloud_s": time.perf_counter() - cloud_t0}
+    unseen = label_requests.classes_never_labelled(r.sc.stream, masks)
+    row.update(label_policy=r.cfg.label_policy, classes_never_labelled=unseen)
     row.update(measure_test_sets(cal, r.sc, "_before"))
     row.update(dep.extras)
     steps = stream(
@@ -332,6 +359,7 @@ def _stream_row(r: _Run, method: str, bits: int, qmodel, core, shared: dict) -> 
         seed=r.cfg.seed,
         unlabelled=method in UNLABELLED,
         hold=r.hold,
+        masks=masks,
     )
     if save:
         _save(r.out_dir, bits, cal.art)

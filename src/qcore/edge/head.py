@@ -201,6 +201,59 @@ def _learnt_update(
     return learnt
 
 
+def combine(a: HeadStats, b: HeadStats) -> HeadStats:
+    """The statistics of the samples of ``a`` and of ``b`` together (Chan et al.'s
+    pairwise merge per class, in float64): what one device that saw both would hold,
+    whatever the order. The two must have the same classes; a class's own scatter
+    (:attr:`HeadStats.learnt`) is kept when both keep it."""
+    _check_same_shape(a, b)
+    n_a, n_b = a.count.astype(np.float64), b.count.astype(np.float64)
+    mean_a, mean_b = a.mean.astype(np.float64), b.mean.astype(np.float64)
+    total = n_a + n_b
+    safe = np.where(total > 0, total, 1.0)
+    delta = mean_b - mean_a
+    weight = n_a * n_b / safe
+    scatter = a.scatter.astype(np.float64) + b.scatter + (delta * weight[:, None]).T @ delta
+    mean = mean_a + delta * (n_b / safe)[:, None]
+    first = a.n_classes - a.n_learnt
+    cross = np.einsum("k,kd,ke->kde", weight[first:], delta[first:], delta[first:])
+    learnt = a.learnt.astype(np.float64) + b.learnt + cross
+    return HeadStats(total, mean, scatter, learnt)
+
+
+def subtract(total: HeadStats, part: HeadStats) -> HeadStats:
+    """The statistics of the samples of ``total`` that are not in ``part`` (the inverse of
+    :func:`combine`, ``combine(part, subtract(total, part)) == total`` up to rounding): what
+    a device learnt beyond the statistics it was deployed with. Every class must hold at
+    least as many samples in ``total`` as in ``part``."""
+    _check_same_shape(total, part)
+    n, n_a = total.count.astype(np.float64), part.count.astype(np.float64)
+    n_b = n - n_a
+    if (n_b < -1e-3 * np.maximum(n, 1.0)).any():
+        raise QCoreError("these statistics do not contain the part to take out")
+    n_b = np.maximum(n_b, 0.0)
+    safe_b = np.where(n_b > 0, n_b, 1.0)
+    mean, mean_a = total.mean.astype(np.float64), part.mean.astype(np.float64)
+    mean_b = np.where(
+        (n_b > 0)[:, None], (n[:, None] * mean - n_a[:, None] * mean_a) / safe_b[:, None], 0.0
+    )
+    delta = mean_b - mean_a
+    weight = n_a * n_b / np.where(n > 0, n, 1.0)
+    scatter = total.scatter.astype(np.float64) - part.scatter - (delta * weight[:, None]).T @ delta
+    first = total.n_classes - total.n_learnt
+    cross = np.einsum("k,kd,ke->kde", weight[first:], delta[first:], delta[first:])
+    learnt = total.learnt.astype(np.float64) - part.learnt - cross
+    return HeadStats(n_b, mean_b, scatter, learnt)
+
+
+def _check_same_shape(a: HeadStats, b: HeadStats) -> None:
+    if a.mean.shape != b.mean.shape or a.n_learnt != b.n_learnt:
+        raise QCoreError(
+            f"head statistics of different classes cannot be combined: {a.mean.shape} with "
+            f"{a.n_learnt} learnt against {b.mean.shape} with {b.n_learnt}"
+        )
+
+
 def solve(stats: HeadStats, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
     """The closed-form head: weights float32 ``(K, D)`` and bias float32 ``(K,)``.
 

@@ -1,9 +1,9 @@
 """The device's settings: :class:`DeviceConfig`, what a device's calibration step reads
 (head, flip passes, guard, budget, BatchNorm mode, core update, reset, confidence and
-novelty, policy, seed). It travels in the artifact's ``device`` section, and a run holds
-one in :attr:`qcore.config.RunConfig.device`. Each field is declared once, with its
-default, help and bounds (:mod:`qcore.core.settings`). This module imports nothing
-beyond ``qcore.core`` and ``qcore.errors``.
+novelty, the labels it asks for, policy, seed). It travels in the artifact's ``device``
+section, and a run holds one in :attr:`qcore.config.RunConfig.device`. Each field is
+declared once, with its default, help and bounds (:mod:`qcore.core.settings`). This
+module imports nothing beyond ``qcore.core`` and ``qcore.errors``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ FlipGuard = Literal["pass", "backtrack", "layer", "off"]
 BnMode = Literal["reestimate", "frozen"]
 CoreMode = Literal["proportional", "stratified", "balanced"]
 HeadKind = Literal["model", "slda"]
+# the choices of qcore.edge.asking.LABEL_POLICIES (a test keeps the two equal)
+AskPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
 FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
 BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
 HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
+ASK_POLICIES: tuple[AskPolicy, ...] = typing.get_args(AskPolicy)
 DEFAULT_FLIP_BUDGET = 0.01  # chosen on validation pairs (docs/results.md)
 # chosen on validation pairs (docs/results.md, "Confidence, novelty and the drift trigger")
 NEW_CLASS_MIN = 5  # chosen on validation pairs (docs/results.md, "new_class_min")
@@ -32,6 +35,8 @@ CONFIDENCE_TEMPERATURE = 2.0
 DRIFT_SHARE = 0.7
 DRIFT_RELEASE = 0.05
 CONFIDENCE_NOVELTY_POWER = 1.0
+ASK_POLICY: AskPolicy = "margin-cover"  # for now; to be chosen on validation pairs
+ASK_KEEP = 64
 
 
 def check_flip_budget(key: str, budget: float) -> None:
@@ -181,6 +186,25 @@ class DeviceConfig(Settings):
         "policy=drift with a novelty threshold: once in drift, calibrate on each batch until "
         "its novel share falls to this or below",
         "[0, 1)",
+    )
+    ask_fraction: float | None = setting(
+        None,
+        "slda head: the share of each batch's windows the device asks labels for, among "
+        "those without one (none: it asks for none); answers come back later (qcore device "
+        "--answers)",
+        "[0, 1]",
+    )
+    ask_policy: AskPolicy = setting(
+        ASK_POLICY,
+        "which windows it asks for: random; margin (least sure between two classes); novel "
+        "(furthest from every class); margin-cover, novel-cover (first one per predicted "
+        "class, the classes with the fewest labels so far first)",
+    )
+    ask_keep: int = setting(
+        ASK_KEEP,
+        "most asked windows kept waiting for an answer (in the state, float32); beyond, "
+        "the oldest are dropped",
+        ">= 1",
     )
     policy: str = setting("every", "when to calibrate: every, every:N or drift", _check_policy)
     seed: int = setting(0, "seed of the core updates (with the step number)")

@@ -16,7 +16,10 @@ no pickle). Its JSON header holds, in this order:
 * ``device``: the device's settings, :meth:`qcore.config.DeviceConfig.to_dict`;
 * ``runtime``: the device's running state besides model and core (e.g. the drift
   detector's sums), JSON;
-* ``step``: stream batches processed; and the container's ``arrays`` table.
+* ``step``: stream batches processed;
+* ``pending``: the keys of the windows the device asked labels for and awaits answers
+  to, when there are any (:func:`qcore.edge.pending.encode_pending`; at most the device
+  setting ``ask_keep``); and the container's ``arrays`` table.
 
 Design decisions:
 
@@ -70,6 +73,7 @@ from qcore.edge.parts import (
     encode_model,
     encode_normalizer,
 )
+from qcore.edge.pending import Pending, decode_pending, encode_pending
 from qcore.errors import QCoreError
 
 
@@ -84,7 +88,9 @@ class Artifact:
     stream batches the device has processed. ``device``: how the device calibrates (its
     own header section). ``runtime``: the device's running state besides model and core
     (JSON-serialisable, e.g. the drift detector's sums). ``head``: the streaming head's
-    statistics over the model's pooled features, when the device has one.
+    statistics over the model's pooled features, when the device has one. ``pending``:
+    the windows the device asked labels for and awaits answers to (None: none), at most
+    ``device.ask_keep``.
     """
 
     model: QuantizedModel
@@ -98,6 +104,7 @@ class Artifact:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     runtime: dict = field(default_factory=dict)
     head: HeadStats | None = None
+    pending: Pending | None = None
 
     def __post_init__(self) -> None:
         check_structure(self.model)
@@ -140,6 +147,8 @@ class Artifact:
             want = (len(self.class_names), 4 * self.model.filters)
             if not isinstance(self.head, HeadStats) or self.head.mean.shape != want:
                 raise QCoreError(f"head statistics must be HeadStats for {want} classes x features")
+        if self.pending is not None:
+            self._check_pending(self.pending)
 
     def _check_core(self, core: Core) -> None:
         n, c, _ = core.X.shape
@@ -149,6 +158,16 @@ class Artifact:
             raise QCoreError(f"core windows must be float32, got {core.X.dtype}")
         if n and (core.y.min() < 0 or core.y.max() >= self.model.n_classes):
             raise QCoreError(f"core labels leave 0..{self.model.n_classes - 1}")
+
+    def _check_pending(self, pending: Pending) -> None:
+        want = (self.model.n_channels, self.window_length)
+        if not isinstance(pending, Pending) or pending.windows.shape[1:] != want:
+            raise QCoreError(f"pending windows must be a Pending of {want} windows")
+        if len(pending) > self.device.ask_keep:
+            raise QCoreError(
+                f"{len(pending)} windows wait for an answer, the device keeps at most "
+                f"{self.device.ask_keep} (ask_keep)"
+            )
 
     @property
     def window_length(self) -> int:
@@ -238,6 +257,7 @@ def _encode(art: Artifact) -> tuple[bytes, list[dict[str, Any]], int]:
         "device": art.device.to_dict(),
         "runtime": art.runtime,
         "step": art.step,
+        **encode_pending(w, art.pending),
     }
     data, header_len = encode_container(header, w)
     return data, w.entries, header_len
@@ -254,11 +274,12 @@ def artifact_sizes(art: Artifact) -> dict[str, int]:
     ``weights``: packed codes, scales, zero points and the head bias; ``norms``: BatchNorm
     parameters and statistics plus the input normaliser; ``act``: activation parameters;
     ``flipnet``: feedback matrices and MLP; ``core``: compressed windows, labels, scores
-    and origins; ``head``: the streaming head's statistics; ``meta``: fixed header and
-    JSON header.
+    and origins; ``head``: the streaming head's statistics; ``pending``: the windows
+    waiting for their labels (float32); ``meta``: fixed header and JSON header.
     """
     data, entries, header_len = _encode(art)
-    sizes = dict.fromkeys(("weights", "norms", "act", "flipnet", "core", "head"), 0)
+    parts = ("weights", "norms", "act", "flipnet", "core", "head", "pending")
+    sizes = dict.fromkeys(parts, 0)
     for e in entries:
         sizes[SIZE_GROUP[e["name"].split("/", 1)[0]]] += e["nbytes"]
     sizes["meta"] = FIXED_SIZE + header_len
@@ -295,7 +316,10 @@ def decode_artifact(data: bytes | memoryview, source: str = "<bytes>") -> Artifa
         else:
             device = DeviceConfig.from_dict(get_field(header, "device", dict, source))
             runtime = get_field(header, "runtime", dict, source)
-        art = Artifact(qm, core, net, mean, std, tuple(names), config, step, device, runtime, head)
+        pending = decode_pending(header, reader, source)
+        art = Artifact(
+            qm, core, net, mean, std, tuple(names), config, step, device, runtime, head, pending
+        )
     except FileError:
         raise
     except QCoreError as exc:  # a constructor's own check: say which file it was

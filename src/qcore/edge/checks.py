@@ -27,6 +27,13 @@ def check_settings(art: Artifact, config: Any) -> DeviceConfig:
         )
     if config.head == "slda" and art.head is None:
         raise QCoreError("the artifact has no streaming head statistics: set head=model")
+    if config.ask_fraction is not None:
+        if config.head != "slda":
+            raise QCoreError("ask_fraction needs head=slda: the streaming head learns the answers")
+        if config.ask_policy.startswith("novel") and config.novelty_threshold is None:
+            raise QCoreError(
+                f"ask_policy {config.ask_policy} needs the novelty (set novelty_threshold)"
+            )
     return config
 
 

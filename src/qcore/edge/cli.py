@@ -11,14 +11,16 @@ files of a folder in sorted name order, or ``--stream -``: length-prefixed ``.np
 on stdin (the transport is :mod:`qcore.edge.batches`). After every step the state is
 saved atomically and one JSON line is printed; a bad batch prints
 ``{"batch": ..., "error": ...}`` instead, is skipped and changes nothing. A final summary
-goes to stderr.
+goes to stderr. The label round trip (:mod:`qcore.edge.pending`): ``--requests FILE``
+appends the windows each step asks labels for, ``--answers FILE`` brings labels back
+before any batch is read (all of them learnt, or none and an error); the command may
+run with answers alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
 import json
 import sys
@@ -36,32 +38,19 @@ from qcore.edge.artifact import (
 )
 from qcore.edge.batches import folder_batches, load_batch, read_frames
 from qcore.edge.classes import class_table, drop_class
+from qcore.edge.csvfiles import (
+    PREDICTIONS_HEADER,
+    REQUESTS_HEADER,
+    check_header,
+    csv_out,
+    read_answers,
+    write_rows,
+)
 from qcore.edge.device import Device
 from qcore.edge.state import bind_state, resume_or_start, save_state
 from qcore.errors import QCoreError
 
 __all__ = ["PREDICTIONS_HEADER", "add_commands"]
-
-# columns of `--predictions FILE`, written once at the top of a new or empty file
-# (novelty is empty for a device without a novelty threshold)
-PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence", "novelty")
-
-
-def _check_predictions_header(path: Path) -> None:
-    """Refuse to append to a predictions file whose columns are not :data:`PREDICTIONS_HEADER`
-    (e.g. one written by an older qcore), before any batch is consumed."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            first = next(csv.reader(f), None)
-    except FileNotFoundError:
-        return
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise QCoreError(f"cannot read the predictions file {path}: {exc}") from None
-    if first is not None and tuple(first) != PREDICTIONS_HEADER:
-        raise QCoreError(
-            f"predictions file {path} has the columns {','.join(first)}; this qcore writes "
-            f"{','.join(PREDICTIONS_HEADER)}: give a new file"
-        )
 
 
 def _deployed_bits(folder: Path) -> list[int]:
@@ -137,23 +126,35 @@ def _cmd_reset(args: argparse.Namespace) -> None:
 
 
 def _cmd_device(args: argparse.Namespace) -> None:
+    if args.stream is None and args.answers is None:
+        raise QCoreError("qcore device needs --stream DIR (or -), --answers FILE, or both")
+    check_header(args.predictions, PREDICTIONS_HEADER, "predictions")
+    check_header(args.requests, REQUESTS_HEADER, "requests")
+    answers = None if args.answers is None else read_answers(Path(args.answers))
     device, resumed = _open_device(args)
-    if args.stream == "-":
-        batches = read_frames(sys.stdin.buffer)
-    else:
-        batches = folder_batches(Path(args.stream))
-    with contextlib.ExitStack() as stack:
-        out = None
-        if args.predictions is not None:
-            _check_predictions_header(Path(args.predictions))
-            out = stack.enter_context(open(args.predictions, "a", newline="", encoding="utf-8"))
-            if out.tell() == 0:  # a new or empty file: the header, once
-                csv.writer(out).writerow(PREDICTIONS_HEADER)
-        processed, skipped, repeated = _consume(args, device, batches, out)
+    answered = 0
+    if answers is not None:
+        done = device.answer(answers)  # all or nothing: a refused file changes nothing
+        save_state(args.state, device.art)
+        answered = done.learnt
+        print(json.dumps({"answers": args.answers, **done.to_dict()}), flush=True)
+    processed = skipped = repeated = 0
+    if args.stream is not None:
+        if args.stream == "-":
+            batches = read_frames(sys.stdin.buffer)
+        else:
+            batches = folder_batches(Path(args.stream))
+        with contextlib.ExitStack() as stack:
+            files = (
+                csv_out(stack, args.predictions, PREDICTIONS_HEADER),
+                csv_out(stack, args.requests, REQUESTS_HEADER),
+            )
+            processed, skipped, repeated = _consume(args, device, batches, files)
     summary = {
         "processed": processed,
         "skipped": skipped,
         "already_consumed": repeated,
+        "answered": answered,
         "resumed": resumed,
         "state": args.state,
     }
@@ -166,10 +167,11 @@ def _consume(
     args: argparse.Namespace,
     device: Device,
     batches: Iterator[tuple[str, bytes | QCoreError]],
-    predictions: IO[str] | None,
+    files: tuple[IO[str] | None, IO[str] | None],
 ) -> tuple[int, int, int]:
-    """Step the device through ``batches``, saving the state and printing a JSON line after
-    each; returns (processed, skipped for an error, skipped as already consumed)."""
+    """Step the device through ``batches``, saving the state, appending to the
+    predictions and requests ``files`` and printing a JSON line after each; returns
+    (processed, skipped for an error, skipped as already consumed)."""
     processed = skipped = repeated = 0
     for name, payload in batches:
         try:
@@ -187,15 +189,7 @@ def _consume(
             continue
         save_state(args.state, device.art)
         processed += 1
-        if predictions is not None:
-            novelty: list[float | str] = (
-                [""] * report.n if report.novelty is None else [*report.novelty]
-            )
-            rows = zip(report.predicted, report.confidences, novelty, strict=True)
-            writer = csv.writer(predictions)
-            for k, (label, confidence, far) in enumerate(rows):
-                writer.writerow([name, report.step, k, label, confidence, far])
-            predictions.flush()
+        write_rows(files, name, batch_id, report)
         print(json.dumps({"batch": name, **report.to_dict()}, allow_nan=False), flush=True)
     return processed, skipped, repeated
 
@@ -256,8 +250,10 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
         description="Predict each batch (X raw, y optional) and print one JSON line for it;\n"
         "learn from its labelled windows when the policy says so; save the state after\n"
         "every batch. Settings come from the artifact (or the resumed state) and --set,\n"
-        "which the state then records. Exit status: 0, 2 on an error or when every batch\n"
-        "was refused, 130 on Ctrl-C, 143 on SIGTERM.",
+        "which the state then records. With --set ask_fraction=F it asks labels for some\n"
+        "windows (--requests) and learns them when they come back (--answers, read\n"
+        "first). Exit status: 0, 2 on an error or when every batch was refused, 130 on\n"
+        "Ctrl-C, 143 on SIGTERM.",
         epilog=settings_help(DeviceConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -271,10 +267,9 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("artifact", metavar="FILE", help="artifact to start from")
     dev.add_argument(
         "--stream",
-        required=True,
         metavar="DIR",
         help="folder of *.npz batches (read in name order), or - for length-prefixed .npz "
-        "frames on stdin",
+        "frames on stdin (may be left out with --answers)",
     )
     dev.add_argument(
         "--state", required=True, help="state file: resumed if it exists, else started from FILE"
@@ -291,6 +286,12 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
         help="a label the device does not know adds a class to the streaming head (labels "
         "are then read as class names); without it such a batch is refused",
     )
+    _add_device_files(dev)
+    dev.set_defaults(func=_cmd_device)
+
+
+def _add_device_files(dev: argparse.ArgumentParser) -> None:
+    """The CSV files of ``qcore device`` (:mod:`qcore.edge.csvfiles`)."""
     dev.add_argument(
         "--predictions",
         metavar="FILE",
@@ -298,7 +299,20 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
         help="append one CSV row per window (a new file starts with the header batch, step, "
         "window, predicted, confidence, novelty)",
     )
-    dev.set_defaults(func=_cmd_device)
+    dev.add_argument(
+        "--requests",
+        metavar="FILE",
+        default=None,
+        help="append one CSV row per window the device asks a label for (--set "
+        "ask_fraction=F): batch (the id answers quote), window, file",
+    )
+    dev.add_argument(
+        "--answers",
+        metavar="FILE",
+        default=None,
+        help="CSV with the columns batch, window, label (others ignored, an empty label "
+        "skipped): labels of windows asked for, learnt before any batch; all or none",
+    )
 
 
 def _add_reset(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,9 @@ One :meth:`Device.step` is a sequence of named phases, each a short method:
    ``every`` batch, ``every:N`` (the N-th, 2N-th, ... batch) or ``drift``: when at least
    ``drift_share`` of the batch's windows are novel, or, for a device without novelty
    (no streaming head or no novelty threshold), when a Page-Hinkley test on the batch's
-   mean confidence fires (:mod:`qcore.edge.drift`);
+   mean confidence fires (:mod:`qcore.edge.drift`). With ``ask_fraction`` the device
+   also asks labels for some of the batch's windows without one and keeps them until
+   :meth:`Device.answer` brings the labels (:mod:`qcore.edge.pending`);
 2. **judge** (:meth:`Device._judge`): the user guard (:mod:`qcore.edge.guard`) compares
    the device with the deployed model (the artifact it started from) on the batch's
    labelled windows; when calibration has made the device worse for this user over a
@@ -23,11 +25,13 @@ One :meth:`Device.step` is a sequence of named phases, each a short method:
    confident unlabelled ones, ``pseudo_threshold``) join the streaming head's statistics
    and the head is solved again (:mod:`qcore.edge.head`); predictions come from it;
 5. **record** (:meth:`Device._commit`): the runtime state (:mod:`qcore.edge.runtime`:
-   guard records, whether the backbone moved, the drift detector, the consumed batch id)
-   is committed with model, core and head.
+   guard records, whether the backbone moved, the drift detector, the consumed batch id,
+   the labels received per class) is committed with model, core, head and the windows
+   waiting for an answer.
 
 The phases work on a draft (:class:`Draft`) and only the commit, one assignment, touches
-the device: an exception anywhere leaves the device exactly as it was. :meth:`reset`
+the device: an exception anywhere leaves the device exactly as it was. :meth:`answer`
+learns the labels of windows asked for, as if they had come in their batch; :meth:`reset`
 returns to the deployed model on request (``qcore reset``). NumPy only.
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -55,14 +60,13 @@ from qcore.edge.classes import drop_class
 from qcore.edge.draft import Draft, Seen
 from qcore.edge.drift import Detector, PageHinkley
 from qcore.edge.guard import deployed_right, guard_record, reset_reason, unguarded
-from qcore.edge.head import grow as grow_head
 from qcore.edge.head import logits as head_logits
-from qcore.edge.head import update as update_head
 from qcore.edge.infer import forward, forward_features, predict
-from qcore.edge.report import DeviceReport, peak_rss_bytes, rss_bytes
+from qcore.edge.pending import Answered, added, asked, batch_key, not_asked, taken, trimmed
+from qcore.edge.report import DeviceReport, step_report
 from qcore.edge.runtime import Runtime
 from qcore.edge.schedule import is_due, make_detector, pseudo_labelled
-from qcore.edge.signals import Signals, batch_signals, novel_share
+from qcore.edge.signals import Signals, batch_signals
 from qcore.errors import QCoreError
 
 PREDICT_CHUNK = 256  # windows per streaming-head prediction pass of Device.predict
@@ -109,7 +113,12 @@ class Device:
         self.deployed_head = (
             solve_head(deployed.head, config) if deployed is not None and self.head else None
         )
-        self.art = replace(art, device=config, runtime=copy.deepcopy(art.runtime))
+        self.art = replace(
+            art,
+            device=config,
+            runtime=copy.deepcopy(art.runtime),
+            pending=trimmed(art.pending, config.ask_keep),  # ask_keep may have shrunk
+        )
         self.detector: Detector = PageHinkley()  # the policy's, when it is drift
         if self.policy.kind == "drift":
             self.detector = make_detector(config, self.head is not None, runtime.drift, drift)
@@ -198,15 +207,19 @@ class Device:
         ``y``: labels ``(n,)`` (see :meth:`validate`; ``-1`` marks a window without a
         label), or None: the batch is only predicted (and feeds the drift detector); only
         its labelled windows are calibrated on and measured. ``batch_id``: recorded in
-        the runtime state as consumed (see :meth:`consumed`).
+        the runtime state as consumed (see :meth:`consumed`); the windows the step asks
+        labels for (``ask_fraction``; the report's ``ask``) wait under it, or under the
+        step number without one, for :meth:`answer`.
         """
         seen = self._see(X, y, normalized)
         draft = self._draft(seen)
         new_step = self.art.step + 1
         detector = copy.deepcopy(self.detector)  # committed only if the step succeeds
         due, fired = is_due(self.policy, self.config, new_step, detector, seen.probs, seen.novelty)
+        counts = draft.runtime.label_counts(draft.names)
+        ask = asked(self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step)
         tau = None if self.head is None else self.config.pseudo_threshold
-        pseudo = pseudo_labelled(tau, seen.labels, seen.probs) if due else None
+        pseudo = not_asked(pseudo_labelled(tau, seen.labels, seen.probs), ask) if due else None
         calibrate = due and (seen.mask is not None or pseudo is not None)
         reason = self._judge(seen, draft)
         backbone, learnt, t1 = None, None, time.perf_counter()
@@ -214,34 +227,34 @@ class Device:
             backbone = self._calibrate(seen, draft, new_step)
             learnt = self._learn(seen, draft, pseudo)
         calib_ms = (time.perf_counter() - t1) * 1e3 if calibrate else 0.0
+        key = batch_key(batch_id, new_step)
+        draft.pending = added(draft.pending, key, ask, seen.Xn[ask], self.config.ask_keep)
         self._commit(draft, new_step, detector, batch_id)
-        names = draft.names
-        return DeviceReport(
-            step=new_step,
-            n=len(seen.pred),
-            labelled=seen.mask is not None,
-            n_labelled=0 if seen.mask is None else int(seen.mask.sum()),
-            predicted=[names[k] for k in seen.pred],
-            predicted_index=seen.pred.tolist(),
-            confidences=[round(float(p), 4) for p in seen.probs],
-            novelty=None if seen.novelty is None else [round(float(v), 3) for v in seen.novelty],
-            novel_share=novel_share(seen.novelty),
-            accuracy=_accuracy(seen),
-            new_classes=list(seen.new) if calibrate else [],
-            confidence=float(seen.probs.mean()),
-            latency_ms=seen.latency_ms,
-            calibrated=calibrate,
-            drift=fired,
-            calib_ms=calib_ms,
-            **({} if backbone is None else backbone.report()),
-            head_samples=0 if learnt is None else learnt[0],
-            pseudo_labels=0 if learnt is None else learnt[1],
-            head_solved=learnt is not None,
-            reset=reason is not None,
-            reset_reason=reason,
-            rss_bytes=rss_bytes(),
-            peak_rss_bytes=peak_rss_bytes(),
-        )
+        return step_report(
+            new_step, seen, draft.names, calibrated=calibrate, drift=fired, calib_ms=calib_ms,
+            backbone=backbone, learnt=learnt, reason=reason, ask=ask,
+        )  # fmt: skip
+
+    def answer(self, answers: Iterable[tuple[str | int, int, Any]]) -> Answered:
+        """Learn the labels of windows the device asked for: ``answers`` ``(batch key,
+        window index, label)``, the batch key being the ``batch_id`` the step was given
+        (or its step number, for a batch stepped without one) and the label read as a
+        batch's (:meth:`validate`). Each window joins the streaming head's statistics as
+        if it had come labelled in its batch (whatever the policy) and no longer waits.
+        All or nothing: an answer for a window that does not wait (never asked, answered
+        already, or dropped: see ``ask_keep``) is a :class:`QCoreError` naming it, and
+        the device stays as it was (:mod:`qcore.edge.pending`)."""
+        art, cfg = self.art, self.config
+        got = taken(art.pending, answers, art.class_names, self.allow_new_classes, cfg.ask_keep)
+        if not len(got.labels):
+            return Answered(0, [], len(art.pending or ()))
+        draft = self._draft()
+        draft.runtime = draft.runtime.counted(got.labels, draft.names + got.new)
+        draft.add_classes(got.new)
+        draft.learn(got.X, np.ones(len(got.labels), dtype=bool), got.labels, cfg)
+        draft.pending = got.rest
+        self.art, self.head = self._with(draft, art.step, draft.runtime), draft.head
+        return Answered(len(got.labels), list(got.new), len(got.rest or ()))
 
     def _see(self, X: Any, y: Any, normalized: bool) -> Seen:
         """Predict: validate, normalise and predict the batch (timed)."""
@@ -255,14 +268,18 @@ class Device:
         pred = logits.argmax(1)
         return Seen(
             Xn, labels, new, mask, pred, sig.confidence, sig.novelty, latency_ms, model_logits,
-            features,
+            features, sig.probs,
         )  # fmt: skip
 
     def _draft(self, seen: Seen | None = None) -> Draft:
         """The device's state as a draft; after :meth:`_see`, with the batch's logits and
-        features of the current backbone."""
-        art = self.art
-        draft = Draft(art.model, art.core, art.head, self.head, art.class_names, self.runtime)
+        features of the current backbone and its labels counted."""
+        art, runtime = self.art, self.runtime
+        if seen is not None:
+            runtime = runtime.counted(seen.labels, art.class_names + seen.new)
+        draft = Draft(
+            art.model, art.core, art.head, self.head, art.class_names, runtime, art.pending
+        )
         if seen is not None:
             draft.model_logits, draft.features = seen.model_logits, seen.features
         return draft
@@ -302,16 +319,10 @@ class Device:
         return reason
 
     def _return_to_deployed(self, draft: Draft) -> None:
-        """The deployed backbone and core in ``draft``, its head statistics grown to the
-        draft's classes (classes the device learnt stay known, without samples), the
-        streaming head solved from them, the guard's record restarted, the return counted."""
+        """``draft`` back to the deployed model (:meth:`Draft.return_to`)."""
         dep = self.deployed
         assert dep is not None
-        stats = None if dep.head is None else grow_head(dep.head, len(draft.names))
-        head = None if self.head is None or stats is None else solve_head(stats, self.config)
-        draft.new_backbone(dep.model)
-        draft.core, draft.stats, draft.head = dep.core, stats, head
-        draft.runtime = draft.runtime.returned()
+        draft.return_to(dep.model, dep.core, dep.head, self.config, self.head is not None)
 
     def _calibrate(self, seen: Seen, draft: Draft, new_step: int) -> StepResult | None:
         """Calibrate: backbone calibration on the labelled windows of the model's own
@@ -343,20 +354,14 @@ class Device:
         unlabelled ones (``pseudo``, as their predicted class) to the streaming head's
         statistics and solve the head; (labelled windows added, pseudo-labelled windows
         added), or None for a device predicting with the model's own head."""
-        if seen.new:  # validated: there is a streaming head
-            assert draft.stats is not None
-            draft.names = draft.names + seen.new
-            draft.stats = grow_head(draft.stats, len(draft.names))
+        draft.add_classes(seen.new)
         if draft.stats is None or draft.head is None:
             return None
-        if draft.features is None:
-            draft.features = forward_features(draft.model, seen.Xn)[1]
         given = np.zeros(len(seen.Xn), dtype=bool) if seen.mask is None else seen.mask
         chosen = given if pseudo is None else given | pseudo
         labels = seen.labels
         as_class = seen.pred if labels is None else np.where(given, labels, seen.pred)
-        draft.stats = update_head(draft.stats, draft.features[chosen], as_class[chosen])
-        draft.head = solve_head(draft.stats, self.config)
+        draft.learn(seen.Xn, chosen, as_class, self.config)
         return int(given.sum()), 0 if pseudo is None else int(pseudo.sum())
 
     def _commit(
@@ -376,7 +381,8 @@ class Device:
         )
 
     def _with(self, draft: Draft, step: int, runtime: Runtime) -> Artifact:
-        """:attr:`art` holding the draft's model, core, head statistics and classes."""
+        """:attr:`art` holding the draft's model, core, head statistics, classes and
+        windows waiting for an answer."""
         return replace(
             self.art,
             model=draft.model,
@@ -385,11 +391,5 @@ class Device:
             class_names=draft.names,
             runtime=runtime.to_dict(),
             step=step,
+            pending=draft.pending,
         )
-
-
-def _accuracy(seen: Seen) -> float | None:
-    """Accuracy on the labelled windows, None without any."""
-    if seen.mask is None or seen.labels is None:
-        return None
-    return float((seen.pred[seen.mask] == seen.labels[seen.mask]).mean())

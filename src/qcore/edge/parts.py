@@ -54,6 +54,7 @@ SIZE_GROUP = {
     "flipnet": "flipnet",
     "core": "core",
     "head": "head",
+    "pending": "pending",  # qcore.edge.pending
 }
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 

@@ -1,14 +1,22 @@
-"""What one device step did: :class:`DeviceReport`, and its JSON line (``to_dict``);
-the process's memory the report ends with (:func:`rss_bytes`, :func:`peak_rss_bytes`)."""
+"""What one device step did: :class:`DeviceReport` (made by :func:`step_report`), and its
+JSON line (``to_dict``); the process's memory the report ends with (:func:`rss_bytes`,
+:func:`peak_rss_bytes`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from qcore.core.fileio import finite_json
+from qcore.edge.signals import novel_share
+
+if TYPE_CHECKING:
+    from qcore.edge.backbone import StepResult
+    from qcore.edge.draft import Seen
 
 
 def rss_bytes() -> int | None:
@@ -61,6 +69,9 @@ class DeviceReport:
     windows added to its statistics), ``pseudo_labels`` (windows without a label added as
     their predicted class), ``head_solved`` (its weights recomputed).
 
+    Labels asked for (``ask_fraction``, :mod:`qcore.edge.pending`): ``ask``, the indices
+    of the windows whose labels the device asks for (empty without a budget).
+
     Memory: ``rss_bytes`` and ``peak_rss_bytes`` after the step (None where unknown).
     """
 
@@ -93,6 +104,7 @@ class DeviceReport:
     reset_reason: str | None = None
     rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
+    ask: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The step's JSON line (``qcore device`` prints it after the batch name): every
@@ -101,3 +113,57 @@ class DeviceReport:
         out = dataclasses.asdict(self)
         del out["predicted_index"]
         return finite_json(out)  # type: ignore[return-value]
+
+
+def step_report(
+    step: int,
+    seen: Seen,
+    names: tuple[str, ...],
+    *,
+    calibrated: bool,
+    drift: bool,
+    calib_ms: float,
+    backbone: StepResult | None,
+    learnt: tuple[int, int] | None,
+    reason: str | None,
+    ask: np.ndarray,
+) -> DeviceReport:
+    """The report of step ``step`` on the batch ``seen``, the device's classes ``names``
+    after it: whether it ``calibrated``, the ``drift`` detector fired, what the backbone
+    calibration did (``backbone``, None: not calibrated), what the head learnt
+    (``learnt``: labelled and pseudo-labelled windows, None: no head update), why the
+    guard reset (``reason``) and the windows it asks labels for (``ask``)."""
+    return DeviceReport(
+        step=step,
+        n=len(seen.pred),
+        labelled=seen.mask is not None,
+        n_labelled=0 if seen.mask is None else int(seen.mask.sum()),
+        predicted=[names[k] for k in seen.pred],
+        predicted_index=seen.pred.tolist(),
+        confidences=[round(float(p), 4) for p in seen.probs],
+        novelty=None if seen.novelty is None else [round(float(v), 3) for v in seen.novelty],
+        novel_share=novel_share(seen.novelty),
+        accuracy=_accuracy(seen),
+        new_classes=list(seen.new) if calibrated else [],
+        confidence=float(seen.probs.mean()),
+        latency_ms=seen.latency_ms,
+        calibrated=calibrated,
+        drift=drift,
+        calib_ms=calib_ms,
+        **({} if backbone is None else backbone.report()),
+        head_samples=0 if learnt is None else learnt[0],
+        pseudo_labels=0 if learnt is None else learnt[1],
+        head_solved=learnt is not None,
+        reset=reason is not None,
+        reset_reason=reason,
+        rss_bytes=rss_bytes(),
+        peak_rss_bytes=peak_rss_bytes(),
+        ask=[int(i) for i in ask],
+    )
+
+
+def _accuracy(seen: Seen) -> float | None:
+    """Accuracy on the labelled windows, None without any."""
+    if seen.mask is None or seen.labels is None:
+        return None
+    return float((seen.pred[seen.mask] == seen.labels[seen.mask]).mean())

@@ -13,6 +13,9 @@ it with :meth:`Runtime.from_dict` and writes it back with :meth:`Runtime.to_dict
 * ``drift``: the drift detector's state (:meth:`qcore.edge.drift.PageHinkley.to_dict`);
 * ``consumed``: ids of the last :data:`CONSUMED_LIMIT` distinct batches consumed,
   oldest first (older states kept every id: only the last ones are read);
+* ``labelled``: the target labels the device received per class name, in batches and
+  answers (what the ``-cover`` ask policies read, :mod:`qcore.edge.asking`); only the
+  classes of the last count are kept (missing: none yet);
 * any other key (e.g. the SHA-256 of the artifact a state grew from,
   :mod:`qcore.edge.state`) is kept as it is.
 
@@ -29,8 +32,8 @@ from typing import Any
 from qcore.errors import QCoreError
 
 RECENT_KEY, RESETS_KEY, MOVED_KEY = "recent", "resets", "backbone_moved"
-DRIFT_KEY, CONSUMED_KEY = "drift", "consumed"
-KNOWN_KEYS = (RECENT_KEY, RESETS_KEY, MOVED_KEY, DRIFT_KEY, CONSUMED_KEY)
+DRIFT_KEY, CONSUMED_KEY, LABELLED_KEY = "drift", "consumed", "labelled"
+KNOWN_KEYS = (RECENT_KEY, RESETS_KEY, MOVED_KEY, DRIFT_KEY, CONSUMED_KEY, LABELLED_KEY)
 
 # A batch id is refused as a replay while it is among the last CONSUMED_LIMIT distinct
 # ids consumed; one consumed longer ago is processed again. `qcore device` names a
@@ -96,6 +99,7 @@ class Runtime:
     drift: Mapping[str, Any] | None = None
     consumed: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    labelled: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, step: int) -> Runtime:
@@ -124,6 +128,7 @@ class Runtime:
             drift,
             _last_distinct(id_key(c) for c in consumed),
             {k: v for k, v in d.items() if k not in KNOWN_KEYS},
+            _counts(d.get(LABELLED_KEY, {})),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +143,8 @@ class Runtime:
             out[DRIFT_KEY] = dict(self.drift)
         if self.consumed:
             out[CONSUMED_KEY] = list(self.consumed)
+        if self.labelled:
+            out[LABELLED_KEY] = dict(self.labelled)
         return out
 
     def has_consumed(self, batch_id: str) -> bool:
@@ -153,10 +160,32 @@ class Runtime:
         """This state with ``mark`` recorded and the last ``window`` records kept."""
         return replace(self, recent=(*self.recent, mark)[-window:] if window > 0 else ())
 
+    def counted(self, labels: Any, names: tuple[str, ...]) -> Runtime:
+        """This state with the labels ``labels`` (class indices into ``names``, -1: none;
+        None: no labels) counted, and the counts of classes not in ``names`` forgotten."""
+        counts = {name: self.labelled.get(name, 0) for name in names}
+        for k in [] if labels is None else labels:
+            if k >= 0:
+                counts[names[k]] += 1
+        return replace(self, labelled={name: n for name, n in counts.items() if n})
+
+    def label_counts(self, names: tuple[str, ...]) -> list[int]:
+        """The labels received so far of each class of ``names``, in order."""
+        return [self.labelled.get(name, 0) for name in names]
+
     def returned(self) -> Runtime:
         """This state once the device returned to the deployed model: the guard's record
         restarted, the backbone the deployed one, the return counted."""
         return replace(self, recent=(), backbone_moved=False, resets=self.resets + 1)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """The stored ``labelled`` counts, checked: class name -> count >= 1."""
+    if not isinstance(value, dict) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value.values()
+    ):
+        raise QCoreError(f"runtime {LABELLED_KEY!r} must map class names to counts, got {value!r}")
+    return dict(value)
 
 
 def _last_distinct(ids: Any) -> tuple[str, ...]:

@@ -95,6 +95,10 @@ ADDED_SETTINGS: dict[str, object] = {
     "confidence_novelty_power": _unless_drift,
     "drift_share": _unless_drift,
     "drift_release": _unless_drift,
+    # a device that asks for labels (qcore.edge.asking) did not exist before them
+    "ask_fraction": None,
+    "ask_policy": ANY,
+    "ask_keep": ANY,
     # a new class was predicted from its first window: 1 where the run had new classes
     "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
 }

@@ -126,6 +126,9 @@ def device_calibrator(
     art = device_artifact(
         dep.qmodel, core, net, normalizer, names, c, device, head_data, dep.source_X.shape[2]
     )
+    record = dep.extras.get("device", {})
+    if "novelty_threshold" in record:  # the row records the threshold the cloud fitted
+        record["novelty_threshold"] = art.device.novelty_threshold
     return DeviceCalibrator(art, update, dep.label_names or None)
 
 

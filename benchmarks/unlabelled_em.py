@@ -280,8 +280,8 @@ def one_run(
                 print(f"warning: {out}: the device's target {dev:.4f} differs from the replay")
         for name, acc in accs.items():
             rows.append(
-                {"dataset": dataset, "source": source, "target": target, "seed": seed,
-                 "fraction": fraction, "rule": name, **acc}
+                {"pair": f"{dataset} {source}->{target}", "seed": seed, "fraction": fraction,
+                 "rule": name, "target_acc": acc["target"], "source_acc": acc["source"]}
             )  # fmt: skip
         print(
             f"{dataset} {source}->{target} seed {seed} fraction {fraction}: none "
@@ -296,8 +296,8 @@ def print_table(rows: list[dict]) -> None:
     """Per rule and fraction: mean target, mean source, mean score and the worst run's
     target against ``none``'s; then the rule's verdict."""
     rules = list(dict.fromkeys(r["rule"] for r in rows))
-    key = {(r["rule"], r["fraction"], r["dataset"], r["source"], r["seed"]): r for r in rows}
-    runs = sorted({(r["dataset"], r["source"], r["seed"]) for r in rows})
+    key = {(r["rule"], r["fraction"], r["pair"], r["seed"]): r for r in rows}
+    runs = sorted({(r["pair"], r["seed"]) for r in rows})
     print(f"\n{len(runs)} runs")
     print("| rule | fraction | target | source | score | worst target - none |")
     print("|---|---|---|---|---|---|")
@@ -307,9 +307,9 @@ def print_table(rows: list[dict]) -> None:
             got = [key.get((rule, fr, *run)) for run in runs]
             if any(g is None for g in got):
                 continue
-            tgt = np.array([g["target"] for g in got])
-            src = np.array([g["source"] for g in got])
-            base = np.array([key[("none", fr, *run)]["target"] for run in runs])
+            tgt = np.array([g["target_acc"] for g in got])
+            src = np.array([g["source_acc"] for g in got])
+            base = np.array([key[("none", fr, *run)]["target_acc"] for run in runs])
             summary[rule, fr] = (tgt.mean(), src.mean(), (tgt.mean() + src.mean()) / 2,
                                  (tgt - base).min())  # fmt: skip
             t, s, sc, worst = summary[rule, fr]

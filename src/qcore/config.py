@@ -99,6 +99,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "ask_fraction": None,
     "ask_policy": ANY,
     "ask_keep": ANY,
+    "share_clip": None,
     # a new class was predicted from its first window: 1 where the run had new classes
     "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
 }
@@ -149,6 +150,8 @@ class RunConfig(Settings):
         "(seeded); the others arrive without one (accuracy is measured on all)",
         "[0, 1]",
     )
+    # random stays the default: no policy passed the rule fixed before the validation runs
+    # (docs/results.md, "Label requests: the rule fixed before the runs")
     label_policy: LabelPolicy = setting(
         "random",
         "which windows of a stream batch get the label_fraction's labels: random (seeded), "

@@ -1,0 +1,165 @@
+"""C export: the exported C99 runtime, compiled with gcc on the host, computes what the
+NumPy device computes (pooled features, logits, predictions) and its streaming head learns
+what :func:`qcore.edge.head.update` learns.
+
+Tolerances: the C sums a convolution and the head in another order than NumPy's BLAS, so
+features and logits agree to float32 rounding; we ask for ``1e-4`` of the largest value
+(seen: ~2e-7). Predictions must agree on every window whose NumPy top-two logits differ
+by more than ``1e-3`` of the largest logit, and on at least 99.5% of all windows. Head
+statistics: within ``1e-4`` of their largest value (seen: ~2e-7).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import edge_kit as B
+import numpy as np
+import pytest
+
+from qcore.core.qmodel import QLayer
+from qcore.core.quant import QuantizedTensor
+from qcore.edge import head as H
+from qcore.edge.backbone import solve_head
+from qcore.edge.c_export import export_c
+from qcore.edge.device import Device
+from qcore.edge.infer import forward_features
+from qcore.errors import QCoreError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("gcc") is None, reason="gcc is not installed: the exported C cannot be compiled"
+)
+CFLAGS = "-std=c99 -O2 -Wall -Wextra -Werror"
+N_FIT = 30  # windows the shipped head statistics are fitted on; the rest are learnt in C
+NEW_FROM = 54  # learnt windows from here on are labelled as a new class
+
+
+def _build(out: Path) -> Path:
+    subprocess.run(["make", "-s", "-C", str(out), "CC=gcc", f"CFLAGS={CFLAGS}"], check=True)
+    return out / "qcore_example"
+
+
+def _run(program: Path, windows: np.ndarray, labels: list[int]) -> dict[str, list[np.ndarray]]:
+    """The example's output for raw windows with labels (-1: none), by line tag."""
+    pairs = zip(labels, windows, strict=True)
+    data = b"".join(np.int32(label).tobytes() + w.astype("<f4").tobytes() for label, w in pairs)
+    done = subprocess.run([str(program)], input=data, capture_output=True, check=True)
+    out: dict[str, list[np.ndarray]] = {}
+    for line in done.stdout.decode().splitlines():
+        tag, *values = line.split()
+        out.setdefault(tag, []).append(np.array([float(v) for v in values]))
+    return out
+
+
+@pytest.fixture(scope="module", params=[2, 4, 8])
+def kit(request, tiny_model, tiny_xy, tmp_path_factory):
+    """(artifact with a streaming head fitted on the first windows, its compiled example,
+    raw windows, labels, NumPy features): one export and compile per bit-width."""
+    X, y = tiny_xy
+    art = B.small_artifact(tiny_model, X, y, bits=request.param)
+    raw = B.raw(X)
+    _, feats = forward_features(art.model, Device(art).normalize(raw))
+    stats = H.batch_stats(feats[:N_FIT], y[:N_FIT], len(B.CLASSES))
+    art = replace(art, head=stats, device=art.device.replace(head="slda", flip_steps=0))
+    out = tmp_path_factory.mktemp(f"c{request.param}")
+    export_c(art, out)
+    return art, _build(out), raw, y, feats
+
+
+def _agree(got: np.ndarray, want: np.ndarray, logits: np.ndarray) -> None:
+    """Predictions agree where the NumPy margin is beyond rounding, and >= 99.5% overall."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3 * np.abs(logits).max()
+    assert np.array_equal(got[clear], want[clear])
+    assert np.mean(got == want) >= 0.995
+
+
+def test_c_inference_matches_the_numpy_device(kit):
+    art, program, raw, _, feats = kit
+    out = _run(program, raw, [-1] * len(raw))
+    model_art = replace(art, device=art.device.replace(head="model"))
+    logits, _ = forward_features(art.model, Device(art).normalize(raw))
+    features, model_logits = np.array(out["F"]), np.array(out["M"])
+    np.testing.assert_allclose(features, feats, rtol=0, atol=1e-4 * np.abs(feats).max())
+    np.testing.assert_allclose(model_logits, logits, rtol=0, atol=1e-4 * np.abs(logits).max())
+    pred = np.array(out["P"]).astype(np.int64)
+    _agree(pred[:, 1], Device(model_art).predict(raw), logits)
+    solved = solve_head(art.head, art.device)
+    head_logits = H.logits(solved.weight, solved.bias, feats)
+    np.testing.assert_allclose(
+        np.array(out["H"]), head_logits, rtol=0, atol=1e-4 * np.abs(head_logits).max()
+    )
+    _agree(pred[:, 0], Device(art).predict(raw), head_logits)
+    assert np.array_equal(pred[:, 0], pred[:, 2])  # the device predicts with its head
+
+
+def test_c_head_learns_what_the_numpy_head_learns(kit):
+    """Windows learnt one at a time in C (the last ones as a new class) leave the statistics
+    `head.update` (batches of one, `head.grow` for the class) leaves; the head solved from
+    them predicts the same."""
+    art, program, raw, y, feats = kit
+    labels = [int(y[i]) if i < NEW_FROM else len(B.CLASSES) for i in range(N_FIT, len(y))]
+    out = _run(program, np.concatenate([raw[N_FIT:], raw]), labels + [-1] * len(raw))
+    stats = art.head
+    for i, label in enumerate(labels, start=N_FIT):
+        stats = H.grow(stats, max(stats.n_classes, label + 1))
+        stats = H.update(stats, feats[i : i + 1], np.array([label]))
+    for tag, want in (("N", stats.count), ("U", stats.mean), ("S", stats.scatter)):
+        got = out[tag][0].reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    solved = solve_head(stats, art.device)
+    want_logits = H.logits(solved.weight, solved.bias, feats)
+    got_logits = np.array(out["H"][-len(raw) :])
+    seen = want_logits > H.UNSEEN / 2
+    assert np.array_equal(got_logits > H.UNSEEN / 2, seen)
+    scale = np.abs(want_logits[seen]).max()
+    np.testing.assert_allclose(got_logits[seen], want_logits[seen], rtol=0, atol=1e-4 * scale)
+    _agree(got_logits.argmax(1), want_logits.argmax(1), np.where(seen, want_logits, -scale))
+
+
+def test_the_runtime_needs_no_allocation_and_only_its_headers(kit, tmp_path):
+    art = kit[0]
+    export_c(art, tmp_path)
+    for name in ("qcore_rt.c", "qcore_model.c", "qcore_rt.h"):
+        text = (tmp_path / name).read_text()
+        headers = set(re.findall(r"#include [<\"]([^>\"]+)[>\"]", text))
+        assert headers <= {"stdint.h", "stddef.h", "string.h", "math.h", "qcore_rt.h"}, name
+        assert not re.search(r"\b(malloc|calloc|realloc|free|printf)\s*\(", text), name
+
+
+def test_what_c_cannot_run_is_refused(kit, tmp_path):
+    art = kit[0]
+    rounded = replace(art, device=art.device.replace(head_bits=4))
+    with pytest.raises(QCoreError, match="head_bits"):
+        export_c(rounded, tmp_path)
+
+
+def test_exact_ties_round_half_to_even(kit, tmp_path):
+    """Windows whose values are exact ties of the first activation quantization: with an
+    identity normaliser and a bottleneck that copies its input (codes 0/1, scale 1), block
+    0's convolutions read them unchanged. ``rint`` rounds them to even, as NumPy does
+    (rounding away from zero moves codes, and the features, by a quantization step)."""
+    art, _, raw, _, _ = kit
+    qm = art.model.copy()
+    f, n = qm.filters, qm.n_channels
+    codes = np.zeros((f, n, 1), np.uint8)
+    codes[np.arange(f), np.arange(f) % n, 0] = 1
+    copy = QuantizedTensor(codes, np.ones(f, np.float32), np.zeros(f, np.int32), qm.bits)
+    qm.layers["blocks.0.bottleneck"] = QLayer(copy, None, None, 1)
+    act = qm.layers["blocks.0.convs.0"].act
+    assert act is not None
+    scale, zero, top = np.float32(act[0]), act[1], (1 << act[2]) - 1
+    k = np.random.default_rng(3).integers(-zero, top - zero, size=(8, *raw.shape[1:]))
+    windows = ((k + 0.5) * scale).astype(np.float32)
+    tie = windows / scale == k + 0.5  # an exact tie in float32 (most are)
+    assert tie.mean() > 0.5
+    windows = np.where(tie, windows, np.float32(0))
+    ident = np.zeros(n, np.float32), np.ones(n, np.float32)
+    export_c(replace(art, model=qm, normalizer_mean=ident[0], normalizer_std=ident[1]), tmp_path)
+    out = _run(_build(tmp_path), windows, [-1] * len(windows))
+    _, feats = forward_features(qm, windows)
+    np.testing.assert_allclose(np.array(out["F"]), feats, rtol=0, atol=1e-4 * np.abs(feats).max())

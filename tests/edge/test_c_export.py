@@ -11,6 +11,7 @@ statistics: within ``1e-4`` of their largest value (seen: ~2e-7).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -21,9 +22,11 @@ import edge_kit as B
 import numpy as np
 import pytest
 
+from qcore.cli import main
 from qcore.core.qmodel import QLayer
 from qcore.core.quant import QuantizedTensor
 from qcore.edge import head as H
+from qcore.edge.artifact import save_artifact
 from qcore.edge.backbone import solve_head
 from qcore.edge.c_export import export_c
 from qcore.edge.device import Device
@@ -163,3 +166,16 @@ def test_exact_ties_round_half_to_even(kit, tmp_path):
     out = _run(_build(tmp_path), windows, [-1] * len(windows))
     _, feats = forward_features(qm, windows)
     np.testing.assert_allclose(np.array(out["F"]), feats, rtol=0, atol=1e-4 * np.abs(feats).max())
+
+
+def test_qcore_export_format_c_writes_the_folder(kit, tmp_path, capsys):
+    art = kit[0]
+    save_artifact(tmp_path / "m.qcore", art)
+    out = tmp_path / "c"
+    assert main(["export", str(tmp_path / "m.qcore"), "--format", "c", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "c" and report["arena_bytes"] > 0
+    for name in ("qcore_rt.h", "qcore_rt.c", "qcore_model.c", "README.md", "main.c", "Makefile"):
+        assert report[name] == (out / name).stat().st_size
+    header = (out / "qcore_rt.h").read_text()
+    assert f"#define QC_WINDOW {art.window_length}\n" in header

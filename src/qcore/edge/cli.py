@@ -90,6 +90,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
         Device(art, deployed=art)
     except QCoreError as exc:
         raise QCoreError(f"{src} cannot run on a device: {exc}") from None
+    if args.format == "c":
+        from qcore.edge.c_export import export_c
+
+        print(json.dumps(export_c(art, args.out, source=src.name)))
+        return
     if args.format == "onnx":
         from qcore.edge.onnx_export import to_onnx
 
@@ -219,9 +224,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, metavar="FILE", help="file to write")
     exp.add_argument(
         "--format",
-        choices=("qcore", "onnx"),
+        choices=("qcore", "onnx", "c"),
         default="qcore",
-        help="qcore: the artifact; onnx: the model for ONNX Runtime (needs qcore[onnx])",
+        help="qcore: the artifact; onnx: the model for ONNX Runtime (needs qcore[onnx]); "
+        "c: C99 sources for a microcontroller, --out a folder (docs/mcu.md)",
     )
     exp.set_defaults(func=_cmd_export)
 

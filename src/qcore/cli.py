@@ -188,7 +188,7 @@ def build_parser(device_only: bool = False) -> argparse.ArgumentParser:
         _add_run(sub)
     add_edge_commands(sub)  # export, device, reset
     if not device_only:
-        from qcore.edge.fleet import add_command as add_fleet_command
+        from qcore.edge.fleet_cli import add_command as add_fleet_command
         from qcore.eval.bench_cli import add_command as add_bench_command
 
         add_fleet_command(sub)  # fleet merge

@@ -99,6 +99,7 @@ ADDED_SETTINGS: dict[str, object] = {
     "ask_fraction": None,
     "ask_policy": ANY,
     "ask_keep": ANY,
+    "share_clip": None,
     # a new class was predicted from its first window: 1 where the run had new classes
     "new_class_min": lambda stored: 1 if stored.get("new_classes") else ANY,
 }

@@ -146,6 +146,13 @@ class DeviceConfig(Settings):
         "statistics as its predicted class (none: unlabelled windows are only predicted)",
         "(0, 1]",
     )
+    share_clip: float | None = setting(
+        None,
+        "slda head: each window's pooled features are scaled to at most this L2 norm before "
+        "they join the statistics, which bounds what one window changes in a private fleet "
+        "share (none: features as they are)",
+        "> 0",
+    )
     new_class_min: int = setting(
         NEW_CLASS_MIN,
         "slda head: a class the device learns is predicted once it has this many labelled "

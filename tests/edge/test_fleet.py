@@ -153,7 +153,7 @@ def test_fleet_merge_command_writes_a_deployable_artifact(fleet, tmp_path, capsy
         == 0
     )
     line = json.loads(capsys.readouterr().out)
-    assert line["states"] == 3 and line["classes"][-1] == "extra"
+    assert line["merged"] == 3 and line["classes"][-1] == "extra"
     merged = load_artifact(out)
     assert merged.head is not None and everything.head is not None
     assert_stats_close(merged.head, everything.head)

@@ -18,6 +18,7 @@ from qcore.edge.head import HeadStats, Solved, grow, update
 from qcore.edge.infer import forward_features
 from qcore.edge.pending import Pending
 from qcore.edge.runtime import Runtime
+from qcore.edge.share import clip_norms
 
 
 @dataclass(frozen=True)
@@ -97,5 +98,6 @@ class Draft:
         assert self.stats is not None
         if self.features is None:
             self.features = forward_features(self.model, X)[1]
-        self.stats = update(self.stats, self.features[chosen], as_class[chosen])
+        added = clip_norms(self.features[chosen], cfg.share_clip)
+        self.stats = update(self.stats, added, as_class[chosen])
         self.head = solve_head(self.stats, cfg)

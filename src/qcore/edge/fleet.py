@@ -21,18 +21,15 @@ state is refused, as is a state that grew from another artifact. NumPy only.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from qcore.core.fileio import read_regular_file
-from qcore.edge.artifact import Artifact, decode_artifact, load_artifact, save_artifact
+from qcore.edge.artifact import Artifact
 from qcore.edge.head import HeadStats, combine, grow, subtract
 from qcore.edge.runtime import Runtime
+from qcore.edge.share import Share
 from qcore.edge.state import ARTIFACT_KEY
 from qcore.errors import QCoreError
 
@@ -65,24 +62,60 @@ def merge_fleet(
     error (default ``state 1``, ...); ``deployed_sha256``: the SHA-256 of the deployed
     artifact's file, which a state bound to its artifact must carry."""
     names = [f"state {i + 1}" for i in range(len(states))] if names is None else list(names)
-    if not states:
-        raise QCoreError("a fleet merge needs at least one device state")
     parts = []
     for state, name in zip(states, names, strict=True):
-        grew_from = state.runtime.get(ARTIFACT_KEY)
-        if deployed_sha256 is not None and grew_from not in (None, deployed_sha256):
-            raise QCoreError(f"{name} grew from another artifact than the deployed one")
+        _check_origin(state.runtime.get(ARTIFACT_KEY), deployed_sha256, name)
         parts.append((learnt_part(deployed, state, name), state.class_names))
+    return merge_parts(deployed, parts)
+
+
+def merge_shares(
+    deployed: Artifact,
+    shares: Sequence[Share],
+    names: Sequence[str] | None = None,
+    deployed_sha256: str | None = None,
+) -> Artifact:
+    """:func:`merge_fleet` of what devices sent (:mod:`qcore.edge.share`) instead of their
+    states; a share's classes must start with the deployed ones."""
+    names = [f"share {i + 1}" for i in range(len(shares))] if names is None else list(names)
+    parts = []
+    for share, name in zip(shares, names, strict=True):
+        _check_origin(share.deployed or None, deployed_sha256, name)
+        k = len(deployed.class_names)
+        if share.classes[:k] != deployed.class_names:
+            raise QCoreError(f"{name} does not start from the deployed classes")
+        parts.append((grow_learnt(share.stats(), len(share.classes) - k), share.classes))
+    return merge_parts(deployed, parts)
+
+
+def merge_parts(deployed: Artifact, parts: Sequence[tuple[HeadStats, tuple[str, ...]]]) -> Artifact:
+    """The deployed artifact with every learnt part (statistics and their class names)
+    combined into its head statistics, classes aligned by name."""
+    if not parts:
+        raise QCoreError("a fleet merge needs at least one device state")
+    if deployed.head is None:
+        raise QCoreError("the deployed artifact has no streaming head statistics to merge into")
     classes = list(deployed.class_names)
     for _, state_classes in parts:
         classes += [c for c in state_classes if c not in classes]
-    assert deployed.head is not None  # learnt_part checked it
     total = grow(deployed.head, len(classes))
     for part, state_classes in parts:
         total = combine(total, _placed(part, [classes.index(c) for c in state_classes], total))
     return replace(
         deployed, head=total, class_names=tuple(classes), step=0, runtime={}, core=deployed.core
     )
+
+
+def _check_origin(grew_from: str | None, deployed_sha256: str | None, name: str) -> None:
+    if deployed_sha256 is not None and grew_from not in (None, deployed_sha256):
+        raise QCoreError(f"{name} grew from another artifact than the deployed one")
+
+
+def grow_learnt(stats: HeadStats, n_learnt: int) -> HeadStats:
+    """``stats`` whose last ``n_learnt`` classes keep an own scatter (zero: a share sends
+    none, so a merged class learnt from shares cannot be dropped exactly)."""
+    d = stats.n_features
+    return HeadStats(stats.count, stats.mean, stats.scatter, np.zeros((n_learnt, d, d)))
 
 
 def _placed(part: HeadStats, index: list[int], like: HeadStats) -> HeadStats:
@@ -96,38 +129,3 @@ def _placed(part: HeadStats, index: list[int], like: HeadStats) -> HeadStats:
     for k, at in enumerate(index[part_first:], start=part_first):
         learnt[at - first] = part.learnt[k - part_first]
     return HeadStats(count, mean, part.scatter, learnt)
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    """``qcore fleet merge STATE... --deployed ARTIFACT --out NEW``."""
-    fleet = sub.add_parser("fleet", help="pool what a fleet of devices learnt")
-    actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
-    merge = actions.add_parser(
-        "merge",
-        help="merge the streaming-head statistics of device states that grew from one "
-        "deployed artifact into a new deployable artifact",
-        description="Merge what each device state learnt beyond the deployed artifact's "
-        "head statistics (counted once) into a new artifact: the head of one device that "
-        "saw every device's windows. States whose backbone moved, or that grew from "
-        "another artifact, are refused by name.",
-    )
-    merge.add_argument("states", nargs="+", metavar="STATE", help="device state files")
-    merge.add_argument("--deployed", required=True, metavar="ARTIFACT", help="their artifact")
-    merge.add_argument("--out", required=True, metavar="NEW", help="the merged artifact to write")
-    merge.set_defaults(func=_cmd_merge)
-
-
-def _cmd_merge(args: argparse.Namespace) -> None:
-    shipped = read_regular_file(args.deployed, "artifact")
-    deployed = decode_artifact(shipped, str(args.deployed))
-    states = [load_artifact(path) for path in args.states]
-    sha = hashlib.sha256(shipped).hexdigest()
-    merged = merge_fleet(deployed, states, [str(p) for p in args.states], sha)
-    save_artifact(args.out, merged)  # atomic: a merge that fails writes nothing
-    assert merged.head is not None
-    added = merged.head.count.sum() - (deployed.head.count.sum() if deployed.head else 0.0)
-    summary = {"states": len(states), "classes": list(merged.class_names)}
-    print(json.dumps({**summary, "windows_added": round(float(added), 3), "out": args.out}))

@@ -1,0 +1,164 @@
+"""What leaves a device of a fleet: its learnt head statistics, optionally private.
+
+A share is what one device learnt beyond the deployed statistics
+(:func:`qcore.edge.fleet.learnt_part`), as sums: per class the window count ``n_c`` and the
+feature sum ``s_c``, and over all windows the second moment ``Q = Σ x xᵀ``. Nothing else
+is written: no window, no feature vector, no prediction. An observer of a share learns
+those sums (a class's count and mean, the pooled second moment) and, from them, nothing
+that singles out one window beyond what the sums reveal; with one window per class the
+mean is that window's features, which is why a share can be made private.
+
+**Differential privacy.** With ``share_clip = C`` (a device setting) every window's pooled
+features are scaled to L2 norm at most ``C`` before they join the statistics
+(:func:`clip_norms`), so adding or removing one window moves the sums by at most
+``Δ = sqrt(1 + C² + C⁴)`` in L2 norm (1 in one count, ``|x| <= C`` in one class sum,
+``|x xᵀ|_F = |x|² <= C²`` in ``Q``). A private share adds Gaussian noise of standard
+deviation ``z Δ`` to every count, sum and entry of ``Q`` (the upper triangle, mirrored),
+the Gaussian mechanism, with the noise multiplier ``z`` that the privacy accountant of
+the ``dp-accounting`` library gives for one release at ``(epsilon, delta)``
+(:func:`noise_multiplier`). The unit protected is one window: a share is
+``(epsilon, delta)``-private with respect to adding or removing any single labelled window
+of the device; a device's whole share is not hidden (its size and classes are visible).
+The server turns the noisy sums back into statistics (counts at least 0, the scatter made
+positive semi-definite). NumPy only, but for :func:`noise_multiplier`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qcore.core.fileio import read_regular_file, write_atomic
+from qcore.edge.head import HeadStats
+from qcore.errors import QCoreError
+
+SHARE_KEYS = ("count", "sums", "second", "classes", "deployed", "privacy")
+
+
+def clip_norms(features: np.ndarray, clip: float | None) -> np.ndarray:
+    """``features`` ``(n, D)`` with each row scaled to L2 norm at most ``clip`` (None: as
+    they are)."""
+    if clip is None:
+        return features
+    norms = np.linalg.norm(np.asarray(features, dtype=np.float64), axis=1, keepdims=True)
+    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-30))
+    return (features * scale).astype(features.dtype)
+
+
+def noise_multiplier(epsilon: float, delta: float) -> float:
+    """The smallest Gaussian noise multiplier ``z`` (to 1e-3) whose single release is
+    ``(epsilon, delta)``-private by the RDP accountant of ``dp-accounting``."""
+    if not (epsilon > 0 and 0 < delta < 1):
+        raise QCoreError(f"privacy needs epsilon > 0 and 0 < delta < 1, got {epsilon}, {delta}")
+    try:
+        from dp_accounting import dp_event
+        from dp_accounting.rdp import rdp_privacy_accountant
+    except ImportError:
+        raise QCoreError(
+            "a private share needs dp-accounting: pip install 'qcore[privacy]'"
+        ) from None
+
+    def spent(z: float) -> float:
+        acc = rdp_privacy_accountant.RdpAccountant()
+        acc.compose(dp_event.GaussianDpEvent(z))
+        return float(acc.get_epsilon(delta))
+
+    lo, hi = 1e-3, 1.0
+    while spent(hi) > epsilon:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spent(mid) > epsilon else (lo, mid)
+    return hi
+
+
+@dataclass(frozen=True)
+class Share:
+    """One device's share: ``count`` ``(K,)``, class feature ``sums`` ``(K, D)``, the
+    ``second`` moment ``(D, D)`` (float64), its ``classes`` (names), the SHA-256 of the
+    ``deployed`` artifact it grew from ("" unknown) and its ``privacy`` (empty, or
+    ``epsilon``, ``delta``, ``clip``, ``sigma``)."""
+
+    count: np.ndarray
+    sums: np.ndarray
+    second: np.ndarray
+    classes: tuple[str, ...]
+    deployed: str = ""
+    privacy: tuple[float, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the statistics as float32 (what a device sends)."""
+        return 4 * (self.count.size + self.sums.size + self.second.size)
+
+    def stats(self) -> HeadStats:
+        """The statistics the sums stand for (noisy ones made valid: counts >= 0, a
+        positive semi-definite scatter)."""
+        count = np.maximum(self.count, 0.0)
+        seen = count > 0.5
+        mean = np.where(seen[:, None], self.sums / np.where(seen, count, 1.0)[:, None], 0.0)
+        scatter = self.second - (mean * count[:, None]).T @ mean
+        scatter = (scatter + scatter.T) / 2
+        values, vectors = np.linalg.eigh(scatter)
+        scatter = (vectors * np.maximum(values, 0.0)) @ vectors.T
+        return HeadStats(np.where(seen, count, 0.0), mean, scatter)
+
+
+def make_share(
+    part: HeadStats,
+    classes: tuple[str, ...],
+    deployed: str = "",
+    privacy: tuple[float, float, float] | None = None,
+    seed: int = 0,
+) -> Share:
+    """The share of a learnt ``part`` (its classes named ``classes``); with ``privacy``
+    ``(epsilon, delta, clip)``, made private (the module docstring) with noise drawn from
+    ``seed``; the part must then come from windows clipped to ``clip``."""
+    n = part.count.astype(np.float64)
+    mean = part.mean.astype(np.float64)
+    sums = mean * n[:, None]
+    second = part.scatter.astype(np.float64) + (mean * n[:, None]).T @ mean
+    if privacy is None:
+        return Share(n, sums, second, tuple(classes), deployed)
+    epsilon, delta, clip = privacy
+    sigma = noise_multiplier(epsilon, delta) * math.sqrt(1 + clip**2 + clip**4)
+    rng = np.random.default_rng([seed, 0x5A4E])
+    upper = np.triu(rng.normal(0.0, sigma, second.shape))
+    noisy = second + upper + np.triu(upper, 1).T
+    n = n + rng.normal(0.0, sigma, n.shape)
+    sums = sums + rng.normal(0.0, sigma, sums.shape)
+    return Share(n, sums, noisy, tuple(classes), deployed, (epsilon, delta, clip, sigma))
+
+
+def save_share(path: str | Path, share: Share) -> None:
+    """Write ``share`` to ``path`` atomically (a NumPy ``.npz`` of plain arrays)."""
+    buf = io.BytesIO()
+    np.savez(
+        buf, count=share.count, sums=share.sums, second=share.second,
+        classes=np.array(share.classes, dtype=str), deployed=np.array(share.deployed),
+        privacy=np.array(share.privacy, dtype=np.float64),
+    )  # fmt: skip
+    write_atomic(path, buf.getvalue())
+
+
+def load_share(path: str | Path) -> Share:
+    """The share at ``path``, checked (no pickled object is ever read)."""
+    data = read_regular_file(path, "share")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in SHARE_KEYS}
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise QCoreError(f"{path} is not a fleet share: {exc}") from None
+    count, sums, second = (arrays[k].astype(np.float64) for k in ("count", "sums", "second"))
+    k, d = sums.shape if sums.ndim == 2 else (-1, -1)
+    arrays_ok = count.shape == (k,) and second.shape == (d, d) and arrays["classes"].shape == (k,)
+    if not arrays_ok or not all(np.isfinite(a).all() for a in (count, sums, second)):
+        raise QCoreError(f"{path}: a fleet share's arrays disagree or are not finite")
+    classes = tuple(str(c) for c in arrays["classes"])
+    privacy = tuple(float(v) for v in arrays["privacy"])
+    return Share(count, sums, second, classes, str(arrays["deployed"]), privacy)

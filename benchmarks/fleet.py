@@ -11,7 +11,9 @@ its target test set of:
 * ``deployed``: the deployed model (the streaming head from the source);
 * ``own``: the site's own device after its stream;
 * ``fleet_before``: the merged artifact, before any of the site's labels;
-* ``fleet_after``: a device started from the merged artifact, after the site's stream;
+* ``fleet_after``: a device started from the merged artifact weighed as the deployed one
+  (:func:`qcore.edge.fleet.weigh_as`, what ``qcore fleet merge`` writes), after the site's
+  stream; ``fleet_after_pooled``: the same from the merged statistics at their full weight;
 * ``central``: a head fitted in one computation on the pooled features of the windows the
   other devices hold (:func:`qcore.edge.head.batch_stats`), combined with the deployed
   statistics (:func:`qcore.edge.head.combine`); ``pred_diff`` counts the test windows
@@ -54,7 +56,7 @@ from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import Artifact, load_artifact  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
-from qcore.edge.fleet import learnt_part, merge_fleet  # noqa: E402
+from qcore.edge.fleet import learnt_part, merge_fleet, weigh_as  # noqa: E402
 from qcore.edge.head import HeadStats, batch_stats, combine  # noqa: E402
 from qcore.edge.infer import forward_features  # noqa: E402
 from qcore.eval.grid import _uschad_found, one_to_all  # noqa: E402
@@ -63,7 +65,7 @@ from qcore.eval.runner import run  # noqa: E402
 BITS, SEED, SOURCE = 4, 0, 1
 FIELDS = (
     "dataset", "site", "n_test", "deployed", "own", "fleet_before", "fleet_after", "central",
-    "pred_diff", "stats_diff", "bytes32", "bytes16", "resets",
+    "fleet_after_pooled", "pred_diff", "stats_diff", "bytes32", "bytes16", "resets",
 )  # fmt: skip
 
 
@@ -144,6 +146,7 @@ def measure(dataset: str, cache: Path) -> list[dict]:
         pooled = batch_stats(feats, labels, deployed.head.n_classes)
         central = replace(deployed, head=combine(deployed.head, pooled))
         assert merged.head is not None and central.head is not None
+        prior = weigh_as(merged, float(deployed.head.count.sum()))
         fleet_before, pred_before = accuracy(merged, site.test)
         central_acc, pred_central = accuracy(central, site.test)
         part = learnt_part(deployed, site.state)
@@ -154,7 +157,10 @@ def measure(dataset: str, cache: Path) -> list[dict]:
             "deployed": accuracy(deployed, site.test)[0],
             "own": accuracy(site.state, site.test, deployed)[0],
             "fleet_before": fleet_before,
-            "fleet_after": accuracy(stream_device(merged, site.stream).art, site.test, merged)[0],
+            "fleet_after": accuracy(stream_device(prior, site.stream).art, site.test, prior)[0],
+            "fleet_after_pooled": accuracy(
+                stream_device(merged, site.stream).art, site.test, merged
+            )[0],
             "central": central_acc,
             "pred_diff": int((pred_before != pred_central).sum()),
             "stats_diff": stats_diff(merged.head, central.head),
@@ -172,6 +178,7 @@ def summary(dataset: str, rows: list[dict]) -> str:
     gain = np.array([r["fleet_before"] - r["deployed"] for r in rows])
     to_central = np.array([r["fleet_before"] - r["central"] for r in rows])
     after = np.array([r["fleet_after"] - r["own"] for r in rows])
+    pooled = np.array([r["fleet_after_pooled"] - r["own"] for r in rows])
     beats = int((gain > 0).sum())
     holds = int((after >= 0).sum())
     b32, b16 = np.median([r["bytes32"] for r in rows]), np.median([r["bytes16"] for r in rows])
@@ -192,7 +199,8 @@ def summary(dataset: str, rows: list[dict]) -> str:
         f"{sum(r['pred_diff'] for r in rows)} of {sum(r['n_test'] for r in rows)}; largest "
         f"relative difference of the statistics {max(r['stats_diff'] for r in rows):.1e};",
         f"- fleet_after - own: median {np.median(after):+.3f}, min {after.min():+.3f}; "
-        f"fleet_after >= own on {holds}/{n} sites ({holds / n:.0%});",
+        f"fleet_after >= own on {holds}/{n} sites ({holds / n:.0%}); at the fleet's full "
+        f"weight: median {np.median(pooled):+.3f}, >= own on {int((pooled >= 0).sum())}/{n};",
         f"- bytes a device sends (learnt counts, means, scatter): {b32:,.0f} as float32, "
         f"{b16:,.0f} as float16 (median);",
         f"- user-guard resets over all devices' streams: {sum(r['resets'] for r in rows)};",

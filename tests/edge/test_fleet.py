@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from qcore.cli import main
 from qcore.edge.artifact import encode_artifact, load_artifact, save_artifact
 from qcore.edge.device import Device
-from qcore.edge.fleet import merge_fleet
+from qcore.edge.fleet import merge_fleet, weigh_as
 from qcore.edge.head import HeadStats, batch_stats, combine, grow, subtract, update
 from qcore.edge.infer import forward_features
 from qcore.edge.state import ARTIFACT_KEY, save_state
@@ -148,15 +148,20 @@ def test_fleet_merge_command_writes_a_deployable_artifact(fleet, tmp_path, capsy
         paths.append(tmp_path / f"s{i}.qcore")
         save_state(paths[-1], replace(state, runtime={**state.runtime, ARTIFACT_KEY: sha}))
     out = tmp_path / "fleet.qcore"
-    assert (
-        main(["fleet", "merge", *map(str, paths), "--deployed", str(deployed), "--out", str(out)])
-        == 0
-    )
+    merge = ["fleet", "merge", *map(str, paths), "--deployed", str(deployed), "--out", str(out)]
+    assert main([*merge, "--weight", "pooled"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["merged"] == 3 and line["classes"][-1] == "extra"
     merged = load_artifact(out)
     assert merged.head is not None and everything.head is not None
     assert_stats_close(merged.head, everything.head)
+    assert main(merge) == 0  # by default the merge weighs as the deployed statistics
+    capsys.readouterr()
+    light = load_artifact(out)
+    assert light.head is not None and art.head is not None
+    assert light.head.count.sum() == pytest.approx(float(art.head.count.sum()), rel=1e-5)
+    assert main([*merge, "--weight", "pooled"]) == 0
+    capsys.readouterr()
     # a refused merge writes nothing, and leaves an earlier output as it was
     before = out.read_bytes()
     bad = tmp_path / "bad.qcore"
@@ -188,3 +193,22 @@ def test_classes_learnt_on_devices_are_aligned_by_name(fleet) -> None:
     assert merged.class_names == ref.art.class_names == (*B.CLASSES, "zz", "extra")
     assert merged.head is not None and ref.art.head is not None
     assert_stats_close(merged.head, ref.art.head)
+
+
+def test_weighing_keeps_every_prediction_and_sets_the_total(fleet) -> None:
+    art, states, _, X = fleet
+    merged = merge_fleet(art, states)
+    assert art.head is not None and merged.head is not None
+    light = weigh_as(merged, float(art.head.count.sum()))
+    assert light.head is not None
+    assert light.head.count.sum() == pytest.approx(float(art.head.count.sum()), rel=1e-6)
+    np.testing.assert_allclose(light.head.mean, merged.head.mean)
+    ratio = light.head.scatter / np.where(merged.head.scatter == 0, 1, merged.head.scatter)
+    np.testing.assert_allclose(
+        ratio[merged.head.scatter != 0], light.head.count[0] / merged.head.count[0], rtol=1e-4
+    )
+    np.testing.assert_array_equal(
+        Device(light).predict(X, normalized=True), Device(merged).predict(X, normalized=True)
+    )
+    with pytest.raises(QCoreError, match="total count > 0"):
+        weigh_as(merged, 0.0)

@@ -14,6 +14,13 @@ so a server can pool the fleet without a window leaving any device:
    windows, whatever the order of the states or how each device's stream was cut;
 3. a new deployable artifact (step 0, fresh runtime) with that head (:func:`merge_fleet`).
 
+Pooled, the fleet's statistics hold thousands of windows, and a new site's few hundred
+labels then barely move its head. :func:`weigh_as` scales the merged statistics (counts
+and scatter; means and covariance, hence every prediction, unchanged) to weigh as much as
+the deployed ones did, so that a new site learns from its own labels as fast as a device
+deployed from the source does; ``qcore fleet merge`` writes them so unless told
+``--weight pooled``.
+
 A state whose backbone moved (flips, BatchNorm re-estimation) computed its statistics on
 features the deployed backbone does not produce, so they cannot be pooled exactly: such a
 state is refused, as is a state that grew from another artifact. NumPy only.
@@ -103,6 +110,18 @@ def merge_parts(deployed: Artifact, parts: Sequence[tuple[HeadStats, tuple[str, 
         total = combine(total, _placed(part, [classes.index(c) for c in state_classes], total))
     return replace(
         deployed, head=total, class_names=tuple(classes), step=0, runtime={}, core=deployed.core
+    )
+
+
+def weigh_as(art: Artifact, total: float) -> Artifact:
+    """``art`` with its head statistics scaled to a total count of ``total`` (counts,
+    scatter and each class's own scatter scaled, means kept: the same head)."""
+    if art.head is None or not total > 0:
+        raise QCoreError("weighing needs head statistics and a total count > 0")
+    s = total / float(art.head.count.sum())
+    head = art.head
+    return replace(
+        art, head=HeadStats(head.count * s, head.mean, head.scatter * s, head.learnt * s)
     )
 
 

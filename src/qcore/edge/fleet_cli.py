@@ -16,7 +16,7 @@ import json
 
 from qcore.core.fileio import read_regular_file
 from qcore.edge.artifact import Artifact, decode_artifact, load_artifact, save_artifact
-from qcore.edge.fleet import learnt_part, merge_fleet, merge_shares
+from qcore.edge.fleet import learnt_part, merge_fleet, merge_shares, weigh_as
 from qcore.edge.share import load_share, make_share, save_share
 from qcore.errors import QCoreError
 
@@ -55,6 +55,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("files", nargs="+", metavar="FILE", help="device states or shares")
     merge.add_argument("--deployed", required=True, metavar="ARTIFACT", help="their artifact")
     merge.add_argument("--out", required=True, metavar="NEW", help="the merged artifact to write")
+    merge.add_argument(
+        "--weight",
+        choices=("deployed", "pooled"),
+        default="deployed",
+        help="deployed: the merged statistics weigh as much as the deployed ones (a new site's "
+        "labels move them as fast); pooled: as many windows as the fleet saw",
+    )
     merge.set_defaults(func=_cmd_merge)
 
 
@@ -92,8 +99,10 @@ def _cmd_merge(args: argparse.Namespace) -> None:
         merged = merge_shares(deployed, [load_share(p) for p in files], files, sha)
     else:
         merged = merge_fleet(deployed, [load_artifact(p) for p in files], files, sha)
-    save_artifact(args.out, merged)  # atomic: a merge that fails writes nothing
     assert merged.head is not None and deployed.head is not None
     added = float(merged.head.count.sum() - deployed.head.count.sum())
+    if args.weight == "deployed":
+        merged = weigh_as(merged, float(deployed.head.count.sum()))
+    save_artifact(args.out, merged)  # atomic: a merge that fails writes nothing
     summary = {"merged": len(files), "classes": list(merged.class_names)}
     print(json.dumps({**summary, "windows_added": round(added, 3), "out": args.out}))

@@ -41,6 +41,8 @@ def test_cover_asks_first_for_the_classes_with_the_fewest_labels() -> None:
     # novel order 4, 1, 3, 2, 0: class 1 (window 4), class 0 (window 1), class 2 (window 3)
     assert ask("novel-cover", 1, PROBS, NOVELTY, np.array([3, 3, 0])).tolist() == [3]
     assert ask("novel-cover", 4, PROBS, NOVELTY, None).tolist() == [1, 2, 3, 4]
+    # by the novel order the best windows per class are 1, 4 and 3 (by margin: 1, 2, 3)
+    assert ask("novel-cover", 3, PROBS, NOVELTY, None).tolist() == [1, 3, 4]
     with pytest.raises(QCoreError, match="one count per class"):
         ask("margin-cover", 1, PROBS, None, np.zeros(2))
 
@@ -56,11 +58,20 @@ def test_random_draws_from_its_generator_and_every_policy_keeps_the_budget() -> 
         ask("random", 1, PROBS, None)
 
 
+def test_ties_go_to_the_first_windows_and_a_whole_batch_can_be_asked() -> None:
+    flat = np.full((100, 3), 1 / 3)
+    assert ask("margin", 5, flat, None).tolist() == [0, 1, 2, 3, 4]
+    assert ask("novel", 5, flat, np.ones(100)).tolist() == [0, 1, 2, 3, 4]
+    assert ask("margin", 5, PROBS, None).tolist() == [0, 1, 2, 3, 4]
+    one_class = np.ones((4, 1))  # a head of one class: every margin is 1
+    assert ask("margin", 2, one_class, None).tolist() == [0, 1]
+
+
 def test_a_budget_is_the_nearest_count_and_bad_requests_are_refused() -> None:
     assert [budget(23, f) for f in (0.0, 0.05, 0.1, 1.0)] == [0, 1, 2, 23]
     with pytest.raises(QCoreError, match="share in"):
         budget(10, 1.5)
-    with pytest.raises(QCoreError, match="unknown label_policy 'smart'"):
+    with pytest.raises(QCoreError, match="unknown label_policy 'smart': choose random, margin, "):
         ask("smart", 1, PROBS, None)
     with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
         ask("margin", 6, PROBS, None)

@@ -212,3 +212,38 @@ def test_weighing_keeps_every_prediction_and_sets_the_total(fleet) -> None:
     )
     with pytest.raises(QCoreError, match="total count > 0"):
         weigh_as(merged, 0.0)
+
+
+def test_subtracting_takes_out_a_learnt_classs_own_scatter_and_refuses_a_larger_part() -> None:
+    x, y = features(120, 4, k=4)
+    base = grow(batch_stats(x[y < 3], y[y < 3], 3), 4)
+    one = update(base, x[:50], y[:50])
+    both = update(one, x[50:], y[50:])
+    rest = subtract(both, one)  # both parts hold learnt class 3
+    assert rest.learnt.any()
+    assert_stats_close(combine(one, rest), both)
+    np.testing.assert_array_equal(subtract(one, one).mean, 0.0)  # nothing left: no mean
+    with pytest.raises(QCoreError, match="^these statistics do not contain the part to take out$"):
+        subtract(one, both)
+    with pytest.raises(QCoreError, match="do not contain the part"):
+        subtract(one, replace(one, count=one.count * 1.5))
+    # a count a little above (float32 rounding of weighted counts) is no error
+    over = replace(one, count=one.count + 0.01)
+    assert subtract(one, over).count.max() == 0.0
+
+
+def test_a_merge_starts_the_new_artifact_afresh_and_keeps_the_deployed_core(fleet) -> None:
+    art, states, _, _ = fleet
+    used = replace(art, step=7, runtime={"resets": 2})
+    merged = merge_fleet(used, states)
+    assert merged.step == 0 and merged.runtime == {} and merged.core is art.core
+    moved = replace(states[0], runtime={**states[0].runtime, "backbone_moved": True})
+    with pytest.raises(QCoreError, match="^state 2: its backbone moved .* merged exactly$"):
+        merge_fleet(art, [states[1], moved])
+    with pytest.raises(QCoreError, match="2 states need as many names, got 1"):
+        merge_fleet(art, states[:2], ["a"])
+    other = replace(states[0], class_names=("x", "y", "z"))
+    with pytest.raises(
+        QCoreError, match=r"does not start from the deployed classes \(low, mid, high\)"
+    ):
+        merge_fleet(art, [other], ["dev"])

@@ -69,6 +69,8 @@ def merge_fleet(
     error (default ``state 1``, ...); ``deployed_sha256``: the SHA-256 of the deployed
     artifact's file, which a state bound to its artifact must carry."""
     names = [f"state {i + 1}" for i in range(len(states))] if names is None else list(names)
+    if len(names) != len(states):
+        raise QCoreError(f"{len(states)} states need as many names, got {len(names)}")
     parts = []
     for state, name in zip(states, names, strict=True):
         _check_origin(state.runtime.get(ARTIFACT_KEY), deployed_sha256, name)

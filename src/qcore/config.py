@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from qcore.core.quant import check_bits
 from qcore.core.settings import (
@@ -44,12 +43,14 @@ from qcore.device_config import (  # noqa: F401  (re-exported: the settings are 
     DEVICE_KEYS,
     FLIP_GUARDS,
     HEADS,
+    LABEL_POLICIES,
     RUN_DEVICE_KEYS,
     BnMode,
     CoreMode,
     DeviceConfig,
     FlipGuard,
     HeadKind,
+    LabelPolicy,
     Policy,
     check_flip_budget,
     parse_policy,
@@ -57,10 +58,6 @@ from qcore.device_config import (  # noqa: F401  (re-exported: the settings are 
 from qcore.errors import QCoreError
 
 _DEVICE = DeviceConfig()
-# which windows of a batch the labels go to: qcore.edge.asking's LABEL_POLICIES (a test
-# holds the two equal; this module does not import qcore.edge)
-LabelPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
-LABEL_POLICIES: tuple[LabelPolicy, ...] = typing.get_args(LabelPolicy)
 
 # Settings added after results were first recorded, with the value that reproduces what
 # qcore did before each existed: results stored without the key are valid at that value

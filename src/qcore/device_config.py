@@ -20,13 +20,14 @@ FlipGuard = Literal["pass", "backtrack", "layer", "off"]
 BnMode = Literal["reestimate", "frozen"]
 CoreMode = Literal["proportional", "stratified", "balanced"]
 HeadKind = Literal["model", "slda"]
-# the choices of qcore.edge.asking.LABEL_POLICIES (a test keeps the two equal)
-AskPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
+# which windows of a batch get labels: the choices of qcore.edge.asking.LABEL_POLICIES (a
+# test keeps the two equal); a device's ask_policy and a run's label_policy
+LabelPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
 FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
 BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)
 HEADS: tuple[HeadKind, ...] = typing.get_args(HeadKind)
-ASK_POLICIES: tuple[AskPolicy, ...] = typing.get_args(AskPolicy)
+LABEL_POLICIES: tuple[LabelPolicy, ...] = typing.get_args(LabelPolicy)
 # chosen on validation pairs, each under its section of docs/results.md: the flip budget
 # ("Defaults chosen on validation pairs"), new_class_min ("new_class_min"), the confidence
 # and drift settings ("Confidence, novelty and the drift trigger"), the ask policy ("Label
@@ -38,7 +39,7 @@ CONFIDENCE_TEMPERATURE = 2.0
 DRIFT_SHARE = 0.7
 DRIFT_RELEASE = 0.05
 CONFIDENCE_NOVELTY_POWER = 1.0
-ASK_POLICY: AskPolicy = "random"
+ASK_POLICY: LabelPolicy = "random"
 ASK_KEEP = 64
 
 
@@ -204,7 +205,7 @@ class DeviceConfig(Settings):
         "--answers)",
         "[0, 1]",
     )
-    ask_policy: AskPolicy = setting(
+    ask_policy: LabelPolicy = setting(
         ASK_POLICY,
         "which windows it asks for: random; margin (least sure between two classes); novel "
         "(furthest from every class); margin-cover, novel-cover (first one per predicted "

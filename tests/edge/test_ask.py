@@ -14,7 +14,7 @@ import pytest
 from test_artifact import reforge
 
 from qcore.cli import main
-from qcore.device_config import AskPolicy
+from qcore.device_config import LabelPolicy
 from qcore.edge.artifact import (
     Artifact,
     artifact_sizes,
@@ -65,7 +65,7 @@ def assert_same_head(a: HeadStats, b: HeadStats) -> None:
 
 
 def test_the_policies_are_those_of_the_asking_module() -> None:
-    assert typing.get_args(AskPolicy) == LABEL_POLICIES
+    assert typing.get_args(LabelPolicy) == LABEL_POLICIES
 
 
 def test_answers_given_later_are_learnt_as_labels_in_their_batch(known, tiny_xy) -> None:

@@ -247,3 +247,28 @@ def test_a_merge_starts_the_new_artifact_afresh_and_keeps_the_deployed_core(flee
         QCoreError, match=r"does not start from the deployed classes \(low, mid, high\)"
     ):
         merge_fleet(art, [other], ["dev"])
+
+
+def test_a_merge_interrupted_while_writing_leaves_no_partial_artifact(
+    fleet, tmp_path, monkeypatch, capsys
+) -> None:
+    import qcore.core.fileio as fileio
+
+    art, states, _, _ = fleet
+    deployed, paths = tmp_path / "model.qcore", []
+    save_artifact(deployed, art)
+    for i, state in enumerate(states):
+        paths.append(tmp_path / f"s{i}.qcore")
+        save_state(paths[-1], state)
+    out = tmp_path / "fleet.qcore"
+    out.write_bytes(b"an earlier merge")
+
+    def cut(fd: int) -> None:  # Ctrl-C after the bytes are written, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "fsync", cut)
+    args = ["fleet", "merge", *map(str, paths), "--deployed", str(deployed), "--out", str(out)]
+    assert main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier merge"  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -25,9 +25,39 @@ its target test set of:
 ``resets``: how often the user guard returned a device to the deployed model (the
 windows before a reset are then not in its state; ``central`` pools what the states hold).
 
+**Privacy curve.** Every device streams a second time with ``share_clip = C`` (each window's
+pooled features scaled to L2 norm at most ``C`` before they join its statistics). ``C`` is
+fixed per dataset before any run by one rule: the median L2 norm of the deployed model's
+pooled features over the source subject's training windows (``clip``); nothing is tuned on
+the sites. Each device sends a share (:func:`qcore.edge.share.make_share` of its learnt
+part, noise seeded by its subject number), and the new site's merged artifact
+(:func:`qcore.edge.fleet.merge_shares`, then :func:`qcore.edge.fleet.weigh_as` as ``qcore
+fleet merge`` does by default; before the site's labels the weight changes no prediction)
+is scored on the site's target test set: ``fleet_clipped`` without noise, ``fleet_eps1``,
+``fleet_eps2``, ``fleet_eps4``, ``fleet_eps8`` private at that epsilon, delta ``1e-5``
+(``clip_resets``: the user guard's resets over the clipped streams). Clipping alone
+changes the statistics (the windows' features are shrunk, the deployed ones are not), so
+``fleet_clipped`` is reported apart from the unclipped ``fleet_before``.
+
+**FedAvg baseline.** A linear softmax head on the deployed model's pooled features,
+initialised from the deployed streaming head's weights and bias
+(:func:`qcore.edge.backbone.solve_head`) and trained by FedAvg over the other devices
+(their labelled windows, the ones their states hold): each round every device runs one
+local epoch of plain SGD (minibatches of 32, its own shuffle) on the softmax cross-entropy,
+and the server averages the weights and biases by window count. The step is ``lr = m /
+L`` with ``L`` the largest eigenvalue of the source training windows' second moment of
+``[x, 1]`` (``1 / L`` is a safe step for this loss) and ``m`` in ``LR_MULTS``: all four are
+reported, as the smallest barely moves a closed-form head whose logits are on the scale of
+Mahalanobis distances, and picking the best afterwards is picking on the sites (so the best
+row flatters FedAvg). ``fedavg_mM_rR``: accuracy on the new site's target test set after
+``R`` rounds (``R = 0``: the deployed head, ``fedavg_r0``). Bytes a device sends and
+receives: ``R x 2 x (K D + K) x 4`` (weights and bias as float32, down and up each round),
+against the merge's one ``bytes32`` upload.
+
 Rows go to ``OUT/sites.csv`` (per dataset, also ``OUT/sites-DATASET.json``, so a dataset
 already measured is not measured again) and a summary against the acceptance of issue 26
-to ``OUT/fleet.md``.
+to ``OUT/fleet.md``. Each site's features (its held windows', its test windows') are
+computed once.
 
     .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet [--datasets hapt,usc-had]
 """
@@ -55,17 +85,24 @@ from qcore.core.fileio import write_json_atomic  # noqa: E402
 from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import Artifact, load_artifact  # noqa: E402
+from qcore.edge.backbone import solve_head  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
-from qcore.edge.fleet import learnt_part, merge_fleet, weigh_as  # noqa: E402
+from qcore.edge.fleet import learnt_part, merge_fleet, merge_shares, weigh_as  # noqa: E402
 from qcore.edge.head import HeadStats, batch_stats, combine  # noqa: E402
 from qcore.edge.infer import forward_features  # noqa: E402
+from qcore.edge.share import make_share, noise_multiplier  # noqa: E402
 from qcore.eval.grid import _uschad_found, one_to_all  # noqa: E402
 from qcore.eval.runner import run  # noqa: E402
 
 BITS, SEED, SOURCE = 4, 0, 1
+DELTA, EPSILONS = 1e-5, (1, 2, 4, 8)
+ROUNDS, LR_MULTS, BATCH = (1, 5, 20), (1, 100, 10_000, 1_000_000), 32
+FEDAVG = tuple(f"fedavg_m{m:g}_r{r}" for m in LR_MULTS for r in ROUNDS)
 FIELDS = (
     "dataset", "site", "n_test", "deployed", "own", "fleet_before", "fleet_after", "central",
     "fleet_after_pooled", "pred_diff", "stats_diff", "bytes32", "bytes16", "resets",
+    "clip", "clip_resets", "fleet_clipped", *(f"fleet_eps{e}" for e in EPSILONS),
+    "fedavg_r0", *FEDAVG, "fedavg_bytes_round",
 )  # fmt: skip
 
 
@@ -119,6 +156,45 @@ def one_site(deployed: Artifact, ds, cfg: RunConfig, subject: int) -> Site:
     return Site(subject, dev.art, stream, held, (sc.target_test.X, sc.target_test.y), resets)
 
 
+def fedavg(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    clients: list[tuple[np.ndarray, np.ndarray]],
+    lr: float,
+    seed: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """FedAvg of a linear softmax head from ``weight`` ``(K, D)`` and ``bias``: per round,
+    one local epoch of SGD on each client's (features, labels), averaged by window count;
+    the global head after each round of ``ROUNDS``."""
+    w, b = weight.astype(np.float64), bias.astype(np.float64)
+    share = np.array([len(y) for _, y in clients], dtype=np.float64)
+    share /= share.sum()
+    out = {}
+    for r in range(1, max(ROUNDS) + 1):
+        local_w, local_b = [], []
+        for k, (X, y) in enumerate(clients):
+            cw, cb = w.copy(), b.copy()
+            order = np.random.default_rng([seed, r, k]).permutation(len(y))
+            for i in range(0, len(y), BATCH):
+                xb, yb = X[order[i : i + BATCH]], y[order[i : i + BATCH]]
+                z = xb @ cw.T + cb
+                p = np.exp(z - z.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                p[np.arange(len(yb)), yb] -= 1.0  # d(cross-entropy)/d(logits)
+                cw -= lr * (p.T @ xb) / len(yb)
+                cb -= lr * p.sum(axis=0) / len(yb)
+            local_w.append(cw)
+            local_b.append(cb)
+        w, b = np.tensordot(share, np.array(local_w), 1), share @ np.array(local_b)
+        if r in ROUNDS:
+            out[r] = (w.copy(), b.copy())
+    return out
+
+
+def linear_accuracy(w: np.ndarray, b: np.ndarray, test: tuple[np.ndarray, np.ndarray]) -> float:
+    return float((np.argmax(test[0] @ w.T + b, axis=1) == test[1]).mean())
+
+
 def stats_diff(a: HeadStats, b: HeadStats) -> float:
     """Largest difference of two heads' statistics, relative to each part's scale."""
     out = 0.0
@@ -136,6 +212,29 @@ def measure(dataset: str, cache: Path) -> list[dict]:
     subjects = [t for _, _, t in one_to_all(dataset, SOURCE)]
     sites = [one_site(deployed, ds, cfg, t) for t in subjects]
     print(f"{dataset}: {len(sites)} devices streamed ({time.perf_counter() - t0:.0f} s)")
+    # the rules fixed before the runs, from the source subject's training windows alone
+    source = make_scenario(ds, SOURCE, subjects[0], cfg.n_batches, cfg.test_fraction, SEED)
+    feats0 = forward_features(deployed.model, source.source_train.X)[1].astype(np.float64)
+    clip = float(np.median(np.linalg.norm(feats0, axis=1)))
+    aug = np.hstack([feats0, np.ones((len(feats0), 1))])
+    smooth = float(np.linalg.eigvalsh(aug.T @ aug / len(aug)).max())
+    clipped_dep = replace(deployed, device=replace(deployed.device, share_clip=clip))
+    clipped = [one_site(clipped_dep, ds, cfg, t) for t in subjects]
+    shares: dict[float | None, list] = {}
+    for eps in (None, *EPSILONS):
+        privacy = None if eps is None else (float(eps), DELTA, clip)
+        shares[eps] = [
+            make_share(learnt_part(deployed, c.state), c.state.class_names, sha, privacy,
+                       seed=c.subject)
+            for c in clipped
+        ]  # fmt: skip
+    print(f"{dataset}: clip {clip:.3f}, devices streamed clipped, shares made "
+          f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    solved = solve_head(deployed.head, deployed.device)
+    tests = {
+        s.subject: (forward_features(deployed.model, s.test[0])[1].astype(np.float64), s.test[1])
+        for s in sites
+    }
     rows = []
     for site in sites:
         others = [s for s in sites if s is not site]
@@ -150,6 +249,19 @@ def measure(dataset: str, cache: Path) -> list[dict]:
         fleet_before, pred_before = accuracy(merged, site.test)
         central_acc, pred_central = accuracy(central, site.test)
         part = learnt_part(deployed, site.state)
+        private = {}
+        for eps, made in shares.items():
+            kept = [sh for sh, c in zip(made, clipped, strict=True) if c.subject != site.subject]
+            art = merge_shares(deployed, kept, None, sha)
+            art = weigh_as(art, float(deployed.head.count.sum()))
+            private["fleet_clipped" if eps is None else f"fleet_eps{eps}"] = accuracy(
+                art, site.test
+            )[0]
+        clients = [(s.held[0].astype(np.float64), s.held[1]) for s in others]
+        fed = {}
+        for m in LR_MULTS:
+            for r, (w, b) in fedavg(solved.weight, solved.bias, clients, m / smooth, SEED).items():
+                fed[f"fedavg_m{m:g}_r{r}"] = linear_accuracy(w, b, tests[site.subject])
         rows.append({
             "dataset": dataset,
             "site": site.subject,
@@ -167,6 +279,12 @@ def measure(dataset: str, cache: Path) -> list[dict]:
             "bytes32": part.nbytes,
             "bytes16": part.nbytes // 2,
             "resets": site.resets,
+            "clip": clip,
+            "clip_resets": next(c.resets for c in clipped if c.subject == site.subject),
+            **private,
+            "fedavg_r0": linear_accuracy(solved.weight, solved.bias, tests[site.subject]),
+            **fed,
+            "fedavg_bytes_round": 2 * 4 * (solved.weight.size + solved.bias.size),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     print(f"{dataset}: done ({time.perf_counter() - t0:.0f} s)")
@@ -209,7 +327,66 @@ def summary(dataset: str, rows: list[dict]) -> str:
         f"site's stream at least as good as its own device: "
         f"{'holds' if holds == n else f'holds on {holds}/{n} sites'}.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + privacy_lines(rows) + fedavg_lines(rows)) + "\n"
+
+
+def privacy_lines(rows: list[dict]) -> list[str]:
+    clip = rows[0]["clip"]
+    cols = ["fleet_before", "fleet_clipped", *(f"fleet_eps{e}" for e in EPSILONS[::-1])]
+    med = {k: float(np.median([r[k] for r in rows])) for k in cols}
+    sigma = {e: noise_multiplier(e, DELTA) * np.sqrt(1 + clip**2 + clip**4) for e in EPSILONS}
+    at4 = med["fleet_eps4"]
+    ok = at4 >= med["fleet_before"] - 0.02
+    return [
+        "",
+        f"### Privacy: shares of devices that learnt with share_clip = {clip:.3f} (the median "
+        f"feature norm of the source training windows), delta {DELTA:g}",
+        "",
+        "| | unclipped, no noise | clipped, no noise | "
+        + " | ".join(f"epsilon {e}" for e in EPSILONS[::-1])
+        + " |",
+        "|---|---|---|" + "---|" * len(EPSILONS),
+        "| median accuracy | " + " | ".join(f"{med[k]:.3f}" for k in cols) + " |",
+        "| noise std per entry | 0 | 0 | "
+        + " | ".join(f"{sigma[e]:.1f}" for e in EPSILONS[::-1])
+        + " |",
+        "",
+        f"- clipping alone: median {med['fleet_clipped'] - med['fleet_before']:+.3f} against "
+        f"the unclipped merge; user-guard resets over the clipped streams: "
+        f"{sum(r['clip_resets'] for r in rows)};",
+        f"- acceptance: at epsilon 4 the median target accuracy ({at4:.3f}) within 2 points of "
+        f"the merge without noise ({med['fleet_before']:.3f}): "
+        f"{'holds' if ok else 'does not hold'} ({at4 - med['fleet_before']:+.3f}; against "
+        f"the clipped merge without noise {at4 - med['fleet_clipped']:+.3f}).",
+    ]
+
+
+def fedavg_lines(rows: list[dict]) -> list[str]:
+    merge = float(np.median([r["fleet_before"] for r in rows]))
+    per_round = rows[0]["fedavg_bytes_round"]
+    lines = [
+        "",
+        "### FedAvg of a linear softmax head (from the deployed head; SGD, 1 local epoch, "
+        f"batch {BATCH}, lr = m / L), before the site's labels",
+        "",
+        "| m | " + " | ".join(f"R = {r}" for r in ROUNDS) + " |",
+        "|---|" + "---|" * len(ROUNDS),
+    ]
+    for m in LR_MULTS:
+        accs = [np.median([r[f"fedavg_m{m:g}_r{k}"] for r in rows]) for k in ROUNDS]
+        lines.append(f"| {m:g} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    lines += [
+        "| bytes per device (down + up) | "
+        + " | ".join(f"{k * per_round:,}" for k in ROUNDS)
+        + " |",
+        "",
+        f"- R = 0 (the deployed head as a linear map): median "
+        f"{np.median([r['fedavg_r0'] for r in rows]):.3f} (deployed: "
+        f"{np.median([r['deployed'] for r in rows]):.3f});",
+        f"- one-round merge: median {merge:.3f}, {np.median([r['bytes32'] for r in rows]):,.0f} "
+        f"bytes up once (float32; the merged statistics down once, about as many).",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -224,7 +401,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     for dataset in datasets:
         path = args.out / f"sites-{dataset}.json"
-        if not path.exists():
+        if not path.exists() or set(FIELDS) - set(json.loads(path.read_text())[0]):
             write_json_atomic(path, measure(dataset, args.out / ".cache"))
         rows[dataset] = json.loads(path.read_text())
     with open(args.out / "sites.csv", "w", newline="") as fh:

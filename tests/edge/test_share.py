@@ -75,13 +75,18 @@ def test_private_noise_has_the_accountants_scale() -> None:
     part = batch_stats(x, y, 3)
     exact = make_share(part, ("a", "b", "c"))
     noisy = make_share(part, ("a", "b", "c"), privacy=(4.0, 1e-5, 2.0), seed=1)
-    sigma = noise_multiplier(4.0, 1e-5) * math.sqrt(1 + 4 + 16)
+    # in units of the clip each part moves by at most 1 per window: L2 sensitivity sqrt(3)
+    sigma = noise_multiplier(4.0, 1e-5) * math.sqrt(3)
     assert noisy.privacy == (4.0, 1e-5, 2.0, pytest.approx(sigma))
     upper = np.triu_indices(40)
-    diff = (noisy.second - exact.second)[upper]
+    diff = (noisy.second - exact.second)[upper] / 2.0**2
     assert abs(diff.std() / sigma - 1) < 0.05 and abs(diff.mean()) < 0.1 * sigma
     np.testing.assert_array_equal(noisy.second, noisy.second.T)
-    assert abs((noisy.sums - exact.sums).std() / sigma - 1) < 0.2
+    assert abs((noisy.sums - exact.sums).std() / (sigma * 2.0) - 1) < 0.2
+    private = (4.0, 1e-5, 2.0)
+    shares = [make_share(part, ("a", "b", "c"), privacy=private, seed=s) for s in range(100)]
+    counts = np.concatenate([s.count - exact.count for s in shares])
+    assert abs(counts.std() / sigma - 1) < 0.15
     stats = noisy.stats()  # valid statistics whatever the noise
     assert (stats.count >= 0).all() and np.linalg.eigvalsh(
         stats.scatter.astype(float)

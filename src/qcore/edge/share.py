@@ -10,13 +10,16 @@ mean is that window's features, which is why a share can be made private.
 
 **Differential privacy.** With ``share_clip = C`` (a device setting) every window's pooled
 features are scaled to L2 norm at most ``C`` before they join the statistics
-(:func:`clip_norms`), so adding or removing one window moves the sums by at most
-``Δ = sqrt(1 + C² + C⁴)`` in L2 norm (1 in one count, ``|x| <= C`` in one class sum,
-``|x xᵀ|_F = |x|² <= C²`` in ``Q``). A private share adds Gaussian noise of standard
-deviation ``z Δ`` to every count, sum and entry of ``Q`` (the upper triangle, mirrored),
-the Gaussian mechanism, with the noise multiplier ``z`` that the privacy accountant of
-the ``dp-accounting`` library gives for one release at ``(epsilon, delta)``
-(:func:`noise_multiplier`). The unit protected is one window: a share is
+(:func:`clip_norms`). Measured in units of ``C`` (sums over ``C``, ``Q`` over ``C²``),
+adding or removing one window then moves the sums by at most ``Δ = sqrt(3)`` in L2 norm
+(1 in one count, ``|x| / C <= 1`` in one class sum, ``|x xᵀ|_F / C² <= 1`` in ``Q``), each
+part alike. A private share adds Gaussian noise of standard deviation ``z Δ`` to every
+count and to every scaled sum and entry of ``Q`` (the upper triangle, mirrored): the
+Gaussian mechanism, with the noise multiplier ``z`` that the privacy accountant of the
+``dp-accounting`` library gives for one release at ``(epsilon, delta)``
+(:func:`noise_multiplier`). Back in the features' units the noise is ``z Δ`` on a count,
+``z Δ C`` on a sum and ``z Δ C²`` on ``Q``: released unscaled, one noise for all, the
+``C²`` of ``Q`` would drown the counts and sums. The unit protected is one window: a share is
 ``(epsilon, delta)``-private with respect to adding or removing any single labelled window
 of the device; a device's whole share is not hidden (its size and classes are visible).
 The server turns the noisy sums back into statistics (counts at least 0, the scatter made
@@ -82,7 +85,8 @@ class Share:
     """One device's share: ``count`` ``(K,)``, class feature ``sums`` ``(K, D)``, the
     ``second`` moment ``(D, D)`` (float64), its ``classes`` (names), the SHA-256 of the
     ``deployed`` artifact it grew from ("" unknown) and its ``privacy`` (empty, or
-    ``epsilon``, ``delta``, ``clip``, ``sigma``)."""
+    ``epsilon``, ``delta``, ``clip``, ``sigma``: the noise's standard deviation on a count,
+    ``sigma C`` on a sum, ``sigma C²`` on the second moment)."""
 
     count: np.ndarray
     sums: np.ndarray
@@ -126,12 +130,12 @@ def make_share(
     if privacy is None:
         return Share(n, sums, second, tuple(classes), deployed)
     epsilon, delta, clip = privacy
-    sigma = noise_multiplier(epsilon, delta) * math.sqrt(1 + clip**2 + clip**4)
+    sigma = noise_multiplier(epsilon, delta) * math.sqrt(3.0)
     rng = np.random.default_rng([seed, 0x5A4E])
-    upper = np.triu(rng.normal(0.0, sigma, second.shape))
+    upper = np.triu(rng.normal(0.0, sigma * clip**2, second.shape))
     noisy = second + upper + np.triu(upper, 1).T
     n = n + rng.normal(0.0, sigma, n.shape)
-    sums = sums + rng.normal(0.0, sigma, sums.shape)
+    sums = sums + rng.normal(0.0, sigma * clip, sums.shape)
     return Share(n, sums, noisy, tuple(classes), deployed, (epsilon, delta, clip, sigma))
 
 

@@ -212,6 +212,11 @@ def test_weighing_keeps_every_prediction_and_sets_the_total(fleet) -> None:
     )
     with pytest.raises(QCoreError, match="total count > 0"):
         weigh_as(merged, 0.0)
+    assert merged.head.n_learnt == 1  # "extra": its own scatter is scaled alike
+    half = weigh_as(merged, 0.5 * float(merged.head.count.sum()))
+    assert half.head is not None
+    np.testing.assert_allclose(half.head.learnt, 0.5 * merged.head.learnt, rtol=1e-5, atol=1e-6)
+    assert weigh_as(merged, 0.5).head is not None  # a total under one window is a total
 
 
 def test_subtracting_takes_out_a_learnt_classs_own_scatter_and_refuses_a_larger_part() -> None:

@@ -20,6 +20,7 @@ from qcore.edge.fleet import learnt_part, merge_fleet, merge_shares
 from qcore.edge.head import batch_stats, update
 from qcore.edge.share import (
     SHARE_KEYS,
+    Share,
     clip_norms,
     load_share,
     make_share,
@@ -41,14 +42,24 @@ def test_clipping_scales_long_rows_to_the_bound_and_keeps_short_ones() -> None:
     got = clip_norms(x, 1.0)
     np.testing.assert_allclose(got, [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]], rtol=1e-6)
     assert got.dtype == np.float32 and clip_norms(x, None) is x
+    np.testing.assert_allclose(clip_norms(x[1:2], 0.25), [[0.15, 0.2]], rtol=1e-6)  # below 1
 
 
 def test_the_noise_multiplier_is_the_accountants_smallest_for_the_budget() -> None:
     z = noise_multiplier(4.0, 1e-5)
     assert spent(z, 1e-5) <= 4.0 < spent(z - 0.002, 1e-5)
     assert noise_multiplier(1.0, 1e-5) > noise_multiplier(8.0, 1e-5)
-    with pytest.raises(QCoreError, match="epsilon > 0 and 0 < delta < 1"):
-        noise_multiplier(0.0, 1e-5)
+    for epsilon, delta in ((0.0, 1e-5), (4.0, 0.0), (4.0, 1.0)):
+        with pytest.raises(QCoreError, match="epsilon > 0 and 0 < delta < 1"):
+            noise_multiplier(epsilon, delta)
+
+
+def test_noisy_sums_stand_for_valid_statistics() -> None:
+    share = make_share(batch_stats(np.eye(4, 2, dtype=np.float32), np.arange(4), 4), tuple("abcd"))
+    noisy = Share(np.array([-0.3, 0.4, 0.7, 2.0]), np.ones((4, 2)), np.eye(2) * 5, share.classes)
+    stats = noisy.stats()
+    np.testing.assert_allclose(stats.count, [0.0, 0.0, 0.7, 2.0])
+    np.testing.assert_allclose(stats.mean, [[0, 0], [0, 0], [1 / 0.7, 1 / 0.7], [0.5, 0.5]])
 
 
 def test_a_share_without_noise_stands_for_the_part_exactly(fleet) -> None:  # noqa: F811
@@ -65,8 +76,12 @@ def test_a_share_without_noise_stands_for_the_part_exactly(fleet) -> None:  # no
     assert merged.head is not None and direct.head is not None
     np.testing.assert_allclose(merged.head.count, direct.head.count, rtol=1e-6)
     np.testing.assert_allclose(merged.head.mean, direct.head.mean, rtol=1e-4, atol=1e-4)
-    with pytest.raises(QCoreError, match="grew from another artifact"):
-        merge_shares(art, shares, None, "other")
+    with pytest.raises(QCoreError, match="^share 2 grew from another artifact"):
+        merge_shares(art, [shares[0], replace(shares[1], deployed="other")], None, "abc")
+    with pytest.raises(QCoreError, match="3 shares need as many names, got 1"):
+        merge_shares(art, shares, ["a"])
+    with pytest.raises(QCoreError, match="^b does not start from the deployed classes"):
+        merge_shares(art, [shares[0], replace(shares[1], classes=("x", "y", "z"))], ["a", "b"])
 
 
 def test_private_noise_has_the_accountants_scale() -> None:

@@ -87,6 +87,8 @@ def merge_shares(
     """:func:`merge_fleet` of what devices sent (:mod:`qcore.edge.share`) instead of their
     states; a share's classes must start with the deployed ones."""
     names = [f"share {i + 1}" for i in range(len(shares))] if names is None else list(names)
+    if len(names) != len(shares):
+        raise QCoreError(f"{len(shares)} shares need as many names, got {len(names)}")
     parts = []
     for share, name in zip(shares, names, strict=True):
         _check_origin(share.deployed or None, deployed_sha256, name)

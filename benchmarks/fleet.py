@@ -334,7 +334,7 @@ def privacy_lines(rows: list[dict]) -> list[str]:
     clip = rows[0]["clip"]
     cols = ["fleet_before", "fleet_clipped", *(f"fleet_eps{e}" for e in EPSILONS[::-1])]
     med = {k: float(np.median([r[k] for r in rows])) for k in cols}
-    sigma = {e: noise_multiplier(e, DELTA) * np.sqrt(1 + clip**2 + clip**4) for e in EPSILONS}
+    sigma = {e: noise_multiplier(e, DELTA) * np.sqrt(3.0) for e in EPSILONS}  # on a count
     at4 = med["fleet_eps4"]
     ok = at4 >= med["fleet_before"] - 0.02
     return [
@@ -347,8 +347,11 @@ def privacy_lines(rows: list[dict]) -> list[str]:
         + " |",
         "|---|---|---|" + "---|" * len(EPSILONS),
         "| median accuracy | " + " | ".join(f"{med[k]:.3f}" for k in cols) + " |",
-        "| noise std per entry | 0 | 0 | "
-        + " | ".join(f"{sigma[e]:.1f}" for e in EPSILONS[::-1])
+        "| noise std: count / sum / second moment | 0 | 0 | "
+        + " | ".join(
+            f"{sigma[e]:.1f} / {sigma[e] * clip:.0f} / {sigma[e] * clip**2:.0f}"
+            for e in EPSILONS[::-1]
+        )
         + " |",
         "",
         f"- clipping alone: median {med['fleet_clipped'] - med['fleet_before']:+.3f} against "

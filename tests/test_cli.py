@@ -111,7 +111,9 @@ def test_the_command_line_loads_neither_torch_nor_scipy() -> None:
 def test_a_device_command_loads_only_the_device_side(tmp_path) -> None:
     run = f"['device', 'missing.qcore', '--stream', '.', '--state', {str(tmp_path / 's')!r}]"
     loaded = _loaded(f"from qcore.cli import main\nassert main({run}) == 2")
-    assert set(loaded) <= {"cli", "errors", "config", "core", "coreset", "edge"}, loaded
+    assert set(loaded) <= {"cli", "errors", "config", "device_config", "core", "coreset", "edge"}, (
+        loaded
+    )
 
 
 @pytest.fixture
@@ -128,7 +130,7 @@ def test_the_predictions_file_has_one_header(deployed, tmp_path) -> None:
     assert main([*run, "--state", str(tmp_path / "a.qcore")]) == 0
     assert main([*run, "--state", str(tmp_path / "b.qcore")]) == 0  # appends to the file
     rows = list(csv.reader(out.open(newline="")))
-    assert rows[0] == ["batch", "step", "window", "predicted", "confidence"]
+    assert rows[0] == ["batch", "step", "window", "predicted", "confidence", "novelty"]
     assert rows.count(rows[0]) == 1
     n = sum(len(yb) for _, yb in batches)
     assert len(rows) == 1 + 2 * n

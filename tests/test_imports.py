@@ -20,6 +20,7 @@ LAYERS = {
     "errors": 0,
     "threads": 0,
     "core": 1,
+    "device_config": 1.5,  # the device settings, which config builds on
     "config": 2,
     "data": 2,
     "coreset": 3,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # public name -> the module that defines it (imported on first access)
 _PUBLIC = {
-    "DeviceConfig": "qcore.config",
+    "DeviceConfig": "qcore.device_config",
     "RunConfig": "qcore.config",
     "load_dataset": "qcore.data.registry",
     "make_scenario": "qcore.data.scenario",

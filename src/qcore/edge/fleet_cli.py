@@ -36,8 +36,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         "(epsilon, delta) differential privacy of each window (the state must have been "
         "learnt with share_clip set).",
     )
-    share.add_argument("state", metavar="STATE")
-    share.add_argument("--deployed", required=True, metavar="ARTIFACT")
+    share.add_argument("state", metavar="STATE", help="the device's state file")
+    share.add_argument("--deployed", required=True, metavar="ARTIFACT", help="its artifact")
     share.add_argument("--out", required=True, metavar="SHARE", help="the share file (.npz)")
     share.add_argument("--epsilon", type=float, default=None, help="privacy budget epsilon")
     share.add_argument("--delta", type=float, default=1e-5, help="privacy delta (1e-5)")

@@ -37,6 +37,7 @@ from qcore.core.settings import (
     settings_of,
 )
 from qcore.device_config import (  # noqa: F401  (re-exported: the settings are found here)
+    ASK_POLICY,
     BN_MODES,
     CORE_MODES,
     DEFAULT_FLIP_BUDGET,
@@ -147,10 +148,10 @@ class RunConfig(Settings):
         "(seeded); the others arrive without one (accuracy is measured on all)",
         "[0, 1]",
     )
-    # random stays the default: no policy passed the rule fixed before the validation runs
-    # (docs/results.md, "Label requests: the rule fixed before the runs")
+    # margin, as the device's ask_policy: the second rule, on new validation seeds, adopted
+    # it (docs/results.md, "Label requests: a second rule for margin")
     label_policy: LabelPolicy = setting(
-        "random",
+        ASK_POLICY,
         "which windows of a stream batch get the label_fraction's labels: random (seeded), "
         "or those the streaming-head device asks for (margin, novel, margin-cover, "
         "novel-cover: qcore.edge.asking); every method of the run gets the same",

@@ -90,10 +90,9 @@ def test_presets(monkeypatch, uschad_found):
     assert method.base.device == default.device
     cells = method.cells()
     assert len(cells) == 9 * len(method.pairs)
-    assert (
-        cells[0].to_dict()
-        == method.base.replace(dataset="hapt", source=1, target=4, seed=0, bits=(2,)).to_dict()
-    )
+    # with every window labelled the policy chooses nothing: a cell says random, as ever
+    first = method.base.replace(dataset="hapt", source=1, target=4, seed=0, bits=(2,))
+    assert cells[0].to_dict() == first.replace(label_policy="random").to_dict()
     assert {(c.dataset, c.source, c.target, c.seed, c.bits) for c in cells} == {
         (*p, seed, (b,)) for p in method.pairs for seed in (0, 1, 2) for b in (2, 4, 8)
     }
@@ -113,10 +112,12 @@ def test_the_wide_labels_and_newclass_presets(monkeypatch, uschad_found):
     assert wide.base.methods == ("none", "bn-stats", "qcore", "backprop", "slda")
     labels = make_grid("labels", ["label_fractions=1,0.1"])
     cells = labels.cells()
-    assert len(cells) == len(labels.pairs) * 3 * 3 * 2
+    # pairs x seeds x bits x (every label, 10% at random, 10% as the device asks: margin)
+    assert labels.label_policies == ("random", "margin")
+    assert len(cells) == len(labels.pairs) * 3 * 3 * 3
     assert {c.label_fraction for c in cells} == {1.0, 0.1}
     names = {cell_dir(Path("o"), c).name for c in cells}
-    assert "hapt-1-4-s0-b2" in names and "hapt-1-4-s0-b2-l0.1" in names
+    assert {"hapt-1-4-s0-b2", "hapt-1-4-s0-b2-l0.1", "hapt-1-4-s0-b2-l0.1-pmargin"} <= names
     assert len(names) == len(cells)
     newclass = make_grid("newclass", ["held_out=SITTING,LAYING", "bits=4"])
     assert [c.new_classes for c in newclass.cells()][:2] == ["SITTING", "LAYING"]

@@ -170,34 +170,20 @@ def update(stats: HeadStats, features: np.ndarray, y: np.ndarray) -> HeadStats:
     if y.min() < 0 or y.max() >= stats.n_classes:
         raise QCoreError(f"head labels must lie in 0..{stats.n_classes - 1}")
     n_b, mean_b, scatter_b = _moments(features, y, stats.n_classes)
-    n_a = stats.count.astype(np.float64)
-    mean_a = stats.mean.astype(np.float64)
-    total = n_a + n_b
-    safe = np.where(total > 0, total, 1.0)
-    delta = mean_b - mean_a  # (K, D)
-    weight = n_a * n_b / safe  # 0 where either side is empty
-    scatter = stats.scatter.astype(np.float64) + scatter_b + (delta * weight[:, None]).T @ delta
-    mean = mean_a + delta * (n_b / safe)[:, None]
-    learnt = _learnt_update(stats, features, y, mean_b, delta, weight)
-    return HeadStats(total, mean, scatter, learnt)
+    return _merge(stats, n_b, mean_b, scatter_b, _learnt_moments(stats, features, y, mean_b))
 
 
-def _learnt_update(
-    stats: HeadStats,
-    features: np.ndarray,
-    y: np.ndarray,
-    mean_b: np.ndarray,
-    delta: np.ndarray,
-    weight: np.ndarray,
+def _learnt_moments(
+    stats: HeadStats, features: np.ndarray, y: np.ndarray, mean_b: np.ndarray
 ) -> np.ndarray:
-    """Each learnt class's own scatter after the batch (the same pairwise update, per
-    class), in float64."""
-    learnt = stats.learnt.astype(np.float64)
+    """Each learnt class's own scatter within one batch (about the batch's class mean),
+    float64 ``(L, D, D)``."""
     first = stats.n_classes - stats.n_learnt
+    learnt = np.zeros(stats.learnt.shape)
     x = np.asarray(features, dtype=np.float64)
     for c in np.unique(y[y >= first]):
         centred = x[y == c] - mean_b[c]
-        learnt[c - first] += centred.T @ centred + weight[c] * np.outer(delta[c], delta[c])
+        learnt[c - first] = centred.T @ centred
     return learnt
 
 
@@ -207,17 +193,30 @@ def combine(a: HeadStats, b: HeadStats) -> HeadStats:
     whatever the order. The two must have the same classes; a class's own scatter
     (:attr:`HeadStats.learnt`) is kept when both keep it."""
     _check_same_shape(a, b)
-    n_a, n_b = a.count.astype(np.float64), b.count.astype(np.float64)
-    mean_a, mean_b = a.mean.astype(np.float64), b.mean.astype(np.float64)
+    return _merge(a, b.count, b.mean, b.scatter, b.learnt)
+
+
+def _merge(
+    a: HeadStats,
+    n_b: np.ndarray,
+    mean_b: np.ndarray,
+    scatter_b: np.ndarray,
+    learnt_b: np.ndarray,
+) -> HeadStats:
+    """``a`` merged with the statistics ``n_b``, ``mean_b``, ``scatter_b`` and
+    ``learnt_b`` of other samples of the same classes (Chan et al.'s pairwise update per
+    class, in float64): the one merge behind :func:`update` and :func:`combine`."""
+    n_a, n_b = a.count.astype(np.float64), np.asarray(n_b, dtype=np.float64)
+    mean_a, mean_b = a.mean.astype(np.float64), np.asarray(mean_b, dtype=np.float64)
     total = n_a + n_b
     safe = np.where(total > 0, total, 1.0)
-    delta = mean_b - mean_a
-    weight = n_a * n_b / safe
-    scatter = a.scatter.astype(np.float64) + b.scatter + (delta * weight[:, None]).T @ delta
+    delta = mean_b - mean_a  # (K, D)
+    weight = n_a * n_b / safe  # 0 where either side is empty
+    scatter = a.scatter.astype(np.float64) + scatter_b + (delta * weight[:, None]).T @ delta
     mean = mean_a + delta * (n_b / safe)[:, None]
     first = a.n_classes - a.n_learnt
     cross = np.einsum("k,kd,ke->kde", weight[first:], delta[first:], delta[first:])
-    learnt = a.learnt.astype(np.float64) + b.learnt + cross
+    learnt = a.learnt.astype(np.float64) + learnt_b + cross
     return HeadStats(total, mean, scatter, learnt)
 
 

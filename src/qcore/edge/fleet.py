@@ -45,11 +45,7 @@ def learnt_part(deployed: Artifact, state: Artifact, name: str = "state") -> Hea
     """The statistics ``state`` added to ``deployed``'s, over the state's classes."""
     if deployed.head is None or state.head is None:
         raise QCoreError(f"{name}: only devices with streaming head statistics can be merged")
-    k = len(deployed.class_names)
-    if state.class_names[:k] != deployed.class_names:
-        raise QCoreError(
-            f"{name} does not start from the deployed classes ({', '.join(deployed.class_names)})"
-        )
+    _check_classes(deployed, state.class_names, name)
     if Runtime.from_dict(state.runtime, step=state.step).backbone_moved:
         raise QCoreError(
             f"{name}: its backbone moved (flips or BatchNorm), so its statistics are of other "
@@ -68,11 +64,8 @@ def merge_fleet(
     state learnt (see the module docstring). ``names``: how to call each state in an
     error (default ``state 1``, ...); ``deployed_sha256``: the SHA-256 of the deployed
     artifact's file, which a state bound to its artifact must carry."""
-    names = [f"state {i + 1}" for i in range(len(states))] if names is None else list(names)
-    if len(names) != len(states):
-        raise QCoreError(f"{len(states)} states need as many names, got {len(names)}")
     parts = []
-    for state, name in zip(states, names, strict=True):
+    for state, name in zip(states, _names(names, len(states), "state"), strict=True):
         _check_origin(state.runtime.get(ARTIFACT_KEY), deployed_sha256, name)
         parts.append((learnt_part(deployed, state, name), state.class_names))
     return merge_parts(deployed, parts)
@@ -86,15 +79,11 @@ def merge_shares(
 ) -> Artifact:
     """:func:`merge_fleet` of what devices sent (:mod:`qcore.edge.share`) instead of their
     states; a share's classes must start with the deployed ones."""
-    names = [f"share {i + 1}" for i in range(len(shares))] if names is None else list(names)
-    if len(names) != len(shares):
-        raise QCoreError(f"{len(shares)} shares need as many names, got {len(names)}")
     parts = []
-    for share, name in zip(shares, names, strict=True):
+    k = len(deployed.class_names)
+    for share, name in zip(shares, _names(names, len(shares), "share"), strict=True):
         _check_origin(share.deployed or None, deployed_sha256, name)
-        k = len(deployed.class_names)
-        if share.classes[:k] != deployed.class_names:
-            raise QCoreError(f"{name} does not start from the deployed classes")
+        _check_classes(deployed, share.classes, name)
         parts.append((grow_learnt(share.stats(), len(share.classes) - k), share.classes))
     return merge_parts(deployed, parts)
 
@@ -127,6 +116,23 @@ def weigh_as(art: Artifact, total: float) -> Artifact:
     return replace(
         art, head=HeadStats(head.count * s, head.mean, head.scatter * s, head.learnt * s)
     )
+
+
+def _names(names: Sequence[str] | None, n: int, what: str) -> list[str]:
+    """How to call each of ``n`` states or shares in an error (default ``WHAT 1``, ...)."""
+    if names is None:
+        return [f"{what} {i + 1}" for i in range(n)]
+    if len(names) != n:
+        raise QCoreError(f"{n} {what}s need as many names, got {len(names)}")
+    return list(names)
+
+
+def _check_classes(deployed: Artifact, classes: Sequence[str], name: str) -> None:
+    k = len(deployed.class_names)
+    if tuple(classes[:k]) != deployed.class_names:
+        raise QCoreError(
+            f"{name} does not start from the deployed classes ({', '.join(deployed.class_names)})"
+        )
 
 
 def _check_origin(grew_from: str | None, deployed_sha256: str | None, name: str) -> None:

@@ -1,0 +1,548 @@
+"""``qcore mcu check``: the exported C runtime (``qcore export --format c``) built for the
+host or for a Cortex-M4, streamed through the same batches as the NumPy device, and
+compared with it.
+
+The check firmware (package data under ``mcu_firmware/``) calls only the ``qcore_rt.h``
+API: ``fw_main.c`` reads records (a label and one raw window, or the end of a batch) and
+writes, per window, the prediction, both heads' logits, the pooled features and the
+counter ticks of one prediction; per batch, the ticks of its head updates and of the
+solve; at the end the head statistics and the stack high-water mark. It builds
+
+* for the ``host`` with ``gcc`` (``fw_host.c``: stdio files, ``CLOCK_MONOTONIC``
+  nanoseconds), and
+* for the ``cortex-m4`` (QEMU's ``mps2-an386``, Cortex-M4F, FPU on) with
+  ``arm-none-eabi-gcc`` (``startup.S``, ``mps2_an386.ld``, ``fw_mcu.c``: semihosting
+  files, the CMSDK timer 0, a painted stack), run under ``qemu-system-arm -icount
+  shift=0``: every instruction advances virtual time by 1 ns, so the 25 MHz timer ticks
+  once per 40 instructions. The firmware times a loop of known length first
+  (``fw_count_loop``: 2 instructions per iteration); the check derives instructions per
+  tick from it and refuses counts when it is off. Instructions are not cycles: a real
+  Cortex-M4 spends more than one cycle on loads, branches, divisions and double-precision
+  arithmetic (software on an FPU without doubles), so the times at 80 MHz are lower bounds.
+
+The NumPy side is :class:`qcore.edge.device.Device` with what the C runtime implements:
+the artifact's head (the streaming head for ``head=slda``), no backbone calibration
+(``flip_steps=0``, ``bn_mode=frozen``), learning from every labelled batch
+(``policy=every``), no user guard, no pseudo-labels, no label requests, no clipping, and
+new classes read from text labels. Each batch is predicted before it is learnt on both
+sides; the C adds the batch's windows one at a time and solves once per batch, the
+device adds the batch at once (the same statistics up to float rounding). Compared:
+predictions (agreement, and every window whose NumPy top-two logits differ by more than
+``1e-3`` of the largest logit must agree: the C sums in another order, so rounding can
+move a logit by far less than that), logits and features (largest difference relative to
+the largest value), head statistics (same), memory from the ELF and timings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcore.edge.artifact import Artifact, load_artifact
+from qcore.edge.batches import folder_batches, load_batch
+from qcore.edge.device import Device
+from qcore.edge.head import UNSEEN
+from qcore.edge.head import logits as head_logits
+from qcore.edge.infer import forward_features
+from qcore.errors import QCoreError
+
+TARGETS = ("host", "cortex-m4")
+FIRMWARE = ("fw_main.c", "fw_io.h", "fw_host.c", "fw_mcu.c", "startup.S", "mps2_an386.ld")
+RUNTIME = ("qcore_rt.c", "qcore_model.c")
+CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
+ARM_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+ARM_LINK = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")
+QEMU = ("qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none")
+QEMU_SEMIHOSTING = ("-semihosting-config", "enable=on,target=native")
+ICOUNT = ("-icount", "shift=0")  # 1 ns of virtual time per instruction
+TIMER_HZ = 25_000_000  # mps2-an386 PCLK: the CMSDK timer's clock
+INSTRUCTIONS_PER_TICK = 1e9 / TIMER_HZ  # 40 under -icount shift=0
+MCU_HZ = 80_000_000  # the clock instructions are turned into time at
+MARGIN = 1e-3  # a NumPy top-two margin beyond this share of the largest logit is "clear"
+SOLVE, NO_LABEL = -2, -1
+WORKING_TOOLS = "run `make mcu` (installs gcc-arm-none-eabi, libnewlib-arm-none-eabi, " + (
+    "qemu-system-arm on Debian) or put them on PATH"
+)
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+def tools(target: str) -> dict[str, str]:
+    """The programs a target needs, by role, or a :class:`QCoreError` naming the missing
+    ones and ``make mcu``."""
+    if target not in TARGETS:
+        raise QCoreError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    names = {"cc": "gcc"}
+    if target == "cortex-m4":
+        names = {"cc": "arm-none-eabi-gcc", "size": "arm-none-eabi-size",
+                 "nm": "arm-none-eabi-nm", "qemu": "qemu-system-arm"}  # fmt: skip
+    found = {role: shutil.which(name) for role, name in names.items()}
+    missing = [names[role] for role, path in found.items() if path is None]
+    if missing:
+        hint = WORKING_TOOLS if target == "cortex-m4" else "install gcc"
+        raise QCoreError(f"the {target} check needs {', '.join(missing)}: {hint}")
+    return {role: str(path) for role, path in found.items()}
+
+
+def _run(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout: float | None = None):
+    try:
+        done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise QCoreError(f"{what} did not finish within {timeout} s") from None
+    if done.returncode != 0:
+        err = (done.stderr or b"").decode(errors="replace").strip()[-2000:]
+        raise QCoreError(f"{what} failed (exit {done.returncode}): {err}")
+    return done
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def firmware_dir() -> Path:
+    """The firmware sources (package data)."""
+    return Path(str(resources.files("qcore.edge").joinpath("mcu_firmware")))
+
+
+def build(export_dir: str | Path, work: str | Path, target: str) -> Path:
+    """Compile the exported runtime in ``export_dir`` with the check firmware for
+    ``target`` into ``work``; the program (an ELF for the Cortex-M4)."""
+    src, out, fw = Path(export_dir), Path(work), firmware_dir()
+    for name in (*RUNTIME, "qcore_rt.h"):
+        if not (src / name).is_file():
+            raise QCoreError(
+                f"{src} holds no {name}: give the folder `qcore export --format c` wrote"
+            )
+    tool = tools(target)
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = [str(src / name) for name in RUNTIME]
+    inc = ["-I", str(src), "-I", str(fw)]
+    if target == "host":
+        exe = out / "qc_check"
+        cmd = [tool["cc"], *CFLAGS, *inc, "-o", str(exe), str(fw / "fw_main.c"),
+               str(fw / "fw_host.c"), *runtime, "-lm"]  # fmt: skip
+    else:
+        exe = out / "qc_check.elf"
+        cmd = [tool["cc"], *CFLAGS, *ARM_FLAGS, "-ffunction-sections", "-fdata-sections",
+               *ARM_LINK, "-T", str(fw / "mps2_an386.ld"), *inc, "-o", str(exe),
+               str(fw / "startup.S"), str(fw / "fw_main.c"), str(fw / "fw_mcu.c"), *runtime,
+               "-lm"]  # fmt: skip
+    _run(cmd, f"compiling the {target} check")
+    return exe
+
+
+@dataclass
+class Memory:
+    """What the Cortex-M4 build holds, from its ELF (bytes): ``sections`` by name,
+    ``flash`` (.text + .rodata + .ARM.exidx + the initial values of .data), ``ram_static``
+    (.data + .bss, the arena included) and ``arena`` (the runtime's ``qc_arena``; None
+    when the symbol is not there)."""
+
+    sections: dict[str, int]
+    flash: int
+    ram_static: int
+    arena: int | None
+
+
+def memory(elf: Path) -> Memory:
+    """Section and symbol sizes of a Cortex-M4 ELF (``arm-none-eabi-size -A``, ``nm -S``)."""
+    tool = tools("cortex-m4")
+    text = _run([tool["size"], "-A", str(elf)], "arm-none-eabi-size").stdout.decode()
+    sections: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    flash = sum(sections.get(s, 0) for s in (".text", ".rodata", ".ARM.exidx", ".data"))
+    ram = sections.get(".data", 0) + sections.get(".bss", 0)
+    arena = None
+    syms = _run([tool["nm"], "-S", str(elf)], "arm-none-eabi-nm").stdout.decode()
+    for line in syms.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3] == "qc_arena":
+            arena = int(parts[1], 16)
+    return Memory(sections, flash, ram, arena)
+
+
+# ---------------------------------------------------------------------- the records
+
+
+def records(windows: Iterable[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """The firmware's input for batches of ``(raw windows float32 (n, c, t), labels int
+    (n,), -1: none)``: each window with its label, then the end of the batch."""
+    parts: list[bytes] = []
+    end = struct.pack("<i", SOLVE)
+    for X, y in windows:
+        for x, label in zip(X, y, strict=True):
+            parts.append(struct.pack("<i", int(label)))
+            parts.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+        parts.append(end)
+    return b"".join(parts)
+
+
+@dataclass
+class Output:
+    """What the firmware wrote, parsed (see ``fw_main.c``)."""
+
+    calibration: tuple[int, int, int, int] = (0, 0, 0, 0)
+    init_ticks: int = 0
+    pred: list[int] = field(default_factory=list)
+    model_pred: list[int] = field(default_factory=list)
+    ticks: list[int] = field(default_factory=list)
+    head_logits: list[np.ndarray] = field(default_factory=list)
+    model_logits: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    learnt: list[tuple[int, int, int, int]] = field(default_factory=list)
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    stack: int = 0
+
+
+def parse(data: bytes, n_classes: int, n_features: int) -> Output:
+    """The firmware's output records (a tag word, a word count, the words)."""
+    out, pos = Output(), 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise QCoreError("the firmware's output ends inside a record")
+        tag, n = struct.unpack_from("<II", data, pos)
+        pos += 8
+        if pos + 4 * n > len(data):
+            raise QCoreError("the firmware's output ends inside a record")
+        u = np.frombuffer(data, "<u4", n, pos)
+        f = np.frombuffer(data, "<f4", n, pos)
+        pos += 4 * n
+        kind = chr(tag)
+        if kind == "C":
+            a, b, c, d = (int(v) for v in u)
+            out.calibration = (a, b, c, d)
+        elif kind == "I":
+            out.init_ticks = int(u[0])
+        elif kind == "W":
+            k = int(u[4])
+            out.pred.append(int(u[0]))
+            out.model_pred.append(int(u[1]))
+            out.ticks.append(int(u[3]))
+            out.head_logits.append(f[5 : 5 + k].copy())
+            out.model_logits.append(f[5 + k : 5 + k + n_classes].copy())
+            out.features.append(f[5 + k + n_classes :].copy())
+        elif kind == "L":
+            a, b, c, d = (int(v) for v in u)
+            out.learnt.append((a, b, c, d))
+        elif kind == "T":
+            k, d = int(u[0]), n_features
+            count = f[1 : 1 + k].copy()
+            mean = f[1 + k : 1 + k + k * d].reshape(k, d).copy()
+            out.stats = (count, mean, f[1 + k + k * d :].reshape(d, d).copy())
+        elif kind == "M":
+            out.stack = int(u[0])
+        else:
+            raise QCoreError(f"the firmware wrote an unknown record {tag}")
+    return out
+
+
+def run_firmware(program: Path, data: bytes, target: str, timeout: float = 3600.0) -> bytes:
+    """Run the built check on input ``data`` in a fresh folder; its output bytes."""
+    with tempfile.TemporaryDirectory(prefix="qcore-mcu-") as tmp:
+        work = Path(tmp)
+        (work / "qc_in.bin").write_bytes(data)
+        if target == "host":
+            cmd = [str(program.resolve())]
+        else:
+            cmd = [tools(target)["qemu"], *QEMU[1:], *QEMU_SEMIHOSTING, *ICOUNT,
+                   "-kernel", str(program.resolve())]  # fmt: skip
+        _run(cmd, f"the {target} check", cwd=work, timeout=timeout)
+        return (work / "qc_out.bin").read_bytes()
+
+
+# ------------------------------------------------------------------- the NumPy side
+
+
+def reference_device(art: Artifact, allow_new_classes: bool) -> Device:
+    """The NumPy device doing what the C runtime does (see the module docstring)."""
+    cfg = art.device.replace(
+        flip_steps=0, bn_mode="frozen", policy="every", reset_window=0,
+        pseudo_threshold=None, ask_fraction=None, share_clip=None,
+    )  # fmt: skip
+    return Device(art, cfg, allow_new_classes=allow_new_classes)
+
+
+@dataclass
+class Reference:
+    """The NumPy device's view of the stream: per window its prediction and the logits of
+    the head it predicts with (float64, ``UNSEEN`` where a class is not predicted yet),
+    the model head's logits and the pooled features; the labels as indices; the final
+    head statistics (None for a device predicting with the model's own head)."""
+
+    pred: np.ndarray
+    logits: list[np.ndarray]
+    model_logits: np.ndarray
+    features: np.ndarray
+    labels: list[np.ndarray]
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    device: Device
+
+
+def reference(art: Artifact, batches: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> Reference:
+    """Stream ``batches`` (raw windows, labels as the device reads them, or None) through
+    :func:`reference_device`."""
+    text = any(y is not None and y.dtype.kind in "US" for _, y in batches)
+    dev = reference_device(art, allow_new_classes=text)
+    preds: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    model_logits: list[np.ndarray] = []
+    features: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for X, y in batches:
+        Xv, idx, _ = dev.validate(X, y)
+        ml, feats = forward_features(dev.art.model, dev.normalize(Xv))
+        scores = ml if dev.head is None else head_logits(dev.head.weight, dev.head.bias, feats)
+        report = dev.step(X, y)
+        pred = np.asarray(report.predicted_index, dtype=np.int64)
+        if not np.array_equal(pred, scores.argmax(1)):
+            raise QCoreError("the NumPy device predicted other classes than its own logits")
+        preds.append(pred)
+        logits.extend(np.asarray(s, dtype=np.float64) for s in scores)
+        model_logits.append(ml)
+        features.append(feats)
+        labels.append(np.full(len(Xv), NO_LABEL, np.int64) if idx is None else idx)
+    head = dev.art.head
+    stats = None if dev.head is None or head is None else (head.count, head.mean, head.scatter)
+    return Reference(
+        np.concatenate(preds), logits, np.concatenate(model_logits),
+        np.concatenate(features), labels, stats, dev,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- the check
+
+
+def read_batches(stream: str | Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """``(name, X, y or None)`` of every batch in a folder (as ``qcore device`` reads it);
+    a bad batch is an error here: a check compares whole streams."""
+    out = []
+    for name, payload in folder_batches(Path(stream)):
+        if isinstance(payload, QCoreError):
+            raise QCoreError(f"batch {name}: {payload}")
+        X, y = load_batch(payload, name)
+        out.append((name, X, y))
+    if not out:
+        raise QCoreError(f"{stream} holds no .npz batches")
+    return out
+
+
+def _rel(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest absolute difference relative to the largest absolute wanted value."""
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    return float(np.abs(got - want).max()) / scale if scale > 0 else float(np.abs(got).max())
+
+
+def agreement(got: np.ndarray, want: np.ndarray, logits: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Share of equal predictions; whether every window with a clear NumPy margin (top
+    two logits more than :data:`MARGIN` of the largest logit apart) agrees."""
+    seen = [v[v > UNSEEN / 2] for v in logits]
+    scale = max((float(np.abs(v).max()) for v in seen if v.size), default=1.0)
+    margins = np.array([np.diff(np.sort(v)[-2:])[0] if v.size > 1 else np.inf for v in seen])
+    clear = margins > MARGIN * scale
+    same = got == want
+    return {
+        "windows": int(len(got)),
+        "agree": float(same.mean()) if len(got) else 1.0,
+        "disagree": int((~same).sum()),
+        "clear": int(clear.sum()),
+        "clear_disagree": int((~same & clear).sum()),
+    }
+
+
+def _logit_diff(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    worst, scale = 0.0, 0.0
+    for g, w in zip(got, want, strict=True):
+        # a class the C added earlier in the batch is UNSEEN until the batch is learnt
+        g, extra = g[: len(w)], g[len(w) :]
+        seen = w > UNSEEN / 2
+        if (
+            len(g) != len(w)
+            or (extra > UNSEEN / 2).any()
+            or not np.array_equal(g > UNSEEN / 2, seen)
+        ):
+            return float("inf")
+        if seen.any():
+            worst = max(worst, float(np.abs(g[seen] - w[seen]).max()))
+            scale = max(scale, float(np.abs(w[seen]).max()))
+    return worst / scale if scale > 0 else worst
+
+
+def _numpy_timing(dev: Device, X: np.ndarray, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per window of the NumPy device's prediction, one window at a time
+    and the whole batch at once (best of ``repeats``)."""
+    one = min(X.shape[0], 16)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    single = best(lambda: [dev.predict(X[i : i + 1]) for i in range(one)]) / one
+    batched = best(lambda: dev.predict(X)) / X.shape[0]
+    return {"numpy_ms_batch1": 1e3 * single, "numpy_ms_batched": 1e3 * batched,
+            "numpy_batch": int(X.shape[0])}  # fmt: skip
+
+
+def _counts(out: Output) -> dict[str, Any]:
+    """Instructions per prediction and per learnt batch from the Cortex-M4's ticks, with
+    the counter checked on the calibration loop (2 instructions per iteration)."""
+    n1, n2, t1, t2 = out.calibration
+    per_tick = 2.0 * (n2 - n1) / (t2 - t1) if t2 > t1 else float("nan")
+    ok = abs(per_tick - INSTRUCTIONS_PER_TICK) <= 0.01 * INSTRUCTIONS_PER_TICK
+    res: dict[str, Any] = {
+        "instructions_per_tick": per_tick,
+        "counter_checked": bool(ok),
+        "calibration": {"n1": n1, "n2": n2, "ticks1": t1, "ticks2": t2},
+    }
+    if not ok:
+        return res
+    learnt = [b for b in out.learnt if b[0] > 0]
+    win = per_tick * float(np.mean(out.ticks)) if out.ticks else None
+    add = per_tick * sum(b[1] for b in learnt) / max(1, sum(b[0] for b in learnt))
+    solve = per_tick * float(np.mean([b[2] for b in learnt])) if learnt else None
+    batch = per_tick * float(np.mean([b[1] + b[2] for b in learnt])) if learnt else None
+    res.update({
+        "instructions_per_window": win,
+        "instructions_per_window_max": per_tick * max(out.ticks) if out.ticks else None,
+        "instructions_per_head_add": add if learnt else None,
+        "instructions_per_solve": solve,
+        "instructions_per_learnt_batch": batch,
+        "instructions_init": per_tick * out.init_ticks,
+        "mhz": MCU_HZ / 1e6,
+        "ms_per_window_at_mhz": None if win is None else 1e3 * win / MCU_HZ,
+        "ms_per_learnt_batch_at_mhz": None if batch is None else 1e3 * batch / MCU_HZ,
+    })  # fmt: skip
+    return res
+
+
+def compare(ref: Reference, out: Output) -> dict[str, Any]:
+    """Agreement of the C run with the NumPy device (see the module docstring)."""
+    n = len(ref.pred)
+    if len(out.pred) != n:
+        raise QCoreError(f"the C run predicted {len(out.pred)} windows of {n}")
+    uses_head = ref.device.head is not None
+    c_logits = out.head_logits if uses_head else out.model_logits
+    res: dict[str, Any] = {
+        "predictions": agreement(np.array(out.pred), ref.pred, ref.logits),
+        "logits_rel_diff": _logit_diff(c_logits, ref.logits),
+        "model_logits_rel_diff": _rel(np.array(out.model_logits), ref.model_logits),
+        "features_rel_diff": _rel(np.array(out.features), ref.features),
+        "head_stats_rel_diff": None,
+    }
+    if ref.stats is not None and out.stats is not None:
+        diffs = []
+        for got, want in zip(out.stats, ref.stats, strict=True):
+            if got.shape != want.shape:
+                diffs.append(float("inf"))
+            else:
+                diffs.append(_rel(got.astype(np.float64), want.astype(np.float64)))
+        res["head_stats_rel_diff"] = max(diffs)
+    return res
+
+
+def check(
+    export_dir: str | Path,
+    stream: str | Path | Sequence[tuple[np.ndarray, np.ndarray | None]],
+    target: str = "host",
+    *,
+    artifact: str | Path | Artifact | None = None,
+    timing: bool = True,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """Build the runtime in ``export_dir`` for ``target``, stream the batches of
+    ``stream`` (a folder of ``.npz`` batches, or ``(X, y)`` pairs) through it and
+    through the NumPy device, and report agreement, memory and counts (a dict, JSON-ready).
+
+    ``artifact``: the artifact that was exported (default: ``export_dir/model.qcore``)."""
+    tools(target)
+    folder = Path(export_dir)
+    if artifact is None:
+        artifact = folder / "model.qcore"
+        if not artifact.is_file():
+            raise QCoreError(
+                f"{folder} holds no model.qcore: give the exported artifact (--artifact)"
+            )
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    if isinstance(stream, (str, Path)):
+        batches = [(X, y) for _, X, y in read_batches(stream)]
+    else:
+        batches = list(stream)
+    ref = reference(art, batches)
+    windows = [(dev_X(X), lab) for (X, _), lab in zip(batches, ref.labels, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="qcore-mcu-build-") as tmp:
+        program = build(folder, tmp, target)
+        mem = memory(program) if target == "cortex-m4" else None
+        data = run_firmware(program, records(windows), target, timeout)
+    qm = art.model
+    out = parse(data, qm.n_classes, 4 * qm.filters)
+    res: dict[str, Any] = {
+        "target": target,
+        "export": str(folder),
+        "bits": qm.bits,
+        "batches": len(batches),
+        "windows": len(ref.pred),
+        "learnt": int(sum(int((lab >= 0).sum()) for lab in ref.labels)),
+        "classes": len(ref.device.art.class_names),
+        **compare(ref, out),
+    }
+    if mem is not None:
+        res["memory"] = {
+            "flash": mem.flash,
+            "ram_static": mem.ram_static,
+            "arena": mem.arena,
+            "stack": out.stack,
+            "ram": mem.ram_static + out.stack,
+            "sections": mem.sections,
+        }
+        res["counts"] = _counts(out)
+    else:
+        res["host_ms_per_window"] = 1e-6 * float(np.mean(out.ticks)) if out.ticks else None
+        learnt = [b for b in out.learnt if b[0] > 0]
+        res["host_ms_per_learnt_batch"] = (
+            1e-6 * float(np.mean([b[1] + b[2] for b in learnt])) if learnt else None
+        )
+        if timing:
+            res.update(_numpy_timing(reference_device(art, False), batches[0][0]))
+    return res
+
+
+def dev_X(X: np.ndarray) -> np.ndarray:
+    """Raw windows as the firmware reads them (float32, C order)."""
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def passed(res: dict[str, Any], min_agree: float = 0.995, stats_tol: float = 1e-4) -> bool:
+    """Whether a check meets the acceptance: >= ``min_agree`` of the predictions, every
+    clear one, head statistics within ``stats_tol`` relative (where there are any)."""
+    p = res["predictions"]
+    stats = res["head_stats_rel_diff"]
+    return bool(
+        p["agree"] >= min_agree
+        and p["clear_disagree"] == 0
+        and (stats is None or stats <= stats_tol)
+    )
+
+
+def environment_note() -> str:
+    """Which toolchains this machine has, for a report."""
+    names = ("gcc", "arm-none-eabi-gcc", "qemu-system-arm")
+    return ", ".join(f"{n}: {'yes' if shutil.which(n) else 'no'}" for n in names)
+
+
+__all__ = ["TARGETS", "build", "check", "memory", "passed", "records", "parse", "tools"]

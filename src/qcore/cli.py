@@ -189,9 +189,11 @@ def build_parser(device_only: bool = False) -> argparse.ArgumentParser:
     add_edge_commands(sub)  # export, device, reset
     if not device_only:
         from qcore.edge.fleet_cli import add_command as add_fleet_command
+        from qcore.edge.mcu_cli import add_command as add_mcu_command
         from qcore.eval.bench_cli import add_command as add_bench_command
 
         add_fleet_command(sub)  # fleet merge
+        add_mcu_command(sub)  # mcu check
         add_bench_command(sub)  # bench
     return p
 

@@ -438,8 +438,16 @@ def compare(ref: Reference, out: Output) -> dict[str, Any]:
         raise QCoreError(f"the C run predicted {len(out.pred)} windows of {n}")
     uses_head = ref.device.head is not None
     c_logits = out.head_logits if uses_head else out.model_logits
+    got = np.array(out.pred)
+    per_batch, start = [], 0
+    for lab in ref.labels:
+        stop = start + len(lab)
+        a = agreement(got[start:stop], ref.pred[start:stop], ref.logits[start:stop])
+        per_batch.append({k: a[k] for k in ("windows", "agree", "clear_disagree")})
+        start = stop
     res: dict[str, Any] = {
-        "predictions": agreement(np.array(out.pred), ref.pred, ref.logits),
+        "predictions": agreement(got, ref.pred, ref.logits),
+        "per_batch": per_batch,
         "logits_rel_diff": _logit_diff(c_logits, ref.logits),
         "model_logits_rel_diff": _rel(np.array(out.model_logits), ref.model_logits),
         "features_rel_diff": _rel(np.array(out.features), ref.features),
@@ -517,8 +525,9 @@ def check(
         res["host_ms_per_learnt_batch"] = (
             1e-6 * float(np.mean([b[1] + b[2] for b in learnt])) if learnt else None
         )
-        if timing:
-            res.update(_numpy_timing(reference_device(art, False), batches[0][0]))
+        if timing:  # on the first labelled batch (a stream batch's size), else the first
+            X = next((X for X, y in batches if y is not None), batches[0][0])
+            res.update(_numpy_timing(reference_device(art, False), X))
     return res
 
 

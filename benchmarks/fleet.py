@@ -87,10 +87,23 @@ from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import Artifact, load_artifact  # noqa: E402
 from qcore.edge.backbone import solve_head  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
-from qcore.edge.fleet import learnt_part, merge_fleet, merge_shares, weigh_as  # noqa: E402
+from qcore.edge.fleet import (  # noqa: E402
+    grow_learnt,
+    learnt_part,
+    merge_fleet,
+    merge_parts,
+    merge_shares,
+    weigh_as,
+)
 from qcore.edge.head import HeadStats, batch_stats, combine  # noqa: E402
 from qcore.edge.infer import forward_features  # noqa: E402
-from qcore.edge.share import make_share, noise_multiplier  # noqa: E402
+from qcore.edge.share import (  # noqa: E402
+    centres,
+    clip_norms,
+    make_share,
+    noise_multiplier,
+    pooled_stats,
+)
 from qcore.eval.grid import _uschad_found, one_to_all  # noqa: E402
 from qcore.eval.runner import run  # noqa: E402
 
@@ -291,6 +304,66 @@ def measure(dataset: str, cache: Path) -> list[dict]:
     return rows
 
 
+CANDIDATES = ("plain", "pooled", "means", "centred", "centred-means")
+
+
+def validate_shares(dataset: str, cache: Path) -> list[dict]:
+    """The private-share candidates of docs/results.md ("Private shares: the rule fixed
+    before the runs") on the even-numbered subjects as new sites, at epsilon 4: per site
+    and candidate the merge's accuracy without noise and at epsilon 4, against the
+    unclipped merge without noise. A device's clipped statistics are the deployed ones
+    plus ``batch_stats`` of its held windows' clipped features (what its stream gives when
+    its guard never resets; ``resets`` says so)."""
+    deployed, sha, cfg = deploy(dataset, cache)
+    assert deployed.head is not None
+    ds = load_dataset(dataset, cfg.data_path, seed=SEED)
+    subjects = [t for _, _, t in one_to_all(dataset, SOURCE)]
+    sites = [one_site(deployed, ds, cfg, t) for t in subjects]
+    source = make_scenario(ds, SOURCE, subjects[0], cfg.n_batches, cfg.test_fraction, SEED)
+    feats0 = forward_features(deployed.model, source.source_train.X)[1].astype(np.float64)
+    mu = deployed.head.mean.astype(np.float64)
+    k, classes = deployed.head.n_classes, deployed.class_names
+    clips = {
+        False: float(np.median(np.linalg.norm(feats0, axis=1))),
+        True: float(np.median(np.linalg.norm(feats0 - mu[source.source_train.y], axis=1))),
+    }
+    total = float(deployed.head.count.sum())
+    rows = []
+    for site in sites:
+        if site.subject % 2:
+            continue
+        others = [s for s in sites if s is not site]
+        merged = merge_fleet(deployed, [s.state for s in others], None, sha)
+        row = {"dataset": dataset, "site": site.subject,
+               "fleet_before": accuracy(merged, site.test)[0],
+               "resets": sum(s.resets for s in others), "clip": clips[False],
+               "clip_centred": clips[True]}  # fmt: skip
+        for name in CANDIDATES:
+            centred = name.startswith("centred")
+            clip = clips[centred]
+            for eps in (None, 4.0):
+                privacy = None if eps is None else (eps, DELTA, clip)
+                shares = []
+                for s in others:
+                    x, y = s.held
+                    at = mu[y] if centred else None
+                    part = batch_stats(clip_norms(x, clip, at), y, k)
+                    shares.append(make_share(part, classes, sha, privacy, s.subject,
+                                             centres(deployed.head, k) if centred else None,
+                                             second=not name.endswith("means")))  # fmt: skip
+                if name == "plain":
+                    parts = [(grow_learnt(pooled_stats([sh], deployed.head, classes), 0), classes)
+                             for sh in shares]  # fmt: skip
+                    art = merge_parts(deployed, parts)
+                else:
+                    art = merge_shares(deployed, shares, None, sha)
+                key = f"{name}_{'clean' if eps is None else 'eps4'}"
+                row[key] = accuracy(weigh_as(art, total), site.test)[0]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def summary(dataset: str, rows: list[dict]) -> str:
     n = len(rows)
     gain = np.array([r["fleet_before"] - r["deployed"] for r in rows])
@@ -396,11 +469,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--datasets", default=None, help="comma-separated (default: hapt, usc-had)")
+    ap.add_argument(
+        "--validate",
+        action="store_true",
+        help="the private-share candidates on the validation sites only",
+    )
     args = ap.parse_args()
     datasets = (
         args.datasets.split(",") if args.datasets else ["hapt"] + ["usc-had"] * _uschad_found()
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.validate:
+        for dataset in datasets:
+            got = validate_shares(dataset, args.out / ".cache")
+            write_json_atomic(args.out / f"validate-{dataset}.json", got)
+            med = {c: float(np.median([r[f"{c}_eps4"] - r["fleet_before"] for r in got]))
+                   for c in CANDIDATES}  # fmt: skip
+            print(dataset, json.dumps(med))
+        return
     rows: dict[str, list[dict]] = {}
     for dataset in datasets:
         path = args.out / f"sites-{dataset}.json"

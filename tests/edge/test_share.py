@@ -25,6 +25,7 @@ from qcore.edge.share import (
     load_share,
     make_share,
     noise_multiplier,
+    pooled_stats,
     save_share,
 )
 from qcore.edge.state import save_state
@@ -57,7 +58,8 @@ def test_the_noise_multiplier_is_the_accountants_smallest_for_the_budget() -> No
 def test_noisy_sums_stand_for_valid_statistics() -> None:
     share = make_share(batch_stats(np.eye(4, 2, dtype=np.float32), np.arange(4), 4), tuple("abcd"))
     noisy = Share(np.array([-0.3, 0.4, 0.7, 2.0]), np.ones((4, 2)), np.eye(2) * 5, share.classes)
-    stats = noisy.stats()
+    stats = pooled_stats([noisy], batch_stats(np.eye(4, 2, dtype=np.float32), np.arange(4), 4),
+                         share.classes)  # fmt: skip
     np.testing.assert_allclose(stats.count, [0.0, 0.0, 0.7, 2.0])
     np.testing.assert_allclose(stats.mean, [[0, 0], [0, 0], [1 / 0.7, 1 / 0.7], [0.5, 0.5]])
 
@@ -68,7 +70,8 @@ def test_a_share_without_noise_stands_for_the_part_exactly(fleet) -> None:  # no
     for state in states:
         part = learnt_part(art, state)
         shares.append(make_share(part, state.class_names, "abc"))
-        got = shares[-1].stats()
+        assert art.head is not None
+        got = pooled_stats([shares[-1]], art.head, state.class_names)
         np.testing.assert_allclose(got.count, part.count, atol=1e-4)
         np.testing.assert_allclose(got.scatter, part.scatter, rtol=1e-4, atol=1e-3)
     merged, direct = merge_shares(art, shares, None, "abc"), merge_fleet(art, states)
@@ -102,7 +105,7 @@ def test_private_noise_has_the_accountants_scale() -> None:
     shares = [make_share(part, ("a", "b", "c"), privacy=private, seed=s) for s in range(100)]
     counts = np.concatenate([s.count - exact.count for s in shares])
     assert abs(counts.std() / sigma - 1) < 0.15
-    stats = noisy.stats()  # valid statistics whatever the noise
+    stats = pooled_stats([noisy], part, ("a", "b", "c"))  # valid statistics whatever the noise
     assert (stats.count >= 0).all() and np.linalg.eigvalsh(
         stats.scatter.astype(float)
     ).min() > -1e-3

@@ -36,7 +36,7 @@ import numpy as np
 from qcore.edge.artifact import Artifact
 from qcore.edge.head import HeadStats, combine, grow, subtract
 from qcore.edge.runtime import Runtime
-from qcore.edge.share import Share
+from qcore.edge.share import Share, pooled_stats
 from qcore.edge.state import ARTIFACT_KEY
 from qcore.errors import QCoreError
 
@@ -78,14 +78,21 @@ def merge_shares(
     deployed_sha256: str | None = None,
 ) -> Artifact:
     """:func:`merge_fleet` of what devices sent (:mod:`qcore.edge.share`) instead of their
-    states; a share's classes must start with the deployed ones."""
-    parts = []
-    k = len(deployed.class_names)
+    states; a share's classes must start with the deployed ones. The shares' sums are
+    added before they become statistics (:func:`qcore.edge.share.pooled_stats`), so their
+    noise averages out over the fleet instead of being clamped device by device."""
+    if not shares:
+        raise QCoreError("a fleet merge needs at least one device share")
+    if deployed.head is None:
+        raise QCoreError("the deployed artifact has no streaming head statistics to merge into")
+    classes = list(deployed.class_names)
     for share, name in zip(shares, _names(names, len(shares), "share"), strict=True):
         _check_origin(share.deployed or None, deployed_sha256, name)
         _check_classes(deployed, share.classes, name)
-        parts.append((grow_learnt(share.stats(), len(share.classes) - k), share.classes))
-    return merge_parts(deployed, parts)
+        classes += [c for c in share.classes if c not in classes]
+    stats = pooled_stats(shares, deployed.head, classes)
+    k = len(deployed.class_names)
+    return merge_parts(deployed, [(grow_learnt(stats, len(classes) - k), tuple(classes))])
 
 
 def merge_parts(deployed: Artifact, parts: Sequence[tuple[HeadStats, tuple[str, ...]]]) -> Artifact:

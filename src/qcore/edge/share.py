@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +41,21 @@ from qcore.core.fileio import read_regular_file, write_atomic
 from qcore.edge.head import HeadStats
 from qcore.errors import QCoreError
 
-SHARE_KEYS = ("count", "sums", "second", "classes", "deployed", "privacy")
+SHARE_KEYS = ("count", "sums", "second", "classes", "deployed", "privacy", "centred")
 
 
-def clip_norms(features: np.ndarray, clip: float | None) -> np.ndarray:
-    """``features`` ``(n, D)`` with each row scaled to L2 norm at most ``clip`` (None: as
-    they are)."""
+def clip_norms(
+    features: np.ndarray, clip: float | None, centre: np.ndarray | None = None
+) -> np.ndarray:
+    """``features`` ``(n, D)`` with each row's deviation from its ``centre`` row (``(n,
+    D)``; None: the origin) scaled to L2 norm at most ``clip`` (None: as they are)."""
     if clip is None:
         return features
-    norms = np.linalg.norm(np.asarray(features, dtype=np.float64), axis=1, keepdims=True)
+    x = np.asarray(features, dtype=np.float64)
+    at = np.zeros_like(x) if centre is None else np.asarray(centre, dtype=np.float64)
+    norms = np.linalg.norm(x - at, axis=1, keepdims=True)
     scale = np.minimum(1.0, clip / np.maximum(norms, 1e-30))
-    return (features * scale).astype(features.dtype)
+    return (at + (x - at) * scale).astype(features.dtype)
 
 
 def noise_multiplier(epsilon: float, delta: float) -> float:
@@ -82,11 +87,13 @@ def noise_multiplier(epsilon: float, delta: float) -> float:
 
 @dataclass(frozen=True)
 class Share:
-    """One device's share: ``count`` ``(K,)``, class feature ``sums`` ``(K, D)``, the
-    ``second`` moment ``(D, D)`` (float64), its ``classes`` (names), the SHA-256 of the
-    ``deployed`` artifact it grew from ("" unknown) and its ``privacy`` (empty, or
-    ``epsilon``, ``delta``, ``clip``, ``sigma``: the noise's standard deviation on a count,
-    ``sigma C`` on a sum, ``sigma C²`` on the second moment)."""
+    """One device's share: ``count`` ``(K,)``, class ``sums`` ``(K, D)``, the ``second``
+    moment ``(D, D)`` (``(0, 0)`` when not sent), all float64, its ``classes`` (names), the
+    SHA-256 of the ``deployed`` artifact it grew from ("" unknown), its ``privacy`` (empty,
+    or ``epsilon``, ``delta``, ``clip``, ``sigma``: the noise's standard deviation on a
+    count, ``sigma C`` on a sum, ``sigma C²`` on the second moment) and whether the sums
+    and second moment are ``centred``: of each window's deviation from the deployed mean
+    of its class (a class the deployed artifact lacks: from the origin)."""
 
     count: np.ndarray
     sums: np.ndarray
@@ -94,23 +101,20 @@ class Share:
     classes: tuple[str, ...]
     deployed: str = ""
     privacy: tuple[float, ...] = ()
+    centred: bool = False
 
     @property
     def nbytes(self) -> int:
         """Bytes of the statistics as float32 (what a device sends)."""
         return 4 * (self.count.size + self.sums.size + self.second.size)
 
-    def stats(self) -> HeadStats:
-        """The statistics the sums stand for (noisy ones made valid: counts >= 0, a
-        positive semi-definite scatter)."""
-        count = np.maximum(self.count, 0.0)
-        seen = count > 0.5
-        mean = np.where(seen[:, None], self.sums / np.where(seen, count, 1.0)[:, None], 0.0)
-        scatter = self.second - (mean * count[:, None]).T @ mean
-        scatter = (scatter + scatter.T) / 2
-        values, vectors = np.linalg.eigh(scatter)
-        scatter = (vectors * np.maximum(values, 0.0)) @ vectors.T
-        return HeadStats(np.where(seen, count, 0.0), mean, scatter)
+
+def centres(deployed: HeadStats, n_classes: int) -> np.ndarray:
+    """The public centres of ``n_classes`` classes ``(K, D)`` float64: the deployed class
+    means, zero for the classes the deployed statistics lack."""
+    out = np.zeros((n_classes, deployed.n_features))
+    out[: deployed.n_classes] = deployed.mean.astype(np.float64)
+    return out
 
 
 def make_share(
@@ -119,24 +123,65 @@ def make_share(
     deployed: str = "",
     privacy: tuple[float, float, float] | None = None,
     seed: int = 0,
+    centre: np.ndarray | None = None,
+    second: bool = True,
 ) -> Share:
-    """The share of a learnt ``part`` (its classes named ``classes``); with ``privacy``
-    ``(epsilon, delta, clip)``, made private (the module docstring) with noise drawn from
-    ``seed``; the part must then come from windows clipped to ``clip``."""
+    """The share of a learnt ``part`` (its classes named ``classes``): counts, class sums
+    and, with ``second``, the second moment; with ``centre`` (``(K, D)``, see
+    :func:`centres`) of the windows' deviations from their class's centre. With
+    ``privacy`` ``(epsilon, delta, clip)``, made private (the module docstring) with noise
+    drawn from ``seed``; the part must then come from windows clipped to ``clip`` (around
+    the same centres)."""
     n = part.count.astype(np.float64)
-    mean = part.mean.astype(np.float64)
-    sums = mean * n[:, None]
-    second = part.scatter.astype(np.float64) + (mean * n[:, None]).T @ mean
+    dev = part.mean.astype(np.float64) - (0.0 if centre is None else centre)
+    sums = dev * n[:, None]
+    moment = part.scatter.astype(np.float64) + sums.T @ dev if second else np.zeros((0, 0))
+    centred = centre is not None
     if privacy is None:
-        return Share(n, sums, second, tuple(classes), deployed)
+        return Share(n, sums, moment, tuple(classes), deployed, (), centred)
     epsilon, delta, clip = privacy
-    sigma = noise_multiplier(epsilon, delta) * math.sqrt(3.0)
+    sigma = noise_multiplier(epsilon, delta) * math.sqrt(3.0 if second else 2.0)
     rng = np.random.default_rng([seed, 0x5A4E])
-    upper = np.triu(rng.normal(0.0, sigma * clip**2, second.shape))
-    noisy = second + upper + np.triu(upper, 1).T
+    upper = np.triu(rng.normal(0.0, sigma * clip**2, moment.shape))
+    moment = moment + upper + np.triu(upper, 1).T
     n = n + rng.normal(0.0, sigma, n.shape)
     sums = sums + rng.normal(0.0, sigma * clip, sums.shape)
-    return Share(n, sums, noisy, tuple(classes), deployed, (epsilon, delta, clip, sigma))
+    return Share(n, sums, moment, tuple(classes), deployed, (epsilon, delta, clip, sigma), centred)
+
+
+def pooled_stats(shares: Sequence[Share], deployed: HeadStats, classes: Sequence[str]) -> HeadStats:
+    """The statistics of the windows behind ``shares``, over ``classes`` (every share's
+    classes among them; the first ones the ``deployed`` statistics'): the shares' sums
+    added first (noise and all: post-processing), then turned into statistics once. Noisy
+    sums are made valid statistics: a class with a total count below 0.5 is empty, the
+    scatter is made positive semi-definite. Shares without a second moment take the
+    deployed within-class covariance for their windows; centred ones get the centres
+    added back."""
+    forms = {(s.centred, s.second.size > 0) for s in shares}
+    if len(forms) != 1:
+        raise QCoreError("shares to pool must all be centred or not, all with or without a "
+                         "second moment")  # fmt: skip
+    centred, with_second = forms.pop()
+    k, d = len(classes), deployed.n_features
+    count, sums, moment = np.zeros(k), np.zeros((k, d)), np.zeros((d, d))
+    for share in shares:
+        at = [list(classes).index(c) for c in share.classes]
+        count[at] += share.count
+        sums[at] += share.sums
+        if with_second:
+            moment += share.second
+    count = np.maximum(count, 0.0)
+    seen = count > 0.5
+    dev = np.where(seen[:, None], sums / np.where(seen, count, 1.0)[:, None], 0.0)
+    mean = np.where(seen[:, None], dev + (centres(deployed, k) if centred else 0.0), 0.0)
+    count = np.where(seen, count, 0.0)
+    if with_second:
+        scatter = moment - (dev * count[:, None]).T @ dev
+        values, vectors = np.linalg.eigh((scatter + scatter.T) / 2)
+        scatter = (vectors * np.maximum(values, 0.0)) @ vectors.T
+    else:
+        scatter = deployed.scatter.astype(np.float64) * (count.sum() / float(deployed.count.sum()))
+    return HeadStats(count, mean, scatter)
 
 
 def save_share(path: str | Path, share: Share) -> None:
@@ -145,7 +190,7 @@ def save_share(path: str | Path, share: Share) -> None:
     np.savez(
         buf, count=share.count, sums=share.sums, second=share.second,
         classes=np.array(share.classes, dtype=str), deployed=np.array(share.deployed),
-        privacy=np.array(share.privacy, dtype=np.float64),
+        privacy=np.array(share.privacy, dtype=np.float64), centred=np.array(share.centred),
     )  # fmt: skip
     write_atomic(path, buf.getvalue())
 
@@ -160,9 +205,11 @@ def load_share(path: str | Path) -> Share:
         raise QCoreError(f"{path} is not a fleet share: {exc}") from None
     count, sums, second = (arrays[k].astype(np.float64) for k in ("count", "sums", "second"))
     k, d = sums.shape if sums.ndim == 2 else (-1, -1)
-    arrays_ok = count.shape == (k,) and second.shape == (d, d) and arrays["classes"].shape == (k,)
+    arrays_ok = second.shape in ((d, d), (0, 0)) and arrays["classes"].shape == (k,)
+    arrays_ok = arrays_ok and count.shape == (k,) and arrays["centred"].shape == ()
     if not arrays_ok or not all(np.isfinite(a).all() for a in (count, sums, second)):
         raise QCoreError(f"{path}: a fleet share's arrays disagree or are not finite")
     classes = tuple(str(c) for c in arrays["classes"])
     privacy = tuple(float(v) for v in arrays["privacy"])
-    return Share(count, sums, second, classes, str(arrays["deployed"]), privacy)
+    centred = bool(arrays["centred"])
+    return Share(count, sums, second, classes, str(arrays["deployed"]), privacy, centred)

@@ -14,15 +14,23 @@
   to float32 rounding. The streaming head (:mod:`qcore.edge.head`) keeps its statistics
   in float32 and updates and solves them in float64 (Cholesky of the shrunk covariance);
 * ``qcore_model.c``: the packed codes, scales, zero points, folded BatchNorms, the
-  normaliser and the initial head statistics as ``const`` arrays;
+  normaliser, the initial head statistics (the scatter as its lower triangle) and the
+  model's fingerprint (the SHA-256 of ``model.qcore``) as ``const`` arrays;
+* ``model.qcore``: the artifact itself, what a state blob the firmware saves is read back
+  against (:mod:`qcore.edge.c_state`);
 * ``README.md`` (how firmware calls it), an example ``main.c`` and a ``Makefile``.
 
-Everything mutable lives in one static arena of ``QC_ARENA_BYTES`` (:func:`arena_bytes`).
-A float model, or a streaming head whose weights are rounded (``head_bits``), is refused.
+Everything mutable lives in one static arena of ``QC_ARENA_BYTES`` (:func:`arena_bytes`):
+the runtime computes a block's output one channel (a column over time) at a time and keeps
+the activations between blocks as 8-bit codes of the next layers' input quantization.
+Refused: a float model, a streaming head whose weights are rounded (``head_bits``), and a
+layer that reads a block's output or a bottleneck's output without activation
+quantization (only the layers reading the normalised input may take it as float).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -33,11 +41,12 @@ from qcore.core.fileio import write_atomic
 from qcore.core.packing import pack_bits
 from qcore.core.qmodel import BatchNorm, QLayer, QuantizedModel
 from qcore.core.quant import QuantizedTensor
-from qcore.edge.artifact import Artifact
+from qcore.edge.artifact import Artifact, encode_artifact
 from qcore.edge.head import HeadStats, empty_stats
 from qcore.errors import QCoreError
 
 RUNTIME_FILES = ("qcore_rt.c", "main.c", "Makefile")
+MODEL_FILE = "model.qcore"  # the exported artifact, beside the sources
 EXTRA_CLASSES = 4  # classes a device may add beyond those it ships with
 
 
@@ -122,6 +131,57 @@ def _check(art: Artifact) -> None:
         )
     if qm.layers["head"].kernel_size != 1:
         raise QCoreError("the model's head must be a linear layer")
+    _check_codes(qm)
+
+
+def _check_codes(qm: QuantizedModel) -> None:
+    """The C runtime keeps what a layer reads from a block's or a bottleneck's output as
+    8-bit codes of that layer's input quantization: every such layer needs one."""
+    shortcuts = 0
+    for d in range(qm.depth):
+        p = f"blocks.{d}"
+        readers = [f"{p}.convs.{i}" for i in range(3)] if f"{p}.bottleneck" in qm.layers else []
+        if d > 0:
+            if f"{p}.bottleneck" not in qm.layers:
+                raise QCoreError(
+                    f"the C runtime needs a bottleneck in every block after the first; {p} has none"
+                )
+            readers += [f"{p}.bottleneck", f"{p}.pool_conv"]
+        for name in readers:
+            if qm.layers[name].act is None:
+                raise QCoreError(
+                    f"the C runtime keeps activations between layers as codes: layer {name} "
+                    "has no input quantization (act)"
+                )
+        if f"shortcuts.{d}.bn" in qm.norms:
+            if shortcuts and f"shortcuts.{d}.conv" in qm.layers:
+                raise QCoreError(
+                    f"the C runtime has no 1x1 convolution on a block output's shortcut "
+                    f"(shortcuts.{d}.conv)"
+                )
+            shortcuts += 1
+
+
+def _branch_sets(qm: QuantizedModel) -> int:
+    """Code sets a bottleneck's output is kept in: the most distinct input quantizations
+    among one block's three convolutions (equal parameters share one set)."""
+    most = 0
+    for d in range(qm.depth):
+        if f"blocks.{d}.bottleneck" not in qm.layers:
+            continue
+        acts = set()
+        for i in range(3):
+            act = qm.layers[f"blocks.{d}.convs.{i}"].act
+            assert act is not None  # checked by _check_codes
+            acts.add((float(np.float32(act[0])), float(act[1]), act[2]))
+        most = max(most, len(acts))
+    return most
+
+
+def fingerprint(art: Artifact) -> bytes:
+    """The model's fingerprint in the C sources and in every state blob: the SHA-256 of
+    the artifact's encoding (the bytes of the exported ``model.qcore``)."""
+    return hashlib.sha256(encode_artifact(art)).digest()
 
 
 def head_stats(art: Artifact) -> HeadStats:
@@ -131,8 +191,15 @@ def head_stats(art: Artifact) -> HeadStats:
     return empty_stats(art.model.n_classes, 4 * art.model.filters)
 
 
-def model_source(art: Artifact, stats: HeadStats) -> tuple[str, int]:
-    """The text of ``qcore_model.c`` and the bytes of its constant arrays."""
+def lower_triangle(m: np.ndarray) -> np.ndarray:
+    """Rows ``i`` of ``m``'s lower triangle, columns ``0..i`` each, one after another."""
+    rows, cols = np.tril_indices(m.shape[0])
+    return m[rows, cols]
+
+
+def model_source(art: Artifact, stats: HeadStats, sha: bytes) -> tuple[str, int]:
+    """The text of ``qcore_model.c`` and the bytes of its constant arrays (``sha``: the
+    model's :func:`fingerprint`)."""
     qm = art.model
     parts = [
         '/* qcore_model.c: written by `qcore export --format c`. */\n#include "qcore_rt.h"\n\n'
@@ -153,16 +220,18 @@ def model_source(art: Artifact, stats: HeadStats) -> tuple[str, int]:
         "qc_norm_std": art.normalizer_std,
         "qc_count0": stats.count,
         "qc_mean0": stats.mean,
-        "qc_scatter0": stats.scatter,
+        "qc_scatter0": lower_triangle(stats.scatter),
     }
     for name, values in arrays.items():
         parts.append(_array("float", name, values))
         total += 4 * values.size
+    parts.append(_array("uint8_t", "qc_fingerprint", np.frombuffer(sha, np.uint8)))
+    total += len(sha)
     first = stats.n_classes - stats.n_learnt
     parts.append(
         "\nconst qc_model_t qc_model = {qc_blocks, &qc_head, qc_norm_mean, qc_norm_std, "
         f"qc_count0, qc_mean0, qc_scatter0, {first}, {float(art.device.head_shrinkage)!r}, "
-        f"{float(art.device.new_class_min):.1f}f}};\n"
+        f"{float(art.device.new_class_min):.1f}f, qc_fingerprint}};\n"
     )
     return "".join(parts), total
 
@@ -181,18 +250,32 @@ def dimensions(art: Artifact, stats: HeadStats, extra_classes: int) -> dict[str,
         "MAX_CLASSES": stats.n_classes + extra_classes,
         "MAX_KC": max(int(np.prod(layer.weight.shape[1:])) for layer in qm.layers.values()),
         "USE_HEAD": int(art.device.head == "slda"),
+        "KEEP_RES": int(sum(f"shortcuts.{d}.bn" in qm.norms for d in range(qm.depth)) > 1),
+        "BRANCH_SETS": _branch_sets(qm),
     }
 
 
 def arena_bytes(dims: dict[str, int]) -> int:
-    """``QC_ARENA_BYTES``: 8 (D^2 + D) for the solve (float64) + 4 x the float32 parts:
-    ``T (4 max(C, D) + F + 2 D) + KC`` of activations for one window and
-    ``2 Kmax + 2 Kmax D + D^2`` of head statistics, solved weights and biases."""
+    """``QC_ARENA_BYTES`` (the formula of ``qcore_rt.h``): a scratch area, the largest of
+    one window's inference ``4 [T C + R T D + 2 T + KC + 256] + 3 T D + S T F`` (floats:
+    normalised input, residual when ``R`` = KEEP_RES, two columns, a weight row, a
+    dequantization table; bytes: the next block's bottleneck and two sets of max-pooled
+    codes, ``S`` sets of bottleneck output codes), the float64 solve ``8 [D (D + 1) / 2 +
+    D]`` and the expanded scatter ``4 D^2``, rounded up to 8; then the head
+    ``4 [2 Kmax + 2 Kmax D + D (D + 1) / 2]`` (counts, biases, means, weights, the
+    scatter's lower triangle)."""
     t, d, f = dims["WINDOW"], dims["FEATURES"], dims["FILTERS"]
-    k = dims["MAX_CLASSES"]
-    acts = t * (4 * max(dims["CHANNELS"], d) + f + 2 * d) + dims["MAX_KC"]
-    head = 2 * k + 2 * k * d + d * d
-    return 8 * (d * d + d) + 4 * (acts + head)
+    k, tri = dims["MAX_CLASSES"], d * (d + 1) // 2
+    floats = t * dims["CHANNELS"] + dims["KEEP_RES"] * t * d + 2 * t + dims["MAX_KC"] + 256
+    act = 4 * floats + 3 * t * d + dims["BRANCH_SETS"] * t * f
+    scratch = -(-max(act, 8 * (tri + d), 4 * d * d) // 8) * 8
+    return scratch + 4 * (2 * k + 2 * k * d + tri)
+
+
+def state_bytes(dims: dict[str, int]) -> int:
+    """``QC_STATE_BYTES``: the state blob's size (:mod:`qcore.edge.c_state`)."""
+    d, k = dims["FEATURES"], dims["MAX_CLASSES"]
+    return 60 + 4 * (k + k * d + d * (d + 1) // 2) + 4
 
 
 def _runtime(name: str) -> str:
@@ -210,6 +293,7 @@ def _readme(art: Artifact, dims: dict[str, int], const: int, source: str) -> str
         "CLASSES": ", ".join(f"`{n}`" for n in art.class_names),
         "PREDICTS": "the streaming head" if dims["USE_HEAD"] else "the model's own head",
         "ARENA": arena_bytes(dims),
+        "STATE": state_bytes(dims),
         "MAX_CLASSES": dims["MAX_CLASSES"],
         "CONST": const,
     }
@@ -222,24 +306,33 @@ def _readme(art: Artifact, dims: dict[str, int], const: int, source: str) -> str
 def export_c(
     art: Artifact, out: str | Path, *, extra_classes: int = EXTRA_CLASSES, source: str = "?"
 ) -> dict[str, int | str]:
-    """Write the C sources of ``art`` into folder ``out`` (created if needed); return the
-    arena bytes, the constant data bytes and each file's size."""
+    """Write the C sources of ``art`` and the artifact itself (``model.qcore``) into folder
+    ``out`` (created if needed); return the arena bytes, the constant data bytes, the
+    state blob's bytes and each file's size."""
     _check(art)
     if extra_classes < 0:
         raise QCoreError(f"extra_classes must be >= 0, got {extra_classes}")
     stats = head_stats(art)
     dims = dimensions(art, stats, extra_classes)
-    model_c, const = model_source(art, stats)
+    encoded = encode_artifact(art)
+    model_c, const = model_source(art, stats, hashlib.sha256(encoded).digest())
     defines = "\n".join(f"#define QC_{k} {v}" for k, v in dims.items())
     files = {
-        "qcore_rt.h": _runtime("qcore_rt.h").replace("@@DEFINES@@", defines),
-        "qcore_model.c": model_c,
-        "README.md": _readme(art, dims, const, source),
-        **{name: _runtime(name) for name in RUNTIME_FILES},
+        "qcore_rt.h": _runtime("qcore_rt.h").replace("@@DEFINES@@", defines).encode(),
+        "qcore_model.c": model_c.encode(),
+        "README.md": _readme(art, dims, const, source).encode(),
+        **{name: _runtime(name).encode() for name in RUNTIME_FILES},
+        MODEL_FILE: encoded,
     }
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_atomic(folder / name, text.encode(), 0o644)
-    sizes = {name: len(text.encode()) for name, text in files.items()}
-    return {"format": "c", "arena_bytes": arena_bytes(dims), "const_bytes": const, **sizes}
+    for name, data in files.items():
+        write_atomic(folder / name, data, 0o644)
+    sizes = {name: len(data) for name, data in files.items()}
+    return {
+        "format": "c",
+        "arena_bytes": arena_bytes(dims),
+        "const_bytes": const,
+        "state_bytes": state_bytes(dims),
+        **sizes,
+    }

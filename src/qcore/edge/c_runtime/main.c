@@ -1,5 +1,11 @@
 /* main.c: an example host program for the exported runtime.
  *
+ *   qcore_example [--load STATE] [--save STATE] < records
+ *
+ * --load reads a state blob (qc_state_save's bytes) before the first record; a blob it
+ * refuses ends the program with exit status 2 and the refusal's code on stderr. --save
+ * writes the head's state blob after the last record.
+ *
  * stdin: records, each an int32 label (little-endian; -1: none) and one raw window of
  * QC_CHANNELS * QC_WINDOW float32 values, channel-major (a NumPy (c, t) float32 array's
  * bytes). For each record it prints, before learning from it:
@@ -7,11 +13,14 @@
  *   F <pooled features>   M <model head logits>   H <streaming head logits>
  * A record with a label adds the window to the head (label == qc_head_classes() adds a
  * class first) and solves the head again. At the end: the head statistics
- *   N <counts>   U <means, row-major>   S <scatter, row-major>
+ *   N <counts>   U <means, row-major>   S <scatter, row-major>   W <windows learnt>
  */
 #include <stdio.h>
+#include <string.h>
 
 #include "qcore_rt.h"
+
+static uint8_t blob[QC_STATE_BYTES + 1];
 
 static void put(const char *tag, const float *v, int n) {
     int i;
@@ -20,14 +29,54 @@ static void put(const char *tag, const float *v, int n) {
     printf("\n");
 }
 
-int main(void) {
+static int load(const char *path) {
+    size_t n;
+    int rc;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", path);
+        return 1;
+    }
+    n = fread(blob, 1, sizeof blob, f); /* one byte more than a state: a longer file */
+    fclose(f);
+    rc = qc_state_load(blob, n);
+    if (rc != 0) {
+        fprintf(stderr, "state %s refused: %d\n", path, rc);
+        return 2;
+    }
+    return 0;
+}
+
+static int save(const char *path) {
+    size_t n = qc_state_save(blob, sizeof blob);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(blob, 1, n, f) != n || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
     static float window[QC_CHANNELS * QC_WINDOW];
     float f[QC_FEATURES], m[QC_CLASSES], h[QC_MAX_CLASSES];
+    const char *load_path = NULL, *save_path = NULL;
     int32_t label;
+    int i, rc;
+    for (i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--load") == 0) load_path = argv[i + 1];
+        else if (strcmp(argv[i], "--save") == 0) save_path = argv[i + 1];
+        else break;
+    }
+    if (i != argc) {
+        fprintf(stderr, "usage: %s [--load STATE] [--save STATE] < records\n", argv[0]);
+        return 1;
+    }
     if (qc_init() != 0) {
         fprintf(stderr, "the head statistics do not solve\n");
         return 1;
     }
+    if (load_path && (rc = load(load_path)) != 0) return rc;
     while (fread(&label, sizeof label, 1, stdin) == 1) {
         int k = qc_head_classes(), mp, hp;
         if (fread(window, sizeof window, 1, stdin) != 1) {
@@ -56,5 +105,6 @@ int main(void) {
     put("N", qc_head_count(), qc_head_classes());
     put("U", qc_head_mean(), qc_head_classes() * QC_FEATURES);
     put("S", qc_head_scatter(), QC_FEATURES * QC_FEATURES);
-    return 0;
+    printf("W %lu\n", (unsigned long)qc_head_step());
+    return save_path ? save(save_path) : 0;
 }

@@ -1,33 +1,48 @@
-/* qcore_rt.c: see qcore_rt.h. Every step follows qcore.edge.runner / qcore.edge.head. */
+/* qcore_rt.c: see qcore_rt.h. Every step follows qcore.edge.runner / qcore.edge.head.
+ *
+ * Inference runs one output channel at a time: every output channel of a block comes
+ * from exactly one branch convolution, so a block's output is computed as T-long
+ * columns, each normalised (BatchNorm, ReLU, shortcut, ReLU) and handed on at once to
+ * what reads it: the next block's bottleneck and max-pool branch as 8-bit activation
+ * codes (every such layer fake-quantizes its input; the max-pool is taken over the float
+ * column before quantizing, as NumPy does), the residual when a later shortcut reads it,
+ * or the mean over time after the last block. A code c stands for ((float)c - z) * s,
+ * the very float operations of the fake-quantization, so the values are NumPy's. */
 #include "qcore_rt.h"
 
 #include <math.h>
 #include <string.h>
 
 #define QC_UNSEEN (-1e30f)
-#define QC_ARENA_WORDS ((QC_ARENA_BYTES + 7) / 8)
+#define QC_TD (QC_WINDOW * QC_FEATURES)
 
-static double qc_arena[QC_ARENA_WORDS];
+static double qc_arena[(QC_ARENA_BYTES + 7) / 8];
 
-/* arena parts: doubles first (alignment), then floats */
-#define QC_F ((float *)(qc_arena + QC_SOLVE_DOUBLES))
-#define BUF_X (QC_F)
-#define BUF_RES (BUF_X + QC_WINDOW * QC_WIDEST)
-#define BUF_Q (BUF_RES + QC_WINDOW * QC_WIDEST)
-#define BUF_P (BUF_Q + QC_WINDOW * QC_WIDEST)
-#define BUF_B (BUF_P + QC_WINDOW * QC_WIDEST)
-#define BUF_Y (BUF_B + QC_WINDOW * QC_FILTERS)
-#define BUF_R (BUF_Y + QC_WINDOW * QC_FEATURES)
-#define BUF_W (BUF_R + QC_WINDOW * QC_FEATURES)
-#define H_COUNT (QC_F + QC_ACT_FLOATS)
-#define H_MEAN (H_COUNT + QC_MAX_CLASSES)
-#define H_SCATTER (H_MEAN + QC_MAX_CLASSES * QC_FEATURES)
-#define H_WEIGHT (H_SCATTER + QC_FEATURES * QC_FEATURES)
-#define H_BIAS (H_WEIGHT + QC_MAX_CLASSES * QC_FEATURES)
-#define S_L (qc_arena)
-#define S_V (qc_arena + QC_FEATURES * QC_FEATURES)
+/* scratch, inference: floats first, then byte codes */
+#define X0 ((float *)qc_arena)                            /* (T, C) normalised input */
+#define RES (X0 + QC_WINDOW * QC_CHANNELS)                /* (T, D) residual */
+#define COL (RES + QC_KEEP_RES * QC_TD)                   /* (T,) an output column */
+#define SCOL (COL + QC_WINDOW)                            /* (T,) a shortcut column */
+#define WROW (SCOL + QC_WINDOW)                           /* one weight row */
+#define TAB (WROW + QC_MAX_KC)                            /* code -> value */
+#define CODES ((uint8_t *)(TAB + 256))
+#define CA (CODES)                                        /* (T, D) bottleneck input */
+#define CP(g) (CODES + (1 + (g)) * QC_TD)                 /* (T, D) max-pooled, 2 sets */
+#define CB(s) (CODES + 3 * QC_TD + (s) * QC_WINDOW * QC_FILTERS) /* (T, F) branch input */
+/* scratch, the solve */
+#define S_L (qc_arena)                                    /* packed lower factor */
+#define S_V (qc_arena + QC_TRI)                           /* (D,) */
+/* the head's statistics and solution */
+#define H_COUNT ((float *)((unsigned char *)qc_arena + QC_SCRATCH_BYTES))
+#define H_BIAS (H_COUNT + QC_MAX_CLASSES)
+#define H_MEAN (H_BIAS + QC_MAX_CLASSES)
+#define H_WEIGHT (H_MEAN + QC_MAX_CLASSES * QC_FEATURES)
+#define H_SCATTER (H_WEIGHT + QC_MAX_CLASSES * QC_FEATURES) /* lower triangle, row-major */
+#define TRI(i, j) ((i) * ((i) + 1) / 2 + (j))             /* i >= j */
 
-static int qc_k; /* classes the streaming head knows now */
+static int qc_k;                  /* classes the streaming head knows now */
+static uint32_t qc_step;          /* windows learnt */
+static const qc_layer_t *qc_tab_of; /* the layer whose codes TAB dequantizes */
 
 /* Round half to even (np.rint) in float32 without libm: adding 2^23 leaves no
  * fraction bits, so the FPU's default rounding does the work. */
@@ -37,17 +52,31 @@ static float qc_rint(float v) {
     return v >= 0.0f ? (v + big) - big : (v - big) + big;
 }
 
-/* The value a layer really consumes: ((clip(rint(x / s) + z, 0, max)) - z) * s. */
-static void qc_fake_quant(const qc_layer_t *L, const float *x, float *q, int n) {
-    int i;
-    for (i = 0; i < n; i++) {
-        float v = qc_rint(x[i] / L->act_scale);
-        v += L->act_zero;
-        if (v < 0.0f) v = 0.0f;
-        if (v > L->act_max) v = L->act_max;
+/* The code of x for layer L's input: clip(rint(x / s) + z, 0, max), a whole float. */
+static float qc_code_of(const qc_layer_t *L, float x) {
+    float v = qc_rint(x / L->act_scale);
+    v += L->act_zero;
+    if (!(v > 0.0f)) v = 0.0f;
+    if (v > L->act_max) v = L->act_max;
+    return v;
+}
+
+/* The value a layer really consumes: (code - z) * s. */
+static float qc_fq(const qc_layer_t *L, float x) {
+    float v = qc_code_of(L, x);
+    v -= L->act_zero;
+    return v * L->act_scale;
+}
+
+static void qc_table(const qc_layer_t *L) {
+    int c;
+    if (qc_tab_of == L) return;
+    for (c = 0; c <= (int)L->act_max; c++) {
+        float v = (float)c;
         v -= L->act_zero;
-        q[i] = v * L->act_scale;
+        TAB[c] = v * L->act_scale;
     }
+    qc_tab_of = L;
 }
 
 /* Code i of a packed stream: bits [i*bits, (i+1)*bits), least significant first. */
@@ -68,104 +97,171 @@ static void qc_weight_row(const qc_layer_t *L, int o, float *w) {
             w[j * L->c_in + i] = ((float)qc_code(L, ((long)o * L->c_in + i) * L->k + j) - zp) * s;
 }
 
-/* 'same' zero-padded convolution of x (T, c_in) into out[t * stride + off + o]. */
-static void qc_conv(const qc_layer_t *L, const float *x, float *out, int stride, int off) {
-    int o, t, j, i, p = L->k / 2;
-    const float *in = x;
-    if (L->has_act) {
-        qc_fake_quant(L, x, BUF_Q, QC_WINDOW * L->c_in);
-        in = BUF_Q;
+/* What a convolution reads, (T, c_in) with `stride` values per time step: codes of its
+ * own input quantization, or floats (fake-quantized on the fly when the layer has act
+ * parameters), optionally max-pooled over time (kernel 3, padding as -inf) first. */
+typedef struct {
+    const uint8_t *codes;
+    const float *x;
+    int stride, pool;
+} qc_src_t;
+
+static float qc_float_in(const qc_layer_t *L, const qc_src_t *S, int t, int i) {
+    const float *x = S->x + i;
+    float m = x[(long)t * S->stride];
+    if (S->pool) {
+        if (t > 0 && x[(long)(t - 1) * S->stride] > m) m = x[(long)(t - 1) * S->stride];
+        if (t + 1 < QC_WINDOW && x[(long)(t + 1) * S->stride] > m)
+            m = x[(long)(t + 1) * S->stride];
     }
-    for (o = 0; o < L->c_out; o++) {
-        qc_weight_row(L, o, BUF_W);
-        for (t = 0; t < QC_WINDOW; t++) {
-            float acc = 0.0f;
-            for (j = 0; j < L->k; j++) {
-                int tt = t + j - p;
-                const float *xr, *wr = BUF_W + j * L->c_in;
-                if (tt < 0 || tt >= QC_WINDOW) continue;
-                xr = in + (long)tt * L->c_in;
-                for (i = 0; i < L->c_in; i++) acc += xr[i] * wr[i];
+    return L->has_act ? qc_fq(L, m) : m;
+}
+
+/* Output channel o of the 'same' zero-padded convolution L over all T, into out. */
+static void qc_conv_col(const qc_layer_t *L, const qc_src_t *S, int o, float *out) {
+    int t, j, i, p = L->k / 2, n = L->c_in;
+    qc_weight_row(L, o, WROW);
+    if (S->codes) qc_table(L);
+    for (t = 0; t < QC_WINDOW; t++) {
+        float acc = 0.0f;
+        int j0 = t < p ? p - t : 0, j1 = QC_WINDOW - t + p < L->k ? QC_WINDOW - t + p : L->k;
+        for (j = j0; j < j1; j++) {
+            int tt = t + j - p;
+            const float *wr = WROW + j * n;
+            if (S->codes) {
+                const uint8_t *xr = S->codes + (long)tt * S->stride;
+                for (i = 0; i < n; i++) acc += TAB[xr[i]] * wr[i];
+            } else {
+                for (i = 0; i < n; i++) acc += qc_float_in(L, S, tt, i) * wr[i];
             }
-            out[(long)t * stride + off + o] = acc;
         }
+        out[t] = acc;
     }
 }
 
-/* Max-pool over time: kernel 3, stride 1, padding as -inf. */
-static void qc_maxpool3(const float *x, float *out, int c) {
-    int t, i;
-    for (t = 0; t < QC_WINDOW; t++)
-        for (i = 0; i < c; i++) {
-            float m = x[t * c + i];
-            if (t > 0 && x[(t - 1) * c + i] > m) m = x[(t - 1) * c + i];
-            if (t + 1 < QC_WINDOW && x[(t + 1) * c + i] > m) m = x[(t + 1) * c + i];
-            out[t * c + i] = m;
+/* Which code set each of a block's three convolutions reads: one per distinct input
+ * quantization (equal parameters share one); returns how many. */
+static int qc_sets(const qc_block_t *B, int set[3]) {
+    int i, j, n = 0;
+    for (i = 0; i < 3; i++) {
+        const qc_layer_t *a = B->convs[i];
+        set[i] = -1;
+        for (j = 0; j < i; j++) {
+            const qc_layer_t *b = B->convs[j];
+            if (a->act_scale == b->act_scale && a->act_zero == b->act_zero &&
+                a->act_max == b->act_max) {
+                set[i] = set[j];
+                break;
+            }
         }
+        if (set[i] < 0) set[i] = n++;
+    }
+    return n;
 }
 
-static void qc_block(const qc_block_t *B, int *cx) {
-    int i, n = QC_WINDOW * QC_FEATURES;
-    const float *src = BUF_X;
-    float *y = BUF_Y;
+/* Block d: reads CA / CP(d & 1) (or X0 for block 0), writes CA / CP(1 - (d & 1)) for the
+ * next block, or the pooled features after the last one. *res_x0: the residual is still
+ * the normalised input (no shortcut yet). */
+static void qc_block(int d, float *features, int *res_x0) {
+    const qc_block_t *B = &qc_model.blocks[d];
+    const qc_block_t *N = d + 1 < QC_DEPTH ? &qc_model.blocks[d + 1] : NULL;
+    qc_src_t in, pool, branch[3], res;
+    int set[3], i, o, c, t, g = d & 1;
+    if (d == 0) {
+        in.codes = NULL, in.x = X0, in.stride = QC_CHANNELS, in.pool = 0;
+        pool = in, pool.pool = 1;
+    } else {
+        in.codes = CA, in.x = NULL, in.stride = QC_FEATURES, in.pool = 0;
+        pool = in, pool.codes = CP(g);
+    }
+    for (i = 0; i < 3; i++) branch[i] = in;
     if (B->bottleneck) {
-        qc_conv(B->bottleneck, BUF_X, BUF_B, QC_FILTERS, 0);
-        src = BUF_B;
-    }
-    for (i = 0; i < 3; i++) qc_conv(B->convs[i], src, y, QC_FEATURES, i * QC_FILTERS);
-    qc_maxpool3(BUF_X, BUF_P, *cx);
-    qc_conv(B->pool_conv, BUF_P, y, QC_FEATURES, 3 * QC_FILTERS);
-    for (i = 0; i < n; i++) {
-        float v = y[i] * B->bn_alpha[i % QC_FEATURES];
-        v += B->bn_beta[i % QC_FEATURES];
-        y[i] = v > 0.0f ? v : 0.0f;
-    }
-    if (B->sc_alpha) {
-        const float *r = BUF_RES;
-        if (B->shortcut_conv) {
-            qc_conv(B->shortcut_conv, BUF_RES, BUF_R, QC_FEATURES, 0);
-            r = BUF_R;
+        qc_sets(B, set);
+        for (o = 0; o < QC_FILTERS; o++) {
+            int done = -1; /* sets are numbered in order of first use */
+            qc_conv_col(B->bottleneck, &in, o, COL);
+            for (i = 0; i < 3; i++) {
+                uint8_t *cb = CB(set[i]);
+                if (set[i] <= done) continue;
+                done = set[i];
+                for (t = 0; t < QC_WINDOW; t++)
+                    cb[t * QC_FILTERS + o] = (uint8_t)qc_code_of(B->convs[i], COL[t]);
+            }
         }
-        for (i = 0; i < n; i++) {
-            float v = r[i] * B->sc_alpha[i % QC_FEATURES];
-            v += B->sc_beta[i % QC_FEATURES];
-            v = y[i] + v;
-            y[i] = v > 0.0f ? v : 0.0f;
+        for (i = 0; i < 3; i++) {
+            branch[i].codes = CB(set[i]), branch[i].x = NULL;
+            branch[i].stride = QC_FILTERS, branch[i].pool = 0;
         }
-        memcpy(BUF_RES, y, sizeof(float) * (size_t)n);
     }
-    memcpy(BUF_X, y, sizeof(float) * (size_t)n);
-    *cx = QC_FEATURES;
+    res.codes = NULL, res.pool = 0;
+    res.x = *res_x0 ? X0 : RES, res.stride = *res_x0 ? QC_CHANNELS : QC_FEATURES;
+    for (c = 0; c < QC_FEATURES; c++) {
+        int b = c / QC_FILTERS;
+        float a = B->bn_alpha[c], be = B->bn_beta[c];
+        if (b < 3)
+            qc_conv_col(B->convs[b], &branch[b], c % QC_FILTERS, COL);
+        else
+            qc_conv_col(B->pool_conv, &pool, c % QC_FILTERS, COL);
+        for (t = 0; t < QC_WINDOW; t++) {
+            float v = COL[t] * a;
+            v += be;
+            COL[t] = v > 0.0f ? v : 0.0f;
+        }
+        if (B->sc_alpha) {
+            const float *r = res.x + c;
+            long rs = res.stride;
+            float sa = B->sc_alpha[c], sb = B->sc_beta[c];
+            if (B->shortcut_conv) {
+                qc_conv_col(B->shortcut_conv, &res, c, SCOL);
+                r = SCOL, rs = 1;
+            }
+            for (t = 0; t < QC_WINDOW; t++) {
+                float v = r[t * rs] * sa;
+                v += sb;
+                v = COL[t] + v;
+                COL[t] = v > 0.0f ? v : 0.0f;
+            }
+            if (QC_KEEP_RES)
+                for (t = 0; t < QC_WINDOW; t++) RES[t * QC_FEATURES + c] = COL[t];
+        }
+        if (!N) {
+            float s = 0.0f;
+            for (t = 0; t < QC_WINDOW; t++) s += COL[t];
+            features[c] = s / (float)QC_WINDOW;
+            continue;
+        }
+        if (N->bottleneck)
+            for (t = 0; t < QC_WINDOW; t++)
+                CA[t * QC_FEATURES + c] = (uint8_t)qc_code_of(N->bottleneck, COL[t]);
+        for (t = 0; t < QC_WINDOW; t++) {
+            float m = COL[t];
+            if (t > 0 && COL[t - 1] > m) m = COL[t - 1];
+            if (t + 1 < QC_WINDOW && COL[t + 1] > m) m = COL[t + 1];
+            CP(1 - g)[t * QC_FEATURES + c] = (uint8_t)qc_code_of(N->pool_conv, m);
+        }
+    }
+    if (B->sc_alpha) *res_x0 = 0;
 }
 
 void qc_features(const float *window, float *features) {
-    int t, c, d, cx = QC_CHANNELS;
+    int t, c, d, res_x0 = 1;
     for (c = 0; c < QC_CHANNELS; c++)
         for (t = 0; t < QC_WINDOW; t++) {
             float v = window[c * QC_WINDOW + t] - qc_model.norm_mean[c];
-            BUF_X[t * QC_CHANNELS + c] = v / qc_model.norm_std[c];
+            X0[t * QC_CHANNELS + c] = v / qc_model.norm_std[c];
         }
-    memcpy(BUF_RES, BUF_X, sizeof(float) * QC_WINDOW * QC_CHANNELS);
-    for (d = 0; d < QC_DEPTH; d++) qc_block(&qc_model.blocks[d], &cx);
-    for (c = 0; c < QC_FEATURES; c++) {
-        float s = 0.0f;
-        for (t = 0; t < QC_WINDOW; t++) s += BUF_X[t * QC_FEATURES + c];
-        features[c] = s / (float)QC_WINDOW;
-    }
+    qc_tab_of = NULL;
+    for (d = 0; d < QC_DEPTH; d++) qc_block(d, features, &res_x0);
 }
 
 void qc_model_logits(const float *features, float *logits) {
     const qc_layer_t *L = qc_model.head;
-    const float *in = features;
     int o, i;
-    if (L->has_act) {
-        qc_fake_quant(L, features, BUF_Q, QC_FEATURES);
-        in = BUF_Q;
-    }
     for (o = 0; o < L->c_out; o++) {
         float acc = 0.0f;
-        qc_weight_row(L, o, BUF_W);
-        for (i = 0; i < QC_FEATURES; i++) acc += in[i] * BUF_W[i];
+        qc_weight_row(L, o, WROW);
+        for (i = 0; i < QC_FEATURES; i++)
+            acc += (L->has_act ? qc_fq(L, features[i]) : features[i]) * WROW[i];
         logits[o] = L->bias ? acc + L->bias[o] : acc;
     }
 }
@@ -180,15 +276,27 @@ int qc_argmax(const float *v, int n) {
 /* ------------------------------------------------------------ the streaming head */
 
 int qc_head_classes(void) { return qc_k; }
+uint32_t qc_head_step(void) { return qc_step; }
 const float *qc_head_count(void) { return H_COUNT; }
 const float *qc_head_mean(void) { return H_MEAN; }
-const float *qc_head_scatter(void) { return H_SCATTER; }
+
+const float *qc_head_scatter(void) {
+    float *s = (float *)qc_arena;
+    int i, j;
+    for (i = 0; i < QC_FEATURES; i++)
+        for (j = 0; j <= i; j++)
+            s[i * QC_FEATURES + j] = s[j * QC_FEATURES + i] = H_SCATTER[TRI(i, j)];
+    qc_tab_of = NULL;
+    return s;
+}
 
 int qc_init(void) {
     qc_k = QC_HEAD_CLASSES;
+    qc_step = 0;
+    memset(H_COUNT, 0, (size_t)QC_HEAD_BYTES);
     memcpy(H_COUNT, qc_model.count, sizeof(float) * QC_HEAD_CLASSES);
     memcpy(H_MEAN, qc_model.mean, sizeof(float) * QC_HEAD_CLASSES * QC_FEATURES);
-    memcpy(H_SCATTER, qc_model.scatter, sizeof(float) * QC_FEATURES * QC_FEATURES);
+    memcpy(H_SCATTER, qc_model.scatter, sizeof(float) * QC_TRI);
     return qc_head_solve();
 }
 
@@ -207,6 +315,7 @@ int qc_head_add(const float *features, int label) {
     double n_a, total, w, r, *delta = S_V;
     float *m;
     if (label < 0 || label >= qc_k) return -1;
+    qc_tab_of = NULL;
     m = H_MEAN + label * QC_FEATURES;
     n_a = (double)H_COUNT[label];
     total = n_a + 1.0;
@@ -214,30 +323,31 @@ int qc_head_add(const float *features, int label) {
     r = 1.0 / total;
     for (i = 0; i < QC_FEATURES; i++) delta[i] = (double)features[i] - (double)m[i];
     for (i = 0; i < QC_FEATURES; i++)
-        for (j = 0; j < QC_FEATURES; j++) {
-            float *s = H_SCATTER + i * QC_FEATURES + j;
+        for (j = 0; j <= i; j++) {
+            float *s = H_SCATTER + TRI(i, j);
             *s = (float)((double)*s + (delta[i] * w) * delta[j]);
         }
     for (i = 0; i < QC_FEATURES; i++) m[i] = (float)((double)m[i] + delta[i] * r);
     H_COUNT[label] = (float)total;
+    qc_step++;
     return 0;
 }
 
-/* Cholesky factor (lower, in S_L) of (1 - eps) scatter / N + eps I: 0, or -1. */
+/* Cholesky factor (packed lower, in S_L) of (1 - eps) scatter / N + eps I: 0, or -1. */
 static int qc_cholesky(void) {
     int i, j, k;
     double n = 0.0, eps = qc_model.shrinkage, *L = S_L;
     for (k = 0; k < qc_k; k++) n += (double)H_COUNT[k];
     for (j = 0; j < QC_FEATURES; j++)
         for (i = j; i < QC_FEATURES; i++) {
-            double a = n > 0.0 ? (double)H_SCATTER[i * QC_FEATURES + j] / n : 0.0;
+            double a = n > 0.0 ? (double)H_SCATTER[TRI(i, j)] / n : 0.0;
             a = (1.0 - eps) * a + (i == j ? eps : 0.0);
-            for (k = 0; k < j; k++) a -= L[i * QC_FEATURES + k] * L[j * QC_FEATURES + k];
+            for (k = 0; k < j; k++) a -= L[TRI(i, k)] * L[TRI(j, k)];
             if (i == j) {
                 if (!(a > 0.0)) return -1;
-                L[j * QC_FEATURES + j] = sqrt(a);
+                L[TRI(j, j)] = sqrt(a);
             } else {
-                L[i * QC_FEATURES + j] = a / L[j * QC_FEATURES + j];
+                L[TRI(i, j)] = a / L[TRI(j, j)];
             }
         }
     return 0;
@@ -248,19 +358,20 @@ static int qc_cholesky(void) {
 int qc_head_solve(void) {
     int c, i, k;
     double *L = S_L, *v = S_V;
+    qc_tab_of = NULL;
     if (qc_cholesky() != 0) return -1;
     for (c = 0; c < qc_k; c++) {
         const float *m = H_MEAN + c * QC_FEATURES;
         double b = 0.0;
         for (i = 0; i < QC_FEATURES; i++) {
             double a = (double)m[i];
-            for (k = 0; k < i; k++) a -= L[i * QC_FEATURES + k] * v[k];
-            v[i] = a / L[i * QC_FEATURES + i];
+            for (k = 0; k < i; k++) a -= L[TRI(i, k)] * v[k];
+            v[i] = a / L[TRI(i, i)];
         }
         for (i = QC_FEATURES - 1; i >= 0; i--) {
             double a = v[i];
-            for (k = i + 1; k < QC_FEATURES; k++) a -= L[k * QC_FEATURES + i] * v[k];
-            v[i] = a / L[i * QC_FEATURES + i];
+            for (k = i + 1; k < QC_FEATURES; k++) a -= L[TRI(k, i)] * v[k];
+            v[i] = a / L[TRI(i, i)];
         }
         for (i = 0; i < QC_FEATURES; i++) {
             H_WEIGHT[c * QC_FEATURES + i] = (float)v[i];
@@ -291,4 +402,98 @@ int qc_predict(const float *window) {
     }
     qc_model_logits(f, l);
     return qc_argmax(l, QC_CLASSES);
+}
+
+/* ------------------------------------------------------------ the state blob */
+
+static uint32_t qc_crc32(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    size_t i;
+    int k;
+    for (i = 0; i < n; i++) {
+        c ^= p[i];
+        for (k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void qc_put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t qc_get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void qc_put_floats(uint8_t *p, const float *v, int n) {
+    int i;
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, v + i, 4);
+        qc_put32(p + 4 * i, u);
+    }
+}
+
+static float qc_get_float(const uint8_t *p) {
+    uint32_t u = qc_get32(p);
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+#define ST_COUNT QC_STATE_HEADER
+#define ST_MEAN (ST_COUNT + 4 * QC_MAX_CLASSES)
+#define ST_SCATTER (ST_MEAN + 4 * QC_MAX_CLASSES * QC_FEATURES)
+#define ST_CRC (ST_SCATTER + 4 * QC_TRI)
+
+size_t qc_state_bytes(void) { return (size_t)QC_STATE_BYTES; }
+
+size_t qc_state_save(uint8_t *out, size_t cap) {
+    if (cap < (size_t)QC_STATE_BYTES) return 0;
+    memset(out, 0, (size_t)QC_STATE_BYTES);
+    memcpy(out, "QCST", 4);
+    qc_put32(out + 4, QC_STATE_VERSION);
+    memcpy(out + 8, qc_model.fingerprint, 32);
+    qc_put32(out + 40, QC_FEATURES);
+    qc_put32(out + 44, QC_MAX_CLASSES);
+    qc_put32(out + 48, (uint32_t)qc_k);
+    qc_put32(out + 52, qc_step);
+    /* bytes 56..59: reserved, zero */
+    qc_put_floats(out + ST_COUNT, H_COUNT, qc_k);
+    qc_put_floats(out + ST_MEAN, H_MEAN, qc_k * QC_FEATURES);
+    qc_put_floats(out + ST_SCATTER, H_SCATTER, QC_TRI);
+    qc_put32(out + ST_CRC, qc_crc32(out, ST_CRC));
+    return (size_t)QC_STATE_BYTES;
+}
+
+static int qc_finite(float v) { return v - v == 0.0f; }
+
+int qc_state_load(const uint8_t *blob, size_t n) {
+    uint32_t k;
+    int i;
+    if (n != (size_t)QC_STATE_BYTES) return QC_STATE_ESIZE;
+    if (memcmp(blob, "QCST", 4) != 0) return QC_STATE_EMAGIC;
+    if (qc_get32(blob + 4) != QC_STATE_VERSION) return QC_STATE_EVERSION;
+    if (qc_get32(blob + ST_CRC) != qc_crc32(blob, ST_CRC)) return QC_STATE_ECRC;
+    if (memcmp(blob + 8, qc_model.fingerprint, 32) != 0 || qc_get32(blob + 40) != QC_FEATURES ||
+        qc_get32(blob + 44) != QC_MAX_CLASSES)
+        return QC_STATE_EMODEL;
+    k = qc_get32(blob + 48);
+    if (k < QC_HEAD_CLASSES || k > QC_MAX_CLASSES) return QC_STATE_EVALUE;
+    for (i = 0; i < QC_MAX_CLASSES; i++) {
+        float c = qc_get_float(blob + ST_COUNT + 4 * i);
+        if (!qc_finite(c) || c < 0.0f || (i >= (int)k && c != 0.0f)) return QC_STATE_EVALUE;
+    }
+    for (i = 0; i < QC_MAX_CLASSES * QC_FEATURES + QC_TRI; i++)
+        if (!qc_finite(qc_get_float(blob + ST_MEAN + 4 * i))) return QC_STATE_EVALUE;
+    qc_k = (int)k;
+    qc_step = qc_get32(blob + 52);
+    for (i = 0; i < QC_MAX_CLASSES; i++) H_COUNT[i] = qc_get_float(blob + ST_COUNT + 4 * i);
+    for (i = 0; i < QC_MAX_CLASSES * QC_FEATURES; i++)
+        H_MEAN[i] = qc_get_float(blob + ST_MEAN + 4 * i);
+    for (i = 0; i < QC_TRI; i++) H_SCATTER[i] = qc_get_float(blob + ST_SCATTER + 4 * i);
+    memset(H_WEIGHT, 0, sizeof(float) * QC_MAX_CLASSES * QC_FEATURES);
+    for (i = 0; i < QC_MAX_CLASSES; i++) H_BIAS[i] = QC_UNSEEN;
+    return qc_head_solve() == 0 ? 0 : QC_STATE_ESOLVE;
 }

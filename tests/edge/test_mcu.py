@@ -105,18 +105,21 @@ def test_host_build_agrees_with_the_numpy_device(kit, capsys):
     assert "memory" not in res and "counts" not in res
 
 
-def test_the_added_class_is_predicted_as_on_the_numpy_device(kit):
+@pytest.mark.parametrize("target", mcu.TARGETS)
+def test_the_added_class_is_predicted_as_on_the_numpy_device(kit, target):
     """In the last batch (after the stream) both sides predict the added class for the
     same windows, the new class's among them."""
+    if target == "cortex-m4":
+        _arm_or_skip()
     export, batches = kit
     stream = [(X, y) for _, X, y in mcu.read_batches(batches)]
     art = mcu.load_artifact(export / "model.qcore")
     ref = mcu.reference(art, stream)
     assert ref.device.art.class_names[-1] == NEW
     with mcu.tempfile.TemporaryDirectory() as tmp:
-        program = mcu.build(export, tmp, "host")
+        program = mcu.build(export, tmp, target)
         windows = [(X, lab) for (X, _), lab in zip(stream, ref.labels, strict=True)]
-        out = mcu.parse(mcu.run_firmware(program, mcu.records(windows), "host"), 3, 16)
+        out = mcu.parse(mcu.run_firmware(program, mcu.records(windows), target), 3, 16)
     last = len(stream[-1][0])
     want, got = ref.pred[-last:], np.array(out.pred[-last:])
     assert (want[-6:] == 3).sum() >= 4

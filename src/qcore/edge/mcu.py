@@ -280,7 +280,8 @@ class Reference:
     """The NumPy device's view of the stream: per window its prediction and the logits of
     the head it predicts with (float64, ``UNSEEN`` where a class is not predicted yet),
     the model head's logits and the pooled features; the labels as indices; the final
-    head statistics (None for a device predicting with the model's own head)."""
+    head statistics (None for a device predicting with the model's own head); the device;
+    how many classes the artifact had before the stream."""
 
     pred: np.ndarray
     logits: list[np.ndarray]
@@ -289,6 +290,7 @@ class Reference:
     labels: list[np.ndarray]
     stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     device: Device
+    deployed_classes: int
 
 
 def reference(art: Artifact, batches: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> Reference:
@@ -318,7 +320,7 @@ def reference(art: Artifact, batches: Sequence[tuple[np.ndarray, np.ndarray | No
     stats = None if dev.head is None or head is None else (head.count, head.mean, head.scatter)
     return Reference(
         np.concatenate(preds), logits, np.concatenate(model_logits),
-        np.concatenate(features), labels, stats, dev,
+        np.concatenate(features), labels, stats, dev, len(art.class_names),
     )  # fmt: skip
 
 
@@ -443,7 +445,11 @@ def compare(ref: Reference, out: Output) -> dict[str, Any]:
     for lab in ref.labels:
         stop = start + len(lab)
         a = agreement(got[start:stop], ref.pred[start:stop], ref.logits[start:stop])
-        per_batch.append({k: a[k] for k in ("windows", "agree", "clear_disagree")})
+        row = {k: a[k] for k in ("windows", "agree", "clear_disagree")}
+        # predictions of classes the stream added, on each side
+        row["added_c"] = int((got[start:stop] >= ref.deployed_classes).sum())
+        row["added_numpy"] = int((ref.pred[start:stop] >= ref.deployed_classes).sum())
+        per_batch.append(row)
         start = stop
     res: dict[str, Any] = {
         "predictions": agreement(got, ref.pred, ref.logits),

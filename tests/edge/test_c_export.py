@@ -11,6 +11,7 @@ statistics: within ``1e-4`` of their largest value (seen: ~2e-7).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -23,14 +24,17 @@ import numpy as np
 import pytest
 
 from qcore.cli import main
+from qcore.cloud.export import to_qmodel
+from qcore.cloud.quantize import quantize_model
+from qcore.config import DeviceConfig
 from qcore.core.qmodel import QLayer
 from qcore.core.quant import QuantizedTensor
 from qcore.edge import head as H
-from qcore.edge.artifact import save_artifact
+from qcore.edge.artifact import Artifact, decode_artifact, save_artifact
 from qcore.edge.backbone import solve_head
 from qcore.edge.c_export import export_c
 from qcore.edge.device import Device
-from qcore.edge.infer import forward_features
+from qcore.edge.infer import forward, forward_features
 from qcore.errors import QCoreError
 
 pytestmark = pytest.mark.skipif(
@@ -179,3 +183,78 @@ def test_qcore_export_format_c_writes_the_folder(kit, tmp_path, capsys):
         assert report[name] == (out / name).stat().st_size
     header = (out / "qcore_rt.h").read_text()
     assert f"#define QC_WINDOW {art.window_length}\n" in header
+
+
+SHAPES = {  # (channels, classes, filters, depth, window)
+    "default HAPT": (6, 6, 16, 3, 128),
+    "one channel (no bottleneck in block 0)": (1, 3, 4, 3, 32),
+    "depth 6 (a residual kept between shortcuts)": (3, 3, 4, 6, 32),
+}
+
+
+def _untrained_artifact(shape: tuple[int, ...], bits: int, seed: int = 0) -> Artifact:
+    """A quantized, untrained InceptionTime of ``shape`` with a streaming head fitted on
+    the features of 12 seeded windows."""
+    c, k, f, depth, t = shape
+    X = np.random.default_rng(seed).normal(0, 1, (24, c, t)).astype(np.float32)
+    qm = to_qmodel(quantize_model(B.random_bn_model(c, k, f, depth, seed=seed), bits, X, seed))
+    names = tuple(f"c{i}" for i in range(k))
+    device = DeviceConfig(head="slda", flip_steps=0)
+    art = Artifact(qm, None, None, np.zeros(c), np.ones(c), names, {"window_length": t}, 0, device)
+    _, feats = forward_features(qm, X[:12])
+    return replace(art, head=H.batch_stats(feats, np.arange(12) % k, k))
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_other_shapes_match_the_numpy_device(name, tmp_path):
+    """The default model's size (whose arena must stay near 56 kB: the runtime's static
+    data is the arena and a few words), one channel and six blocks."""
+    art = _untrained_artifact(SHAPES[name], 4)
+    report = export_c(art, tmp_path)
+    program = _build(tmp_path)
+    obj = tmp_path / "qcore_rt.o"
+    subprocess.run(
+        ["gcc", *CFLAGS.split(), "-ffp-contract=off", "-c", "-o", str(obj)]
+        + [str(tmp_path / "qcore_rt.c")],
+        check=True,
+    )
+    if shutil.which("size"):
+        text, data, bss = map(
+            int,
+            subprocess.run(["size", str(obj)], capture_output=True, text=True, check=True)
+            .stdout.splitlines()[1]
+            .split()[:3],
+        )
+        assert data == 0 and 0 <= bss - int(report["arena_bytes"]) <= 64
+    if name == "default HAPT":
+        assert int(report["arena_bytes"]) <= 56 * 1024
+    raw = np.random.default_rng(1).normal(0, 1.5, (16, *SHAPES[name][:1], SHAPES[name][4]))
+    raw = raw.astype(np.float32)
+    out = _run(program, raw, [-1] * len(raw))
+    logits, feats = forward_features(art.model, raw)
+    np.testing.assert_allclose(np.array(out["F"]), feats, rtol=0, atol=1e-4 * np.abs(feats).max())
+    pred = np.array(out["P"]).astype(np.int64)
+    solved = solve_head(art.head, art.device)
+    _agree(pred[:, 0], Device(art).predict(raw), H.logits(solved.weight, solved.bias, feats))
+    _agree(pred[:, 1], forward(art.model, raw).argmax(1), logits)
+
+
+def test_a_layer_reading_a_block_output_without_act_is_refused(kit, tmp_path):
+    art = kit[0]
+    qm = art.model.copy()
+    layer = qm.layers["blocks.1.pool_conv"]
+    qm.layers["blocks.1.pool_conv"] = QLayer(layer.weight, None, None, layer.kernel_size)
+    with pytest.raises(QCoreError, match="blocks.1.pool_conv has no input quantization"):
+        export_c(replace(art, model=qm), tmp_path)
+
+
+def test_export_writes_the_artifact_beside_the_sources(kit, tmp_path):
+    art = kit[0]
+    report = export_c(art, tmp_path)
+    data = (tmp_path / "model.qcore").read_bytes()
+    assert (
+        report["model.qcore"] == len(data)
+        and decode_artifact(data, "m").class_names == art.class_names
+    )
+    sha = ", ".join(str(b) for b in hashlib.sha256(data).digest()[:8])
+    assert f"qc_fingerprint[32] = {{\n    {sha}" in (tmp_path / "qcore_model.c").read_text()

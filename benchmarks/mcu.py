@@ -131,7 +131,11 @@ def main() -> None:
     ap.add_argument("--targets", default="host,cortex-m4")
     ap.add_argument("--bits", default="2,4,8")
     ap.add_argument("--pairs", default=",".join(PAIRS))
+    ap.add_argument(
+        "--commit", default=None, help="the commit measured (default: git HEAD of this folder)"
+    )
     args = ap.parse_args()
+    commit = args.commit or _commit()
     out = Path(args.out)
     bits = [int(b) for b in args.bits.split(",")]
     rows: list[dict] = []
@@ -158,9 +162,9 @@ def main() -> None:
                 rows.append(res)
                 print(json.dumps({k: res[k] for k in ("pair", "bits", "target", "wall_s")}))
                 (out / "mcu.json").write_text(
-                    json.dumps({"commit": _commit(), "rows": rows}, indent=1)
+                    json.dumps({"commit": commit, "rows": rows}, indent=1)
                 )
-    print(f"commit {_commit()}; {environment_note()}")
+    print(f"commit {commit}; {environment_note()}")
     for target in args.targets.split(","):
         print(f"\n{target}\n")
         print(table(rows, target))

@@ -448,7 +448,7 @@ def test_preset_help_lists_every_preset(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name, preset in grid_module.PRESETS.items():
         assert f"{name}: {preset.summary}" in text, name
-    assert len(grid_module.PRESETS) == 6
+    assert len(grid_module.PRESETS) == 7
 
 
 def test_stream_plot_shows_step_zero(tmp_path):

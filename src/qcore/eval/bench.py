@@ -19,10 +19,11 @@ import json
 import multiprocessing
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qcore.config import RunConfig
 from qcore.errors import QCoreError
@@ -78,25 +79,38 @@ class BenchResult:
     failed: tuple[str, ...]
 
 
-def _local_results(todo: list[RunConfig], out_dir: Path, workers: int) -> Iterator[tuple]:
-    """``(cell, seconds or exception)`` as cells finish in a local process pool."""
+Job = tuple[str, Callable[..., Any], tuple]  # (name, function, its arguments)
+
+
+def task_results(jobs: list[Job], workers: int, scheduler: str | None) -> Iterator[tuple]:
+    """``(name, result or exception)`` as ``jobs`` finish: in ``workers`` local processes
+    (:func:`_local_results`), or with ``scheduler`` one task per job on that
+    ``dask.distributed`` cluster (:func:`_dask_results`). ``qcore bench``'s cells and the
+    fleet preset's devices (:mod:`qcore.eval.fleet_bench`) both run through it."""
+    if scheduler is None:
+        return _local_results(jobs, workers)
+    return _dask_results(jobs, scheduler)
+
+
+def _local_results(jobs: list[Job], workers: int) -> Iterator[tuple]:
+    """``(name, result or exception)`` as jobs finish in a local process pool."""
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread state
     with ProcessPoolExecutor(
-        min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
+        min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker
     ) as pool:
-        futures = {pool.submit(_run_cell, c.to_dict(), str(cell_dir(out_dir, c))): c for c in todo}
+        futures = {pool.submit(fn, *args): name for name, fn, args in jobs}
         for fut in as_completed(futures):
             try:
                 yield futures[fut], fut.result()
-            except Exception as exc:  # reported by the caller; the other cells go on
+            except Exception as exc:  # reported by the caller; the other jobs go on
                 yield futures[fut], exc
 
 
-def _dask_results(todo: list[RunConfig], out_dir: Path, scheduler: str) -> Iterator[tuple]:
-    """``(cell, seconds or exception)`` as cells finish on a ``dask.distributed`` cluster.
+def _dask_results(jobs: list[Job], scheduler: str) -> Iterator[tuple]:
+    """``(name, result or exception)`` as jobs finish on a ``dask.distributed`` cluster.
 
-    A cell whose worker dies is run again on another (the scheduler's own rule); a cell
-    that raises is reported and the others go on. ``out_dir`` must be a path the workers
+    A job whose worker dies is run again on another (the scheduler's own rule); a job
+    that raises is reported and the others go on. Output paths must be ones the workers
     can write (a shared file system on a real cluster); the data is loaded on the worker.
     """
     try:
@@ -112,14 +126,8 @@ def _dask_results(todo: list[RunConfig], out_dir: Path, scheduler: str) -> Itera
         raise QCoreError(f"cannot reach the scheduler at {scheduler}: {exc}") from None
     with client:
         futures = {
-            client.submit(
-                _run_cell,
-                c.to_dict(),
-                str(cell_dir(out_dir, c)),
-                key=f"qcore-{cell_dir(out_dir, c).name}",
-                pure=False,
-            ): c
-            for c in todo
+            client.submit(fn, *args, key=f"qcore-{name}", pure=False): name
+            for name, fn, args in jobs
         }
         for fut in completed(futures):
             try:
@@ -156,10 +164,14 @@ def run_bench(
         todo = []
     failed: list[str] = []
     if todo:
-        if scheduler is None:
-            results = _local_results(todo, out_dir, workers)
-        else:
-            results = _dask_results(todo, out_dir, scheduler)
+        by_name = {cell_dir(out_dir, c).name: c for c in todo}
+        jobs = [
+            (name, _run_cell, (c.to_dict(), str(cell_dir(out_dir, c))))
+            for name, c in by_name.items()
+        ]
+        results = (
+            (by_name[name], outcome) for name, outcome in task_results(jobs, workers, scheduler)
+        )
         bar = tqdm(
             total=len(cells), initial=len(cells) - len(todo), desc="cells", disable=not progress
         )

@@ -18,6 +18,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     grid = make_grid(args.preset, args.set or [])
     out = Path(args.out or f"runs/bench-{args.preset}")
     workers = args.workers or max(1, os.cpu_count() or 1)
+    if args.preset == "fleet":
+        _fleet(grid, out, workers, args)
+        return
     n = len(grid.cells())
     print(
         f"bench {args.preset}: {n} cells ({len(grid.pairs)} pairs x {len(grid.seeds)} seeds x "
@@ -37,6 +40,26 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         f"{res.seconds:.0f} s"
     )
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots")
+
+
+def _fleet(grid, out: Path, workers: int, args: argparse.Namespace) -> None:
+    """The fleet preset: one task per device, then the merge report (fleet_bench)."""
+    from qcore.eval.fleet_bench import run_fleet
+
+    print(f"bench fleet: {len(grid.pairs)} deployed model(s), {workers} worker(s) -> {out}")
+    res = run_fleet(
+        grid,
+        out,
+        workers=workers,
+        progress=not args.quiet,
+        compute=not args.report,
+        scheduler=args.scheduler,
+    )
+    print(
+        f"{res.n_computed} device(s) computed, {res.n_devices - res.n_computed} reused, "
+        f"{len(res.rows)} site rows, {res.seconds:.0f} s"
+    )
+    print(f"wrote {out / 'sites.csv'}, {out / 'fleet.md'} and {out / 'fleet.png'}")
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:

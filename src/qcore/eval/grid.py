@@ -27,7 +27,13 @@ Presets:
   ``none,bn-stats,backprop,slda``;
 * ``newclass``: new classes: HAPT 1 -> 4 and 1 -> 25 at 2/4/8 bits, seed 0, each of the
   6 classes held out of the cloud in turn (``held_out=...`` changes them), methods
-  ``none,slda,backprop``; its report adds ``newclass.md``.
+  ``none,slda,backprop``; its report adds ``newclass.md``;
+* ``fleet``: a fleet of devices (:mod:`qcore.eval.fleet_bench`): HAPT source 1 (and
+  USC-HAD source 1 when its files are found) deployed once at 4 bits, seed 0, ``slda``;
+  every other subject a device (the unit of work), each in turn the new site merged from
+  the others; its report is ``fleet.md``, ``fleet.png`` and ``sites.csv``. Its grid holds
+  one cell per deployed model (``pairs=dataset:source:target``: the target only fixes the
+  run that trains it).
 """
 
 from __future__ import annotations
@@ -186,6 +192,12 @@ def _newclass() -> Grid:
     return Grid(base, (("hapt", 1, 4), ("hapt", 1, 25)), (0,), new_classes=classes)
 
 
+def _fleet() -> Grid:
+    base = RunConfig(bits=(4,), method="slda", threads=1)
+    pairs = (("hapt", 1, 2),) + ((("usc-had", 1, 2),) if _uschad_found() else ())
+    return Grid(base, pairs, (0,))
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named grid: a one-line ``summary`` (``qcore bench --help`` lists them) and the
@@ -202,6 +214,7 @@ PRESETS: dict[str, Preset] = {
     "wide": Preset("HAPT 1 -> every other subject at 4 bits, plus pairs.md", _wide),
     "labels": Preset("label fractions 1 to 0 on the method pairs, plus labels.md", _labels),
     "newclass": Preset("each HAPT class held out of the cloud, plus newclass.md", _newclass),
+    "fleet": Preset("every other subject a device, merged for each new site: fleet.md", _fleet),
 }
 
 

@@ -261,14 +261,15 @@ def arena_bytes(dims: dict[str, int]) -> int:
     normalised input, residual when ``R`` = KEEP_RES, two columns, a weight row, a
     dequantization table; bytes: the next block's bottleneck and two sets of max-pooled
     codes, ``S`` sets of bottleneck output codes), the float64 solve ``8 [D (D + 1) / 2 +
-    D]`` and the expanded scatter ``4 D^2``, rounded up to 8; then the head
+    D]``, the expanded scatter ``4 D^2`` and a state blob (:func:`state_bytes`), rounded
+    up to 8; then the head
     ``4 [2 Kmax + 2 Kmax D + D (D + 1) / 2]`` (counts, biases, means, weights, the
     scatter's lower triangle)."""
     t, d, f = dims["WINDOW"], dims["FEATURES"], dims["FILTERS"]
     k, tri = dims["MAX_CLASSES"], d * (d + 1) // 2
     floats = t * dims["CHANNELS"] + dims["KEEP_RES"] * t * d + 2 * t + dims["MAX_KC"] + 256
     act = 4 * floats + 3 * t * d + dims["BRANCH_SETS"] * t * f
-    scratch = -(-max(act, 8 * (tri + d), 4 * d * d) // 8) * 8
+    scratch = -(-max(act, 8 * (tri + d), 4 * d * d, state_bytes(dims)) // 8) * 8
     return scratch + 4 * (2 * k + 2 * k * d + tri)
 
 

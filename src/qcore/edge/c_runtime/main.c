@@ -20,8 +20,6 @@
 
 #include "qcore_rt.h"
 
-static uint8_t blob[QC_STATE_BYTES + 1];
-
 static void put(const char *tag, const float *v, int n) {
     int i;
     printf("%s", tag);
@@ -29,6 +27,7 @@ static void put(const char *tag, const float *v, int n) {
     printf("\n");
 }
 
+/* The blob is read into, and saved from, the runtime's scratch arena: no buffer here. */
 static int load(const char *path) {
     size_t n;
     int rc;
@@ -37,9 +36,10 @@ static int load(const char *path) {
         fprintf(stderr, "cannot open %s\n", path);
         return 1;
     }
-    n = fread(blob, 1, sizeof blob, f); /* one byte more than a state: a longer file */
+    n = fread(qc_state_buffer(), 1, QC_STATE_BYTES, f);
+    if (n == QC_STATE_BYTES && fgetc(f) != EOF) n++; /* longer than a state */
     fclose(f);
-    rc = qc_state_load(blob, n);
+    rc = qc_state_load(qc_state_buffer(), n);
     if (rc != 0) {
         fprintf(stderr, "state %s refused: %d\n", path, rc);
         return 2;
@@ -48,9 +48,9 @@ static int load(const char *path) {
 }
 
 static int save(const char *path) {
-    size_t n = qc_state_save(blob, sizeof blob);
+    const uint8_t *blob = qc_state_blob();
     FILE *f = fopen(path, "wb");
-    if (!f || fwrite(blob, 1, n, f) != n || fclose(f) != 0) {
+    if (!f || fwrite(blob, 1, QC_STATE_BYTES, f) != QC_STATE_BYTES || fclose(f) != 0) {
         fprintf(stderr, "cannot write %s\n", path);
         return 1;
     }

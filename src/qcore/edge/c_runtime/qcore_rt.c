@@ -497,3 +497,14 @@ int qc_state_load(const uint8_t *blob, size_t n) {
     for (i = 0; i < QC_MAX_CLASSES; i++) H_BIAS[i] = QC_UNSEEN;
     return qc_head_solve() == 0 ? 0 : QC_STATE_ESOLVE;
 }
+
+const uint8_t *qc_state_blob(void) {
+    qc_state_save((uint8_t *)qc_arena, (size_t)QC_STATE_BYTES);
+    qc_tab_of = NULL;
+    return (const uint8_t *)qc_arena;
+}
+
+uint8_t *qc_state_buffer(void) {
+    qc_tab_of = NULL;
+    return (uint8_t *)qc_arena;
+}

@@ -24,7 +24,8 @@
  *     dequantization table); bytes 3 T D (the next block's bottleneck codes and two
  *     generations of max-pooled codes) and QC_BRANCH_SETS T F (bottleneck output codes);
  *   the solve: doubles D (D + 1) / 2 (packed Cholesky factor) + D;
- *   qc_head_scatter(): floats D D (the scatter expanded).
+ *   qc_head_scatter(): floats D D (the scatter expanded);
+ *   qc_state_blob() / qc_state_buffer(): QC_STATE_BYTES (a state blob).
  * Head: floats 2 Kmax (counts, biases), 2 Kmax D (means, weights), D (D + 1) / 2 (the
  * scatter's lower triangle). */
 #define QC_TRI (QC_FEATURES * (QC_FEATURES + 1) / 2)
@@ -34,8 +35,9 @@
      + 3 * QC_WINDOW * QC_FEATURES + QC_BRANCH_SETS * QC_WINDOW * QC_FILTERS)
 #define QC_SOLVE_BYTES (8 * (QC_TRI + QC_FEATURES))
 #define QC_MAX2(a, b) ((a) > (b) ? (a) : (b))
-#define QC_SCRATCH_BYTES \
-    ((QC_MAX2(QC_MAX2(QC_ACT_BYTES, QC_SOLVE_BYTES), 4 * QC_FEATURES * QC_FEATURES) + 7) / 8 * 8)
+#define QC_SCRATCH_BYTES                                                                   \
+    ((QC_MAX2(QC_MAX2(QC_ACT_BYTES, QC_SOLVE_BYTES),                                      \
+              QC_MAX2(4 * QC_FEATURES * QC_FEATURES, QC_STATE_BYTES)) + 7) / 8 * 8)
 #define QC_HEAD_BYTES \
     (4 * (2 * QC_MAX_CLASSES + 2 * QC_MAX_CLASSES * QC_FEATURES + QC_TRI))
 #define QC_ARENA_BYTES (QC_SCRATCH_BYTES + QC_HEAD_BYTES)
@@ -127,5 +129,11 @@ size_t qc_state_save(uint8_t *out, size_t cap);
 /* Read a blob back and solve the head: 0, or a QC_STATE_E* code; any refusal before
  * QC_STATE_ESOLVE leaves the state as it was. */
 int qc_state_load(const uint8_t *blob, size_t n);
+/* Without a buffer of the firmware's own: qc_state_blob() saves the blob into the scratch
+ * arena and returns it; qc_state_buffer() is that scratch, QC_STATE_BYTES long, to read a
+ * blob into before qc_state_load(qc_state_buffer(), n). Either is valid until the next
+ * call of qc_features, qc_model_logits, qc_head_* or qc_state_*. */
+const uint8_t *qc_state_blob(void);
+uint8_t *qc_state_buffer(void);
 
 #endif /* QCORE_RT_H */

@@ -2,28 +2,35 @@
 
 A share is what one device learnt beyond the deployed statistics
 (:func:`qcore.edge.fleet.learnt_part`), as sums: per class the window count ``n_c`` and the
-feature sum ``s_c``, and over all windows the second moment ``Q = Σ x xᵀ``. Nothing else
-is written: no window, no feature vector, no prediction. An observer of a share learns
-those sums (a class's count and mean, the pooled second moment) and, from them, nothing
-that singles out one window beyond what the sums reveal; with one window per class the
-mean is that window's features, which is why a share can be made private.
+feature sum ``s_c``, and over all windows the second moment ``Q = Σ x xᵀ`` (optional: a
+share may send counts and sums alone). A *centred* share sums each window's deviation
+``x - μ_y`` from the deployed mean of its class instead (:func:`centres`; the server holds
+the deployed artifact, so it adds the centres back). Nothing else is written: no window,
+no feature vector, no prediction. An observer of a share learns those sums (a class's
+count and mean, the pooled second moment) and, from them, nothing that singles out one
+window beyond what the sums reveal; with one window per class the mean is that window's
+features, which is why a share can be made private.
 
-**Differential privacy.** With ``share_clip = C`` (a device setting) every window's pooled
-features are scaled to L2 norm at most ``C`` before they join the statistics
-(:func:`clip_norms`). Measured in units of ``C`` (sums over ``C``, ``Q`` over ``C²``),
-adding or removing one window then moves the sums by at most ``Δ = sqrt(3)`` in L2 norm
-(1 in one count, ``|x| / C <= 1`` in one class sum, ``|x xᵀ|_F / C² <= 1`` in ``Q``), each
-part alike. A private share adds Gaussian noise of standard deviation ``z Δ`` to every
-count and to every scaled sum and entry of ``Q`` (the upper triangle, mirrored): the
-Gaussian mechanism, with the noise multiplier ``z`` that the privacy accountant of the
+**Differential privacy.** Every window's features (or, for a centred share, their
+deviation from the window's centre) must have L2 norm at most ``C`` before they join the
+statistics (:func:`clip_norms`; a device with ``share_clip = C`` clips around the origin).
+Measured in units of ``C`` (sums over ``C``, ``Q`` over ``C²``), adding or removing one
+window then moves each part of the release by at most 1 in L2 norm (1 in one count,
+``|x| / C <= 1`` in one class sum, ``|x xᵀ|_F / C² <= 1`` in ``Q``): the release's L2
+sensitivity is ``Δ = sqrt(p)``, ``p`` the number of parts sent (3, or 2 without ``Q``).
+A private share adds Gaussian noise of standard deviation ``z Δ`` to every count and to
+every scaled sum and entry of ``Q`` (the upper triangle, mirrored): the Gaussian
+mechanism, with the noise multiplier ``z`` that the privacy accountant of the
 ``dp-accounting`` library gives for one release at ``(epsilon, delta)``
 (:func:`noise_multiplier`). Back in the features' units the noise is ``z Δ`` on a count,
-``z Δ C`` on a sum and ``z Δ C²`` on ``Q``: released unscaled, one noise for all, the
-``C²`` of ``Q`` would drown the counts and sums. The unit protected is one window: a share is
+``z Δ C`` on a sum and ``z Δ C²`` on ``Q``. The unit protected is one window: a share is
 ``(epsilon, delta)``-private with respect to adding or removing any single labelled window
-of the device; a device's whole share is not hidden (its size and classes are visible).
-The server turns the noisy sums back into statistics (counts at least 0, the scatter made
-positive semi-definite). NumPy only, but for :func:`noise_multiplier`.
+of the device; a device's whole share is not hidden (its size and classes are visible),
+and a device that sends several shares spends its budget on each. The centres are public
+(in the deployed artifact), so centring costs no privacy. The server adds the fleet's
+noisy sums first and turns the totals into statistics once (:func:`pooled_stats`: counts
+at least 0, the scatter made positive semi-definite; post-processing, no privacy cost).
+NumPy only, but for :func:`noise_multiplier`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_fleet import assert_stats_close, fleet  # noqa: F401  (the fixture)
 
 from qcore.cli import main
@@ -21,6 +23,7 @@ from qcore.edge.head import batch_stats, update
 from qcore.edge.share import (
     SHARE_KEYS,
     Share,
+    centres,
     clip_norms,
     load_share,
     make_share,
@@ -169,3 +172,83 @@ def test_fleet_share_and_merge_commands(fleet, tmp_path, capsys) -> None:  # noq
     assert main(["fleet", "merge", *mixed, "--deployed", str(deployed), "--out", str(out)]) == 2
     assert "not both" in capsys.readouterr().err
     assert B.CLASSES[0] in load_artifact(out).class_names
+
+
+def _release(share: Share, clip: float) -> np.ndarray:
+    """A share's release in units of the clip, as one vector."""
+    return np.concatenate([share.count, share.sums.ravel() / clip, share.second.ravel() / clip**2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 30), st.integers(0, 2), st.booleans(), st.booleans(),
+    st.floats(0.1, 10.0), st.integers(0, 10_000),
+)  # fmt: skip
+def test_one_window_moves_the_scaled_release_by_at_most_its_sensitivity(
+    n, label, centred, second, clip, seed
+) -> None:
+    rng = np.random.default_rng(seed)
+    k, d = 3, 6
+    centre = rng.normal(size=(k, d)) * 5 if centred else None
+    y = rng.integers(0, k, n + 1)
+    y[-1] = label
+    raw = rng.normal(size=(n + 1, d)) * rng.uniform(0.1, 20.0)
+    x = clip_norms(raw, clip, None if centre is None else centre[y])
+    with_one = make_share(batch_stats(x, y, k), ("a", "b", "c"), centre=centre, second=second)
+    without = make_share(batch_stats(x[:-1], y[:-1], k), ("a", "b", "c"), centre=centre,
+                         second=second)  # fmt: skip
+    moved = np.linalg.norm(_release(with_one, clip) - _release(without, clip))
+    assert moved <= math.sqrt(3 if second else 2) + 1e-6
+
+
+def test_clipping_around_a_centre_bounds_the_deviation() -> None:
+    x = np.array([[13.0, 14.0], [10.3, 10.4]], np.float32)
+    got = clip_norms(x, 1.0, np.full((2, 2), 10.0))
+    np.testing.assert_allclose(got, [[10.6, 10.8], [10.3, 10.4]], rtol=1e-6)
+
+
+def test_a_centred_share_without_noise_stands_for_the_part_exactly() -> None:
+    rng = np.random.default_rng(3)
+    deployed = batch_stats(rng.normal(size=(50, 5)) + 2.0, rng.integers(0, 3, 50), 3)
+    x, y = rng.normal(size=(80, 5)) + 1.0, rng.integers(0, 4, 80)  # class 3 is new
+    part = batch_stats(x, y, 4)
+    share = make_share(part, tuple("abcd"), centre=centres(deployed, 4))
+    assert share.centred
+    got = pooled_stats([share], deployed, tuple("abcd"))
+    np.testing.assert_allclose(got.count, part.count)
+    np.testing.assert_allclose(got.mean, part.mean, atol=1e-5)
+    np.testing.assert_allclose(got.scatter, part.scatter, atol=1e-4)
+    # without the second moment the fleet's windows take the deployed covariance
+    means = pooled_stats([make_share(part, tuple("abcd"), second=False)], deployed, tuple("abcd"))
+    np.testing.assert_allclose(means.mean, part.mean, atol=1e-5)
+    cov = deployed.scatter.astype(float) / float(deployed.count.sum())
+    np.testing.assert_allclose(means.scatter, cov * 80, rtol=1e-5)
+    with pytest.raises(QCoreError, match="all be centred or not"):
+        pooled_stats([share, make_share(part, tuple("abcd"))], deployed, tuple("abcd"))
+
+
+def test_shares_are_pooled_before_they_become_statistics() -> None:
+    rng = np.random.default_rng(4)
+    deployed = batch_stats(rng.normal(size=(30, 4)), rng.integers(0, 2, 30), 2)
+    a = make_share(batch_stats(rng.normal(size=(20, 4)), rng.integers(0, 2, 20), 2), ("a", "b"))
+    noisy = replace(a, count=a.count - np.array([a.count[0] + 0.4, 0.0]))  # class a below 0
+    other = make_share(batch_stats(rng.normal(size=(20, 4)), np.zeros(20, int), 2), ("a", "b"))
+    got = pooled_stats([noisy, other], deployed, ("a", "b"))
+    # the totals, not each share, are clamped: class a keeps 20 - 0.4 windows
+    np.testing.assert_allclose(got.count, [19.6, a.count[1]])
+
+
+def test_the_two_part_share_has_the_accountants_scale_and_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    x, y = clip_norms(rng.normal(size=(400, 40)), 2.0), rng.integers(0, 3, 400)
+    part = batch_stats(x, y, 3)
+    exact = make_share(part, ("a", "b", "c"), second=False)
+    noisy = make_share(part, ("a", "b", "c"), privacy=(4.0, 1e-5, 2.0), seed=1, second=False)
+    sigma = noise_multiplier(4.0, 1e-5) * math.sqrt(2)  # two parts: sensitivity sqrt(2)
+    assert noisy.privacy[3] == pytest.approx(sigma) and noisy.second.shape == (0, 0)
+    assert abs((noisy.sums - exact.sums).std() / (sigma * 2.0) - 1) < 0.2
+    assert noisy.nbytes == 4 * (3 + 3 * 40)
+    save_share(tmp_path / "s.npz", replace(noisy, centred=True))
+    back = load_share(tmp_path / "s.npz")
+    assert back.centred and back.second.shape == (0, 0)
+    np.testing.assert_array_equal(back.sums, noisy.sums)

@@ -1,5 +1,6 @@
 """The C runtime's state blob (``qc_state_save`` / ``qc_state_load``) on the Python side:
-read one back into a device state, or write one. NumPy only.
+read one back into a device state, or write one (NumPy only); and ``qcore import-state``
+(:func:`add_command`), registered by :mod:`qcore.edge.cli`.
 
 A firmware persists the streaming head it learnt as one blob of ``QC_STATE_BYTES``
 (:func:`blob_bytes`), all little-endian:
@@ -33,6 +34,9 @@ share in the shared scatter.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import struct
 import zlib
 from collections.abc import Sequence
@@ -40,10 +44,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qcore.edge.artifact import Artifact
+from qcore.core.fileio import read_regular_file
+from qcore.edge.artifact import Artifact, decode_artifact
 from qcore.edge.c_export import EXTRA_CLASSES, fingerprint, head_stats, lower_triangle
+from qcore.edge.device import Device
 from qcore.edge.head import HeadStats
-from qcore.edge.state import ARTIFACT_KEY
+from qcore.edge.state import ARTIFACT_KEY, save_state
 from qcore.errors import QCoreError
 
 MAGIC = b"QCST"
@@ -161,3 +167,50 @@ def import_state(
     if artifact_sha256 is not None:
         runtime[ARTIFACT_KEY] = artifact_sha256
     return replace(art, head=stats, class_names=(*art.class_names, *names), runtime=runtime)
+
+
+def _cmd_import_state(args: argparse.Namespace) -> None:
+    blob = read_regular_file(args.blob, "state blob")
+    shipped = read_regular_file(args.artifact, "artifact")
+    art = decode_artifact(shipped, str(args.artifact))
+    names = None if args.names is None else [n.strip() for n in args.names.split(",")]
+    sha = hashlib.sha256(shipped).hexdigest()
+    state = import_state(blob, art, names=names, artifact_sha256=sha)
+    Device(state, deployed=art)  # what `qcore device` will do with it: refuse it now
+    save_state(args.out, state)  # atomic: the old file or the whole new one
+    assert state.head is not None  # set by import_state
+    report = {
+        "state": args.out,
+        "classes": list(state.class_names),
+        "added": list(state.class_names[len(art.class_names) :]),
+        "count": [round(float(c), 3) for c in state.head.count],
+        "windows": state.runtime[MCU_KEY]["windows"],
+    }
+    print(json.dumps(report))
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``qcore import-state`` on a subparsers object."""
+    imp = sub.add_parser(
+        "import-state",
+        help="read a state blob saved by the exported C runtime back into a device state",
+        description="BLOB: the bytes qc_state_save wrote on the microcontroller (docs/mcu.md). "
+        "It is checked (magic, version, size, CRC-32) and must come from the C sources "
+        "exported from ARTIFACT (their model.qcore); the result, written atomically, is "
+        "ARTIFACT with the blob's streaming head: a state `qcore device ARTIFACT --state "
+        "STATE` continues.",
+    )
+    imp.add_argument("blob", metavar="BLOB", help="the state blob")
+    imp.add_argument(
+        "--artifact",
+        required=True,
+        metavar="ARTIFACT",
+        help="the artifact the C sources were exported from (the export's model.qcore)",
+    )
+    imp.add_argument("--out", required=True, metavar="STATE", help="device state file to write")
+    imp.add_argument(
+        "--names",
+        metavar="A,B,...",
+        help="names of the classes the firmware added, in order (default mcu-1, mcu-2, ...)",
+    )
+    imp.set_defaults(func=_cmd_import_state, set=None)

@@ -38,6 +38,7 @@ from qcore.edge.artifact import (
     save_artifact,
 )
 from qcore.edge.batches import folder_batches, load_batch, read_frames
+from qcore.edge.c_state import add_command as add_import_state
 from qcore.edge.classes import class_table, drop_class
 from qcore.edge.csvfiles import (
     PREDICTIONS_HEADER,
@@ -207,7 +208,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_device(sub)
     _add_reset(sub)
     _add_classes(sub)
-    _add_import_state(sub)
+    add_import_state(sub)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -375,53 +376,3 @@ def _add_classes(sub: argparse._SubParsersAction) -> None:
     )
     cls.add_argument("--json", action="store_true", help="print one JSON list")
     cls.set_defaults(func=_cmd_classes, set=None)
-
-
-def _cmd_import_state(args: argparse.Namespace) -> None:
-    from qcore.edge.c_state import import_state
-
-    blob = read_regular_file(args.blob, "state blob")
-    shipped = read_regular_file(args.artifact, "artifact")
-    art = decode_artifact(shipped, str(args.artifact))
-    names = None if args.names is None else [n.strip() for n in args.names.split(",")]
-    sha = hashlib.sha256(shipped).hexdigest()
-    state = import_state(blob, art, names=names, artifact_sha256=sha)
-    Device(state, deployed=art)  # what `qcore device` will do with it: refuse it now
-    save_state(args.out, state)  # atomic: the old file or the whole new one
-    assert state.head is not None  # set by import_state
-    print(
-        json.dumps(
-            {
-                "state": args.out,
-                "classes": list(state.class_names),
-                "added": list(state.class_names[len(art.class_names) :]),
-                "count": [round(float(c), 3) for c in state.head.count],
-                "windows": state.runtime["mcu"]["windows"],
-            }
-        )
-    )
-
-
-def _add_import_state(sub: argparse._SubParsersAction) -> None:
-    imp = sub.add_parser(
-        "import-state",
-        help="read a state blob saved by the exported C runtime back into a device state",
-        description="BLOB: the bytes qc_state_save wrote on the microcontroller (docs/mcu.md). "
-        "It is checked (magic, version, size, CRC-32) and must come from the C sources "
-        "exported from ARTIFACT (their model.qcore); the result is ARTIFACT with the "
-        "blob's streaming head, a state `qcore device ARTIFACT --state STATE` continues.",
-    )
-    imp.add_argument("blob", metavar="BLOB", help="the state blob")
-    imp.add_argument(
-        "--artifact",
-        required=True,
-        metavar="ARTIFACT",
-        help="the artifact the C sources were exported from (the export's model.qcore)",
-    )
-    imp.add_argument("--out", required=True, metavar="STATE", help="device state file to write")
-    imp.add_argument(
-        "--names",
-        metavar="A,B,...",
-        help="names of the classes the firmware added, in order (default mcu-1, mcu-2, ...)",
-    )
-    imp.set_defaults(func=_cmd_import_state, set=None)

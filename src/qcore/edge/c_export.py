@@ -257,10 +257,11 @@ def dimensions(art: Artifact, stats: HeadStats, extra_classes: int) -> dict[str,
 
 def arena_bytes(dims: dict[str, int]) -> int:
     """``QC_ARENA_BYTES`` (the formula of ``qcore_rt.h``): a scratch area, the largest of
-    one window's inference ``4 [T C + R T D + 2 T + KC + 256] + 3 T D + S T F`` (floats:
-    normalised input, residual when ``R`` = KEEP_RES, two columns, a weight row, a
-    dequantization table; bytes: the next block's bottleneck and two sets of max-pooled
-    codes, ``S`` sets of bottleneck output codes), the float64 solve ``8 [D (D + 1) / 2 +
+    one window's inference ``4 [T C + R T D + 2 T + KC + 256] + T D + (5 + S) T F``
+    (floats: normalised input, residual when ``R`` = KEEP_RES, two columns, a weight row, a
+    dequantization table; bytes: the next block's bottleneck codes, five slots of ``F``
+    max-pooled code columns shared by this block and the next, ``S`` sets of bottleneck
+    output codes), the float64 solve ``8 [D (D + 1) / 2 +
     D]``, the expanded scatter ``4 D^2`` and a state blob (:func:`state_bytes`), rounded
     up to 8; then the head
     ``4 [2 Kmax + 2 Kmax D + D (D + 1) / 2]`` (counts, biases, means, weights, the
@@ -268,7 +269,7 @@ def arena_bytes(dims: dict[str, int]) -> int:
     t, d, f = dims["WINDOW"], dims["FEATURES"], dims["FILTERS"]
     k, tri = dims["MAX_CLASSES"], d * (d + 1) // 2
     floats = t * dims["CHANNELS"] + dims["KEEP_RES"] * t * d + 2 * t + dims["MAX_KC"] + 256
-    act = 4 * floats + 3 * t * d + dims["BRANCH_SETS"] * t * f
+    act = 4 * floats + t * d + (5 + dims["BRANCH_SETS"]) * t * f
     scratch = -(-max(act, 8 * (tri + d), 4 * d * d, state_bytes(dims)) // 8) * 8
     return scratch + 4 * (2 * k + 2 * k * d + tri)
 

@@ -26,9 +26,15 @@ static double qc_arena[(QC_ARENA_BYTES + 7) / 8];
 #define WROW (SCOL + QC_WINDOW)                           /* one weight row */
 #define TAB (WROW + QC_MAX_KC)                            /* code -> value */
 #define CODES ((uint8_t *)(TAB + 256))
+#define QC_TF (QC_WINDOW * QC_FILTERS)
 #define CA (CODES)                                        /* (T, D) bottleneck input */
-#define CP(g) (CODES + (1 + (g)) * QC_TD)                 /* (T, D) max-pooled, 2 sets */
-#define CB(s) (CODES + 3 * QC_TD + (s) * QC_WINDOW * QC_FILTERS) /* (T, F) branch input */
+#define RING (CODES + QC_TD)                              /* 5 slots of F columns */
+#define CB(s) (CODES + QC_TD + 5 * QC_TF + (s) * QC_TF)   /* (T, F) branch input */
+/* Column c (T codes) of the max-pooled input of block g (>= 1). Block g's channels fill
+ * slots g .. g + 3 (mod 5), F channels each; the fifth is free, and it is where block
+ * g - 1 writes the pool branch's channels of block g + 1 first, while block g's pool
+ * convolution still reads all of its slots. */
+#define POOLED(g, c) (RING + (((g) + (c) / QC_FILTERS) % 5) * QC_TF + ((c) % QC_FILTERS) * QC_WINDOW)
 /* scratch, the solve */
 #define S_L (qc_arena)                                    /* packed lower factor */
 #define S_V (qc_arena + QC_TRI)                           /* (D,) */
@@ -139,6 +145,20 @@ static void qc_conv_col(const qc_layer_t *L, const qc_src_t *S, int o, float *ou
     }
 }
 
+/* Output channel o of block g's (>= 1) pool convolution, 1x1 over the max-pooled codes,
+ * into out: each sum over the input channels in channel order, as qc_conv_col's. */
+static void qc_pool_col(const qc_layer_t *L, int g, int o, float *out) {
+    int t, i;
+    qc_weight_row(L, o, WROW);
+    qc_table(L);
+    for (t = 0; t < QC_WINDOW; t++) out[t] = 0.0f;
+    for (i = 0; i < QC_FEATURES; i++) {
+        const uint8_t *x = POOLED(g, i);
+        float w = WROW[i];
+        for (t = 0; t < QC_WINDOW; t++) out[t] += TAB[x[t]] * w;
+    }
+}
+
 /* Which code set each of a block's three convolutions reads: one per distinct input
  * quantization (equal parameters share one); returns how many. */
 static int qc_sets(const qc_block_t *B, int set[3]) {
@@ -159,20 +179,21 @@ static int qc_sets(const qc_block_t *B, int set[3]) {
     return n;
 }
 
-/* Block d: reads CA / CP(d & 1) (or X0 for block 0), writes CA / CP(1 - (d & 1)) for the
- * next block, or the pooled features after the last one. *res_x0: the residual is still
+/* Block d: reads CA and its max-pooled codes (or X0 for block 0), writes CA and the
+ * max-pooled codes of the next block, or the pooled features after the last one. The pool
+ * branch's output channels come first (see POOLED). *res_x0: the residual is still
  * the normalised input (no shortcut yet). */
 static void qc_block(int d, float *features, int *res_x0) {
     const qc_block_t *B = &qc_model.blocks[d];
     const qc_block_t *N = d + 1 < QC_DEPTH ? &qc_model.blocks[d + 1] : NULL;
     qc_src_t in, pool, branch[3], res;
-    int set[3], i, o, c, t, g = d & 1;
+    int set[3], i, o, n, t;
     if (d == 0) {
         in.codes = NULL, in.x = X0, in.stride = QC_CHANNELS, in.pool = 0;
         pool = in, pool.pool = 1;
     } else {
         in.codes = CA, in.x = NULL, in.stride = QC_FEATURES, in.pool = 0;
-        pool = in, pool.codes = CP(g);
+        pool = in;
     }
     for (i = 0; i < 3; i++) branch[i] = in;
     if (B->bottleneck) {
@@ -195,11 +216,13 @@ static void qc_block(int d, float *features, int *res_x0) {
     }
     res.codes = NULL, res.pool = 0;
     res.x = *res_x0 ? X0 : RES, res.stride = *res_x0 ? QC_CHANNELS : QC_FEATURES;
-    for (c = 0; c < QC_FEATURES; c++) {
-        int b = c / QC_FILTERS;
+    for (n = 0; n < QC_FEATURES; n++) {
+        int c = (n + 3 * QC_FILTERS) % QC_FEATURES, b = c / QC_FILTERS;
         float a = B->bn_alpha[c], be = B->bn_beta[c];
         if (b < 3)
             qc_conv_col(B->convs[b], &branch[b], c % QC_FILTERS, COL);
+        else if (d > 0)
+            qc_pool_col(B->pool_conv, d, c % QC_FILTERS, COL);
         else
             qc_conv_col(B->pool_conv, &pool, c % QC_FILTERS, COL);
         for (t = 0; t < QC_WINDOW; t++) {
@@ -237,7 +260,7 @@ static void qc_block(int d, float *features, int *res_x0) {
             float m = COL[t];
             if (t > 0 && COL[t - 1] > m) m = COL[t - 1];
             if (t + 1 < QC_WINDOW && COL[t + 1] > m) m = COL[t + 1];
-            CP(1 - g)[t * QC_FEATURES + c] = (uint8_t)qc_code_of(N->pool_conv, m);
+            POOLED(d + 1, c)[t] = (uint8_t)qc_code_of(N->pool_conv, m);
         }
     }
     if (B->sc_alpha) *res_x0 = 0;

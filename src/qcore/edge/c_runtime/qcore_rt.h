@@ -21,8 +21,9 @@
  * Scratch (used by one call at a time), the largest of:
  *   inference: floats T C (normalised input), T D (residual, only with QC_KEEP_RES),
  *     2 T (one output column, one shortcut column), QC_MAX_KC (one weight row), 256 (a
- *     dequantization table); bytes 3 T D (the next block's bottleneck codes and two
- *     generations of max-pooled codes) and QC_BRANCH_SETS T F (bottleneck output codes);
+ *     dequantization table); bytes T D (the next block's bottleneck codes), 5 T F (the
+ *     max-pooled codes of this block and the next, F channels a slot, sharing 3 slots) and
+ *     QC_BRANCH_SETS T F (bottleneck output codes);
  *   the solve: doubles D (D + 1) / 2 (packed Cholesky factor) + D;
  *   qc_head_scatter(): floats D D (the scatter expanded);
  *   qc_state_blob() / qc_state_buffer(): QC_STATE_BYTES (a state blob).
@@ -32,7 +33,7 @@
 #define QC_ACT_BYTES                                                                    \
     (4 * (QC_WINDOW * QC_CHANNELS + QC_KEEP_RES * QC_WINDOW * QC_FEATURES + 2 * QC_WINDOW \
           + QC_MAX_KC + 256)                                                            \
-     + 3 * QC_WINDOW * QC_FEATURES + QC_BRANCH_SETS * QC_WINDOW * QC_FILTERS)
+     + QC_WINDOW * QC_FEATURES + (5 + QC_BRANCH_SETS) * QC_WINDOW * QC_FILTERS)
 #define QC_SOLVE_BYTES (8 * (QC_TRI + QC_FEATURES))
 #define QC_MAX2(a, b) ((a) > (b) ? (a) : (b))
 #define QC_SCRATCH_BYTES                                                                   \

@@ -38,6 +38,11 @@ def test_the_fleet_preset_runs_resumes_and_reports(tmp_path, capsys) -> None:
     assert device.stat().st_mtime_ns == stamp
     cached = json.loads((tmp_path / "synthetic-0" / "sites.json").read_text())["rows"]
     assert cached == res.rows
+    # a device whose record is gone (an interrupted task) is the only one computed again
+    device.unlink()
+    again = run_fleet(grid, tmp_path, workers=1, progress=False)
+    assert again.n_computed == 1 and again.rows == res.rows
+    assert run_fleet(grid, tmp_path / "none", compute=False, progress=False).rows == []
 
 
 def test_the_fleet_preset_on_dask_gives_the_local_rows(tmp_path) -> None:

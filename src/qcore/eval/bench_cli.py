@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from qcore.errors import QCoreError
-from qcore.eval.grid import PRESETS, make_grid, presets_help
+from qcore.eval.grid import PRESETS, Grid, make_grid, presets_help
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -42,7 +42,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots")
 
 
-def _fleet(grid, out: Path, workers: int, args: argparse.Namespace) -> None:
+def _fleet(grid: Grid, out: Path, workers: int, args: argparse.Namespace) -> None:
     """The fleet preset: one task per device, then the merge report (fleet_bench)."""
     from qcore.eval.fleet_bench import run_fleet
 
@@ -70,7 +70,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         description="Run every (dataset, source->target, seed, bit-width) cell with all "
         "methods in parallel worker processes; finished cells are reused. Writes "
         "results.csv, stream.csv, results.md, summary.md, stream.png, bits.png and cost.png, "
-        "and flips.md where qcore rows report their flips.",
+        "and flips.md where qcore rows report their flips. The fleet preset runs one task per "
+        "device instead and writes sites.csv, fleet.md and fleet.png.",
     )
     p.add_argument(
         "--preset",

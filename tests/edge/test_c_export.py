@@ -1,6 +1,7 @@
 """C export: the exported C99 runtime, compiled with gcc on the host, computes what the
 NumPy device computes (pooled features, logits, predictions) and its streaming head learns
-what :func:`qcore.edge.head.update` learns.
+what :func:`qcore.edge.head.update` learns: the tiny model at 2, 4 and 8 bits, and untrained
+4-bit models of the default size (whose arena is bounded), of one channel and of depth 6.
 
 Tolerances: the C sums a convolution and the head in another order than NumPy's BLAS, so
 features and logits agree to float32 rounding; we ask for ``1e-4`` of the largest value

@@ -122,6 +122,14 @@ def test_a_share_file_holds_sums_only_and_a_damaged_one_is_refused(tmp_path) -> 
         assert sorted(z.files) == sorted(SHARE_KEYS)
     back = load_share(path)
     assert back.classes == ("a", "b") and back.deployed == "abc" and back.privacy == ()
+    with np.load(path, allow_pickle=False) as z:
+        older = {k: z[k] for k in z.files if k != "centred"}
+    np.savez(tmp_path / "old.npz", **older)  # a share from before centred ones
+    assert not load_share(tmp_path / "old.npz").centred
+    del older["count"]
+    np.savez(tmp_path / "bad.npz", **older)
+    with pytest.raises(QCoreError, match="is not a fleet share"):
+        load_share(tmp_path / "bad.npz")
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(QCoreError, match="is not a fleet share"):
         load_share(path)
@@ -198,7 +206,7 @@ def test_one_window_moves_the_scaled_release_by_at_most_its_sensitivity(
     without = make_share(batch_stats(x[:-1], y[:-1], k), ("a", "b", "c"), centre=centre,
                          second=second)  # fmt: skip
     moved = np.linalg.norm(_release(with_one, clip) - _release(without, clip))
-    assert moved <= math.sqrt(3 if second else 2) + 1e-6
+    assert moved <= math.sqrt(3 if second else 2) + 1e-4  # the statistics are float32
 
 
 def test_clipping_around_a_centre_bounds_the_deviation() -> None:

@@ -207,7 +207,9 @@ def load_share(path: str | Path) -> Share:
     data = read_regular_file(path, "share")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in SHARE_KEYS}
+            # shares written before centred ones existed lack the flag: not centred
+            arrays = {"centred": np.array(False)} | {k: z[k] for k in SHARE_KEYS if k in z}
+            arrays = {k: arrays[k] for k in SHARE_KEYS}
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise QCoreError(f"{path} is not a fleet share: {exc}") from None
     count, sums, second = (arrays[k].astype(np.float64) for k in ("count", "sums", "second"))

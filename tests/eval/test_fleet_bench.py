@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qcore.cli import main
+from qcore.errors import QCoreError
 from qcore.eval.fleet_bench import FIELDS, run_fleet
 from qcore.eval.grid import make_grid
 
@@ -71,3 +72,6 @@ def test_the_fleet_preset_deploys_hapt_and_uschad_from_subject_1(monkeypatch, us
     grid = make_grid("fleet")
     assert grid.pairs == (("hapt", 1, 2), *((("usc-had", 1, 2),) if uschad_found else ()))
     assert grid.base.bits == (4,) and grid.seeds == (0,) and grid.base.methods == ("slda",)
+    for extra in ("bits=2,4", "seeds=0,1", "label_fractions=1,0.1"):
+        with pytest.raises(QCoreError, match="one model per pair"):
+            run_fleet(make_grid("fleet", [extra]), "unused", progress=False)

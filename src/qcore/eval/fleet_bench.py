@@ -418,7 +418,7 @@ def run_fleet(
     compute: bool = True,
     scheduler: str | None = None,
 ) -> FleetResult:
-    """Deploy each pair of ``grid`` (its first seed, its bit-width), run every device not
+    """Deploy each pair of ``grid`` (one seed, one bit-width), run every device not
     yet done (``workers`` local processes, or one task per device on the Dask cluster at
     ``scheduler``), then write ``sites.csv``, ``fleet.md`` and ``fleet.png`` under
     ``out_dir`` from the pairs whose devices are all done. Failures do not stop the other
@@ -429,10 +429,13 @@ def run_fleet(
 
     if workers < 1:
         raise QCoreError(f"workers must be >= 1, got {workers}")
-    if len(grid.base.bits) != 1:
-        raise QCoreError("the fleet preset deploys one bit-width: set bits=B")
+    pairs = grid.cells()
+    if len(pairs) != len(grid.pairs):
+        raise QCoreError(
+            "the fleet preset deploys one model per pair: set one bit-width (bits=B), one seed "
+            "(seeds=S) and no label fractions, policies or held-out classes"
+        )
     out, t0 = Path(out_dir), time.perf_counter()
-    pairs = [c for c in grid.cells() if c.seed == grid.seeds[0]]
     folders = {pair_dir(out, c): c for c in pairs}
     failed: list[str] = []
     deploys = [(f.name, deploy_task, (c.to_dict(), str(f))) for f, c in folders.items()]

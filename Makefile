@@ -51,6 +51,6 @@ mcu: $(PY)
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 	  echo "make mcu: installing$$missing"; \
-	  $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $$missing; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 	QCORE_MCU_REQUIRED=1 $(PY) -m pytest -q -p no:cacheprovider tests/edge/test_mcu.py

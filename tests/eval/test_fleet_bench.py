@@ -10,7 +10,8 @@ import pytest
 
 from qcore.cli import main
 from qcore.errors import QCoreError
-from qcore.eval.fleet_bench import FIELDS, run_fleet
+from qcore.eval.fleet_bench import run_fleet
+from qcore.eval.fleet_sites import FIELDS
 from qcore.eval.grid import make_grid
 
 TINY = ["pairs=synthetic:0:1", "epochs=2", "filters=4", "depth=3"]

@@ -6,9 +6,13 @@ truncated or of another model."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import re
 import shutil
+import struct
 import subprocess
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,11 +22,12 @@ import pytest
 
 from qcore.cli import main
 from qcore.edge import head as H
+from qcore.edge.artifact import save_artifact
 from qcore.edge.c_export import export_c, fingerprint
 from qcore.edge.c_state import blob_bytes, decode_state, encode_state, import_state
 from qcore.edge.device import Device
 from qcore.edge.infer import forward_features
-from qcore.edge.state import load_state
+from qcore.edge.state import ARTIFACT_KEY, load_state
 from qcore.errors import QCoreError
 
 pytestmark = pytest.mark.skipif(
@@ -211,3 +216,172 @@ def test_qcore_import_state_writes_a_state_qcore_device_continues(kit, learnt, t
     blob.write_bytes(learnt[0])
     assert main([*argv, "--names", "a,b"]) == 2
     assert "1 class(es), 2 name(s)" in capsys.readouterr().err
+
+
+def test_the_blob_follows_its_layout_and_encode_state_refuses_what_does_not_fit(kit) -> None:
+    art = kit[0]
+    k0, d = len(B.CLASSES), 4 * art.model.filters
+    size = blob_bytes(3, 2)  # 60 + 4 (2 counts + 2 x 3 means + 6 scatter values) + 4
+    assert size == 120 and isinstance(size, int)
+    # a head with room for one class more than it ships with, full, at the last 32-bit step
+    full = H.grow(art.head, k0 + 1)
+    blob = encode_state(art, full, 2**32 - 1, max_classes=k0 + 1)
+    assert len(blob) == blob_bytes(d, k0 + 1)
+    assert struct.unpack_from("<4sI", blob) == (b"QCST", 1) and blob[8:40] == fingerprint(art)
+    assert struct.unpack_from("<IIII4x", blob, 40) == (d, k0 + 1, k0 + 1, 2**32 - 1)
+    got = decode_state(blob, art)
+    assert (got.step, got.max_classes, got.stats.n_classes) == (2**32 - 1, k0 + 1, k0 + 1)
+    for step in (2**32, -1):
+        with pytest.raises(QCoreError, match=rf"^the step must fit 32 bits, got {step}$"):
+            encode_state(art, art.head, step)
+    narrow = H.HeadStats(art.head.count, art.head.mean[:, 1:], art.head.scatter[1:, 1:])
+    message = (
+        f"a state of {k0} classes and {d - 1} features does not fit this model's C head "
+        f"({k0}..{k0 + 4} classes, {d} features)"
+    )
+    with pytest.raises(QCoreError, match=f"^{re.escape(message)}$"):
+        encode_state(art, narrow, 0)
+    with pytest.raises(QCoreError, match=re.escape(f"({k0}..{k0 + 1} classes")):
+        encode_state(art, H.grow(art.head, k0 + 2), 0, max_classes=k0 + 1)
+
+
+def test_qcore_import_state_reports_names_binds_and_checks_what_it_reads(
+    kit, learnt, tmp_path, capsys
+) -> None:
+    art, out_dir, _, _, _, _ = kit
+    model = out_dir / "model.qcore"
+    stats = learnt[1]
+    count = stats.count.copy()
+    count[0] += np.float32(2**-11)  # a count of 3 decimals and more: reported to 3
+    blob, state = tmp_path / "state.bin", tmp_path / "state.qcore"
+    blob.write_bytes(encode_state(art, replace(stats, count=count), 5))
+    assert main(["import-state", str(blob), "--artifact", str(model), "--out", str(state)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "state": str(state),
+        "classes": [*B.CLASSES, "mcu-1"],
+        "added": ["mcu-1"],
+        "count": [round(float(c), 3) for c in count],
+        "windows": 5,
+    }
+    assert report["count"][0] != round(float(count[0]), 4)
+    assert all(type(c) is float for c in report["count"])
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert load_state(state).runtime[ARTIFACT_KEY] == sha  # bound to the artifact's file
+    # what is missing or damaged is named
+    cases = {
+        "state blob": (tmp_path / "none.bin", model),
+        "artifact": (blob, tmp_path / "none.qcore"),
+    }
+    for what, (blob_path, model_path) in cases.items():
+        out = ["--out", str(tmp_path / "x.qcore")]
+        assert main(["import-state", str(blob_path), "--artifact", str(model_path), *out]) == 2
+        missing = blob_path if what == "state blob" else model_path
+        assert f"{what} {missing} does not exist" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.qcore"
+    garbage.write_bytes(b"not an artifact at all")
+    assert main(["import-state", str(blob), "--artifact", str(garbage), *out]) == 2
+    assert str(garbage) in capsys.readouterr().err
+    # an artifact without head statistics: `qcore device` would refuse the state, so no state
+    bare = replace(art, head=None, step=0)
+    save_artifact(tmp_path / "bare.qcore", bare)
+    blob.write_bytes(encode_state(bare, art.head, 0))
+    args = ["import-state", str(blob), "--artifact", str(tmp_path / "bare.qcore"), *out]
+    assert main(args) == 2
+    assert "no streaming head statistics" in capsys.readouterr().err
+    assert not (tmp_path / "x.qcore").exists()
+
+
+def test_decode_state_names_each_refusal_at_its_bound(kit) -> None:
+    art = kit[0]
+    blob = encode_state(art, art.head, 0)
+
+    def refused(data: bytes, message: str) -> None:
+        with pytest.raises(QCoreError, match=f"^{re.escape(message)}"):
+            decode_state(data, art)
+
+    # 64 bytes (header and CRC) are not too short; 63 are, whatever they hold
+    refused(blob[:64], "the state blob is 64 bytes, its header says")
+    refused(blob[:63], "the state blob is too short")
+    refused(b"QCSX" + blob[4:63], "the state blob is too short")
+    refused(b"QCSX" + blob[4:64], "the state blob is no qcore state (wrong magic)")
+    refused(blob[:4] + struct.pack("<I", 2) + blob[8:], "the state blob has format version 2, "
+            "this qcore reads 1")  # fmt: skip
+    # room for 65536 classes is read; 65537 is refused, whatever the size says
+    assert decode_state(encode_state(art, art.head, 0, max_classes=1 << 16), art).max_classes == (
+        1 << 16
+    )
+    big = encode_state(art, art.head, 0, max_classes=(1 << 16) + 1)
+    refused(big, f"the state blob is {len(big)} bytes, its header says {len(big)}")
+
+
+def test_added_classes_get_free_names_and_a_wrong_count_of_names_is_refused(kit) -> None:
+    art = kit[0]
+    taken = replace(art, class_names=("mcu-1", "mcu-2", *B.CLASSES[2:]))
+    blob = encode_state(taken, H.grow(taken.head, len(B.CLASSES) + 2), 3)
+    state = import_state(blob, taken)
+    assert state.class_names[len(B.CLASSES) :] == ("mcu-3", "mcu-4")
+    assert ARTIFACT_KEY not in state.runtime  # bound only to a file it was given
+    with pytest.raises(QCoreError, match=r"2 class\(es\), 0 name\(s\) given: none$"):
+        import_state(blob, taken, names=[])
+    with pytest.raises(QCoreError, match=r"2 class\(es\), 3 name\(s\) given: a, b, c$"):
+        import_state(blob, taken, names=["a", "b", "c"])
+
+
+def _crc(blob: bytes | bytearray) -> bytes:
+    """``blob`` with its CRC-32 made right again."""
+    return bytes(blob[:-4]) + struct.pack("<I", zlib.crc32(blob[:-4]))
+
+
+def test_decode_state_refuses_wrong_statistics_with_their_own_message(kit) -> None:
+    art = kit[0]
+    k0, d = len(B.CLASSES), 4 * art.model.filters
+    blob = encode_state(art, art.head, 0)
+
+    def refused(data: bytes, message: str) -> None:
+        with pytest.raises(QCoreError, match=f"^{re.escape(message)}$"):
+            decode_state(data, art)
+
+    refused(blob + b"\0", f"the state blob is {len(blob) + 1} bytes, its header says "
+            f"{len(blob)}: truncated or padded")  # fmt: skip
+    refused(blob[:-1] + bytes([blob[-1] ^ 1]), "the state blob's CRC-32 does not match: it is "
+            "corrupted")  # fmt: skip
+    other = replace(art, normalizer_mean=art.normalizer_mean + np.float32(1))
+    refused(encode_state(other, art.head, 0), "the state blob belongs to another model: its "
+            "fingerprint is not this artifact's (give the artifact the C sources were exported "
+            "from, model.qcore)")  # fmt: skip
+    fewer = bytearray(blob)
+    fewer[48:52] = struct.pack("<I", k0 - 1)
+    refused(_crc(fewer), f"the state blob holds {k0 - 1} classes, outside {k0}..{k0 + 4}")
+    # each of: a negative count, a value not finite, a count in a slot past K (HeadStats
+    # refuses the first two, so they are written into the bytes)
+    bad = []
+    for offset, value in ((60, -1.0), (60 + 4 * (k0 + 4), np.nan), (60 + 4 * k0, 1.0)):
+        wrong = bytearray(blob)
+        wrong[offset : offset + 4] = struct.pack("<f", value)
+        bad.append(_crc(wrong))
+    for data in bad:
+        refused(data, "the state blob holds statistics out of range")
+    assert len(blob) == blob_bytes(d, k0 + 4)
+
+
+def test_qcore_import_state_needs_its_artifact_and_output_and_says_so(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["import-state", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    usage = "usage: qcore import-state [-h] --artifact ARTIFACT --out STATE [--names A,B,...] BLOB"
+    assert text.startswith(usage)
+    for line in (
+        "BLOB the state blob",
+        "--artifact ARTIFACT the artifact the C sources were exported from (the export's "
+        "model.qcore)",
+        "--out STATE device state file to write",
+        "--names A,B,... names of the classes the firmware added, in order (default mcu-1, "
+        "mcu-2, ...)",
+    ):
+        assert line in text
+    for missing, argv in (("--artifact", ["--out", "s"]), ("--out", ["--artifact", "m"])):
+        with pytest.raises(SystemExit):
+            main(["import-state", "blob", *argv])
+        assert f"required: {missing}" in capsys.readouterr().err

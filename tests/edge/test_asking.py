@@ -75,3 +75,28 @@ def test_a_budget_is_the_nearest_count_and_bad_requests_are_refused() -> None:
         ask("smart", 1, PROBS, None)
     with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
         ask("margin", 6, PROBS, None)
+
+
+def test_ties_among_many_windows_keep_the_window_order() -> None:
+    # 60 windows of three margins (0.0, 0.5, 1.0) and three novelties, mixed: a sort that is
+    # not stable returns the equal ones out of index order on such sizes
+    rng = np.random.default_rng(0)
+    level = rng.integers(0, 3, 60)
+    top = 0.5 + level / 4  # margins 2 top - 1 = 0.0, 0.5, 1.0
+    probs = np.stack([top, 1 - top], axis=1)
+    want = [int(i) for i in np.flatnonzero(level == 0)[:12]]
+    assert ask("margin", 12, probs, None).tolist() == want
+    assert ask("novel", 12, probs, (2 - level).astype(float)).tolist() == want
+
+
+def test_margins_of_float32_probabilities_are_taken_in_float64() -> None:
+    # window 1's margin, 1 - 2**-25, rounds to 1.0 in float32: the same as window 0's
+    probs = np.array([[1.0, 0.0, 0.0], [1.0, 2**-25, 0.0]], np.float32)
+    assert ask("margin", 1, probs, None).tolist() == [1]
+
+
+def test_the_margin_is_top_1_minus_top_2_not_the_top_alone() -> None:
+    # window 0: top 0.5, margin 0 (a tie between two classes); window 1: top 0.4, margin 0.1
+    probs = np.array([[0.5, 0.5, 0.0], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
+    assert ask("margin", 1, probs, None).tolist() == [0]
+    assert ask("margin", 2, probs, None).tolist() == [0, 1]

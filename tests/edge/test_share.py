@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from dataclasses import replace
 
 import edge_kit as B
@@ -260,3 +262,101 @@ def test_the_two_part_share_has_the_accountants_scale_and_round_trips(tmp_path) 
     back = load_share(tmp_path / "s.npz")
     assert back.centred and back.second.shape == (0, 0)
     np.testing.assert_array_equal(back.sums, noisy.sums)
+
+
+def test_clipping_computes_in_float64_and_returns_the_input_dtype() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(300, 7)) * rng.uniform(0.1, 30.0, (300, 1))).astype(np.float32)
+    wide = x.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    want = (wide * np.minimum(1.0, 2.5 / norms)).astype(np.float32)
+    np.testing.assert_array_equal(clip_norms(x, 2.5), want)
+
+
+def test_the_noise_multiplier_below_1_and_without_dp_accounting(monkeypatch) -> None:
+    z = noise_multiplier(20.0, 1e-5)  # a large budget needs z under the bisection's start
+    assert z < 0.5 and spent(z, 1e-5) <= 20.0 < spent(z - 0.002, 1e-5)
+    monkeypatch.setitem(sys.modules, "dp_accounting", None)
+    message = "a private share needs dp-accounting: pip install 'qcore[privacy]'"
+    with pytest.raises(QCoreError, match=f"^{re.escape(message)}$"):
+        noise_multiplier(4.0, 1e-5)
+
+
+def test_pooling_adds_every_shares_second_moment_even_of_one_feature() -> None:
+    rng = np.random.default_rng(6)
+    for d in (1, 3):
+        deployed = batch_stats(rng.normal(size=(30, d)), rng.integers(0, 2, 30), 2)
+        x, y = rng.normal(size=(40, d)) + 1.0, rng.integers(0, 2, 40)
+        parts = [batch_stats(x[:25], y[:25], 2), batch_stats(x[25:], y[25:], 2)]
+        got = pooled_stats([make_share(p, ("a", "b")) for p in parts], deployed, ("a", "b"))
+        whole = batch_stats(x, y, 2)
+        np.testing.assert_allclose(got.count, whole.count)
+        np.testing.assert_allclose(got.mean, whole.mean, atol=1e-5)
+        np.testing.assert_allclose(got.scatter, whole.scatter, rtol=1e-5, atol=1e-4)
+    message = "shares to pool must all be centred or not, all with or without a second moment"
+    mixed = [make_share(parts[0], ("a", "b")), make_share(parts[1], ("a", "b"), second=False)]
+    with pytest.raises(QCoreError, match=f"^{re.escape(message)}$"):
+        pooled_stats(mixed, deployed, ("a", "b"))
+
+
+def test_a_total_count_of_one_half_is_an_empty_class() -> None:
+    deployed = batch_stats(np.eye(4, 2, dtype=np.float32), np.arange(4) % 2, 2)
+    half = Share(np.array([0.5, 0.51]), np.ones((2, 2)), np.eye(2), ("a", "b"))
+    got = pooled_stats([half], deployed, ("a", "b"))
+    np.testing.assert_allclose(got.count, [0.0, 0.51])
+    np.testing.assert_allclose(got.mean, [[0.0, 0.0], [1 / 0.51, 1 / 0.51]], rtol=1e-6)
+
+
+def test_load_share_refuses_pickles_and_arrays_that_disagree(tmp_path) -> None:
+    part = batch_stats(np.eye(3, 4, dtype=np.float32), np.array([0, 1, 1]), 2)
+    good = tmp_path / "good.npz"
+    save_share(good, make_share(part, ("a", "b"), "abc"))
+    with np.load(good, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    with pytest.raises(QCoreError, match=f"^share {re.escape(str(tmp_path / 'none.npz'))} does"):
+        load_share(tmp_path / "none.npz")
+    pickled = {**arrays, "classes": np.array(["a", "b"], dtype=object)}
+    np.savez(tmp_path / "pickled.npz", **pickled)  # an object array is written as a pickle
+    with pytest.raises(QCoreError, match="is not a fleet share"):
+        load_share(tmp_path / "pickled.npz")
+    bad = {
+        "a class name too many": {"classes": np.array(["a", "b", "c"])},
+        "a count too many": {"count": np.zeros(3)},
+        "a second moment of another size": {"second": np.eye(3)},
+        "sums of one class, not 2-D": {"sums": np.zeros(4), "count": np.zeros(1),
+                                       "classes": np.array(["a"]), "second": np.zeros((0, 0))},
+        "a sum not finite": {"sums": np.full((2, 4), np.nan)},
+        "centred not a scalar": {"centred": np.array([True, False])},
+    }  # fmt: skip
+    for case, changed in bad.items():
+        path = tmp_path / f"{case}.npz"
+        np.savez(path, **{**arrays, **changed})
+        message = f"{path}: a fleet share's arrays disagree or are not finite"
+        with pytest.raises(QCoreError, match=f"^{re.escape(message)}$"):
+            load_share(path)
+
+
+def test_a_private_share_is_reproducible_unbiased_and_noisy_per_entry() -> None:
+    rng = np.random.default_rng(7)
+    k, clip = 40, 3.0
+    x, y = clip_norms(rng.normal(size=(400, 6)), clip), rng.integers(0, k, 400)
+    part = batch_stats(x, y, k)
+    names = tuple(f"c{i}" for i in range(k))
+    exact = make_share(part, names)
+    assert exact.deployed == "" and exact.privacy == () and not exact.centred
+    assert make_share(part, names, second=False).second.shape == (0, 0)
+    private = (4.0, 1e-5, clip)
+    noisy = make_share(part, names, privacy=private)  # the default seed is 0
+    again = make_share(part, names, privacy=private, seed=0)
+    np.testing.assert_array_equal(noisy.count, again.count)
+    np.testing.assert_array_equal(noisy.second, again.second)
+    assert len(np.unique(noisy.count - exact.count)) == k  # one draw per class
+    sigma = noisy.privacy[3]
+    shares = [make_share(part, names, privacy=private, seed=s) for s in range(100)]
+    counts = np.concatenate([s.count - exact.count for s in shares])
+    sums = np.concatenate([(s.sums - exact.sums).ravel() for s in shares])
+    assert abs(counts.mean()) < 0.1 * sigma and abs(sums.mean()) < 0.1 * sigma * clip
+    second = (noisy.second - exact.second)[np.triu_indices(6)] / clip**2  # clip 3: 9, not 6
+    assert abs(second.std() / sigma - 1) < 0.25
+    centred = make_share(part, names, privacy=private, centre=np.zeros((k, 6)))
+    assert centred.centred is True and noisy.centred is False

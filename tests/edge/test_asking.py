@@ -100,3 +100,11 @@ def test_the_margin_is_top_1_minus_top_2_not_the_top_alone() -> None:
     probs = np.array([[0.5, 0.5, 0.0], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
     assert ask("margin", 1, probs, None).tolist() == [0]
     assert ask("margin", 2, probs, None).tolist() == [0, 1]
+
+
+def test_a_policy_missing_what_it_needs_says_what() -> None:
+    with pytest.raises(QCoreError, match=r"^label_policy random needs a random generator$"):
+        ask("random", 1, PROBS, None)
+    message = r"^label_policy novel needs the device's novelty \(a novelty threshold\)$"
+    with pytest.raises(QCoreError, match=message):
+        ask("novel-cover", 1, PROBS, None)

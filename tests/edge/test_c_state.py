@@ -385,3 +385,16 @@ def test_qcore_import_state_needs_its_artifact_and_output_and_says_so(capsys) ->
         with pytest.raises(SystemExit):
             main(["import-state", "blob", *argv])
         assert f"required: {missing}" in capsys.readouterr().err
+
+
+def test_an_artifact_without_head_statistics_starts_the_c_head_empty(kit) -> None:
+    art = kit[0]
+    bare = replace(art, head=None)
+    k0, d = len(B.CLASSES), 4 * art.model.filters
+    blob = encode_state(bare, art.head, 9)  # the head the firmware learnt from nothing
+    assert len(blob) == blob_bytes(d, k0 + 4)
+    got = decode_state(blob, bare)
+    assert (got.stats.n_classes, got.stats.n_features, got.max_classes) == (k0, d, k0 + 4)
+    state = import_state(blob, bare)
+    assert state.head is not None and state.head.learnt.shape == (0, d, d)
+    np.testing.assert_array_equal(state.head.count, art.head.count)

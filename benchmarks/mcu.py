@@ -39,7 +39,8 @@ from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import load_artifact  # noqa: E402
 from qcore.edge.c_export import export_c  # noqa: E402
-from qcore.edge.mcu import check, environment_note, passed  # noqa: E402
+from qcore.edge.mcu import check, passed  # noqa: E402
+from qcore.edge.mcu_build import environment_note  # noqa: E402
 from qcore.eval.runner import run  # noqa: E402
 
 PAIRS = {

@@ -22,8 +22,8 @@ import pytest
 
 from qcore.cli import main
 from qcore.edge import head as H
-from qcore.edge import mcu
-from qcore.edge.artifact import save_artifact
+from qcore.edge import mcu, mcu_build
+from qcore.edge.artifact import load_artifact, save_artifact
 from qcore.edge.c_export import export_c
 from qcore.edge.device import Device
 from qcore.edge.infer import forward_features
@@ -105,7 +105,7 @@ def test_host_build_agrees_with_the_numpy_device(kit, capsys):
     assert "memory" not in res and "counts" not in res
 
 
-@pytest.mark.parametrize("target", mcu.TARGETS)
+@pytest.mark.parametrize("target", mcu_build.TARGETS)
 def test_the_added_class_is_predicted_as_on_the_numpy_device(kit, target):
     """In the last batch (after the stream) both sides predict the added class for the
     same windows, the new class's among them."""
@@ -113,13 +113,15 @@ def test_the_added_class_is_predicted_as_on_the_numpy_device(kit, target):
         _arm_or_skip()
     export, batches = kit
     stream = [(X, y) for _, X, y in mcu.read_batches(batches)]
-    art = mcu.load_artifact(export / "model.qcore")
+    art = load_artifact(export / "model.qcore")
     ref = mcu.reference(art, stream)
     assert ref.device.art.class_names[-1] == NEW
-    with mcu.tempfile.TemporaryDirectory() as tmp:
-        program = mcu.build(export, tmp, target)
+    with mcu_build.tempfile.TemporaryDirectory() as tmp:
+        program = mcu_build.build(export, tmp, target)
         windows = [(X, lab) for (X, _), lab in zip(stream, ref.labels, strict=True)]
-        out = mcu.parse(mcu.run_firmware(program, mcu.records(windows), target), 3, 16)
+        out = mcu_build.parse(
+            mcu_build.run_firmware(program, mcu_build.records(windows), target), 3, 16
+        )
     last = len(stream[-1][0])
     want, got = ref.pred[-last:], np.array(out.pred[-last:])
     assert (want[-6:] == 3).sum() >= 4
@@ -158,28 +160,28 @@ def test_a_wrong_build_fails_the_check(kit, tmp_path, capsys):
 
 
 def test_missing_toolchain_names_make_mcu(monkeypatch, kit):
-    monkeypatch.setattr(mcu.shutil, "which", lambda name: None if "arm" in name else "/x")
+    monkeypatch.setattr(mcu_build.shutil, "which", lambda name: None if "arm" in name else "/x")
     with pytest.raises(QCoreError, match="make mcu"):
         mcu.check(kit[0], kit[1], "cortex-m4")
     with pytest.raises(QCoreError, match="target must be one of"):
-        mcu.tools("riscv")
+        mcu_build.tools("riscv")
 
 
 def test_a_folder_without_the_artifact_or_sources_is_refused(kit, tmp_path):
     with pytest.raises(QCoreError, match="model.qcore"):
         mcu.check(tmp_path, kit[1], "host")
     with pytest.raises(QCoreError, match="qcore_rt.c"):
-        mcu.build(tmp_path, tmp_path / "w", "host")
+        mcu_build.build(tmp_path, tmp_path / "w", "host")
 
 
 def test_truncated_firmware_output_is_refused():
     with pytest.raises(QCoreError, match="ends inside a record"):
-        mcu.parse(b"W\0\0\0\x05\0\0\0\0\0", 3, 16)
+        mcu_build.parse(b"W\0\0\0\x05\0\0\0\0\0", 3, 16)
 
 
 def test_the_firmware_uses_only_the_public_runtime_api():
     """fw_main.c calls only what qcore_rt.h declares (the runtime may change inside)."""
-    fw = (Path(mcu.firmware_dir()) / "fw_main.c").read_text()
+    fw = (Path(mcu_build.firmware_dir()) / "fw_main.c").read_text()
     public = {
         "qc_init", "qc_features", "qc_model_logits", "qc_head_logits", "qc_head_add",
         "qc_head_solve", "qc_head_add_class", "qc_head_classes", "qc_head_count",

@@ -12,7 +12,8 @@ import argparse
 import json
 from typing import Any
 
-from qcore.edge.mcu import TARGETS, check, passed
+from qcore.edge.mcu import check, passed
+from qcore.edge.mcu_build import TARGETS
 from qcore.errors import QCoreError
 
 

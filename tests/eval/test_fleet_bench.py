@@ -4,6 +4,7 @@ and once on a Dask LocalCluster with the same rows."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,9 +18,16 @@ from qcore.eval.grid import make_grid
 TINY = ["pairs=synthetic:0:1", "epochs=2", "filters=4", "depth=3"]
 
 
-def test_the_fleet_preset_runs_resumes_and_reports(tmp_path, capsys) -> None:
+@pytest.fixture(scope="module")
+def local_fleet(tmp_path_factory):
+    """The preset run once locally on two workers: its folder and its result."""
+    out = tmp_path_factory.mktemp("fleet")
+    return out, run_fleet(make_grid("fleet", TINY), out, workers=2, progress=False)
+
+
+def test_the_fleet_preset_runs_resumes_and_reports(local_fleet, capsys) -> None:
     grid = make_grid("fleet", TINY)
-    res = run_fleet(grid, tmp_path, workers=2, progress=False)
+    tmp_path, res = local_fleet
     assert res.n_devices == 3 and res.n_computed == 3 and not res.failed
     assert [r["site"] for r in res.rows] == [1, 2, 3]
     assert set(res.rows[0]) == set(FIELDS)
@@ -47,11 +55,13 @@ def test_the_fleet_preset_runs_resumes_and_reports(tmp_path, capsys) -> None:
     assert run_fleet(grid, tmp_path / "none", compute=False, progress=False).rows == []
 
 
-def test_the_fleet_preset_on_dask_gives_the_local_rows(tmp_path) -> None:
+def test_the_fleet_preset_on_dask_gives_the_local_rows(local_fleet, tmp_path) -> None:
     from distributed import LocalCluster
 
     grid = make_grid("fleet", TINY)
-    local = run_fleet(grid, tmp_path / "local", workers=1, progress=False)
+    local = local_fleet[1]
+    # the trained float model is reused (the training cache); deploy and devices run on Dask
+    shutil.copytree(local_fleet[0] / ".cache", tmp_path / "dask" / ".cache")
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:

@@ -385,7 +385,10 @@ def test_a_dask_cluster_computes_the_same_cells(tmp_path):
     )
 
 
-def test_an_unreachable_scheduler_is_one_clear_error(tmp_path):
+def test_an_unreachable_scheduler_is_one_clear_error(tmp_path, monkeypatch):
+    from qcore.eval import bench
+
+    monkeypatch.setattr(bench, "CONNECT_SECONDS", 2)  # the default 30 s wait, shortened
     grid = make_grid("quick", ["pairs=synthetic:0:1", "seeds=0", "bits=4", "method=none"])
     with pytest.raises(QCoreError, match="cannot reach the scheduler"):
         run_bench(grid, tmp_path, progress=False, scheduler="tcp://127.0.0.1:9")

@@ -106,6 +106,9 @@ def _local_results(jobs: list[Job], workers: int) -> Iterator[tuple]:
                 yield futures[fut], exc
 
 
+CONNECT_SECONDS = 30  # how long a run waits for the scheduler before it gives up
+
+
 def _dask_results(jobs: list[Job], scheduler: str) -> Iterator[tuple]:
     """``(name, result or exception)`` as jobs finish on a ``dask.distributed`` cluster.
 
@@ -121,7 +124,7 @@ def _dask_results(jobs: list[Job], scheduler: str) -> Iterator[tuple]:
             "--scheduler needs the distributed package: pip install 'qcore[cluster]'"
         ) from None
     try:
-        client = Client(scheduler, timeout=30)
+        client = Client(scheduler, timeout=CONNECT_SECONDS)
     except OSError as exc:
         raise QCoreError(f"cannot reach the scheduler at {scheduler}: {exc}") from None
     with client:

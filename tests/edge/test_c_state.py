@@ -398,3 +398,10 @@ def test_an_artifact_without_head_statistics_starts_the_c_head_empty(kit) -> Non
     state = import_state(blob, bare)
     assert state.head is not None and state.head.learnt.shape == (0, d, d)
     np.testing.assert_array_equal(state.head.count, art.head.count)
+
+
+def test_the_export_reports_the_size_of_the_blob_the_c_saves(kit, learnt, tmp_path) -> None:
+    art = kit[0]
+    report = export_c(art, tmp_path)
+    assert report["state_bytes"] == len(learnt[0]) == blob_bytes(4 * art.model.filters, 7)
+    assert type(report["state_bytes"]) is int

@@ -33,7 +33,7 @@ from qcore.core.quant import QuantizedTensor
 from qcore.edge import head as H
 from qcore.edge.artifact import Artifact, decode_artifact, save_artifact
 from qcore.edge.backbone import solve_head
-from qcore.edge.c_export import export_c
+from qcore.edge.c_export import arena_bytes, export_c, state_bytes
 from qcore.edge.device import Device
 from qcore.edge.infer import forward, forward_features
 from qcore.errors import QCoreError
@@ -259,3 +259,41 @@ def test_export_writes_the_artifact_beside_the_sources(kit, tmp_path):
     )
     sha = ", ".join(str(b) for b in hashlib.sha256(data).digest()[:8])
     assert f"qc_fingerprint[32] = {{\n    {sha}" in (tmp_path / "qcore_model.c").read_text()
+
+
+def test_the_python_arena_formula_is_the_headers(kit, tmp_path):
+    """``arena_bytes`` and ``state_bytes`` equal what the C preprocessor makes of
+    ``qcore_rt.h``'s ``QC_ARENA_BYTES`` and ``QC_STATE_BYTES`` for seeded dimensions over
+    wide ranges, chosen so that each part of the scratch that can be the largest
+    (activations, the solve, a state blob) is in some of them; the expanded scatter
+    ``4 D^2`` never is (the solve's ``8 [D (D + 1) / 2 + D]`` exceeds it by ``12 D``)."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(40):
+        f = int(rng.integers(1, 41))
+        cases.append({
+            "CHANNELS": int(rng.integers(1, 13)), "WINDOW": int(rng.choice([1, 4, 32, 128, 600])),
+            "FILTERS": f, "FEATURES": 4 * f, "MAX_CLASSES": int(rng.integers(2, 400)),
+            "MAX_KC": int(rng.integers(1, 2000)), "KEEP_RES": int(rng.integers(0, 2)),
+            "BRANCH_SETS": int(rng.integers(1, 4)),
+        })  # fmt: skip
+    lines = ["#include <stdio.h>", '#include "qcore_rt.h"', "int main(void) {"]
+    for dims in cases:
+        for key, value in dims.items():
+            lines += [f"#undef QC_{key}", f"#define QC_{key} {value}"]
+        parts = ("QC_ARENA_BYTES", "QC_STATE_BYTES", "QC_ACT_BYTES", "QC_SOLVE_BYTES",
+                 "4 * QC_FEATURES * QC_FEATURES")  # fmt: skip
+        lines.append('    printf("' + " ".join(["%ld"] * 5) + '\\n", '
+                     + ", ".join(f"(long)({p})" for p in parts) + ");")  # fmt: skip
+    lines += ["    return 0;", "}"]
+    (tmp_path / "qcore_rt.h").write_bytes((kit[1].parent / "qcore_rt.h").read_bytes())
+    (tmp_path / "cases.c").write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "cases"
+    subprocess.run(["gcc", *CFLAGS.split(), "-o", str(exe), str(tmp_path / "cases.c")], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    winners = set()
+    for dims, line in zip(cases, out.splitlines(), strict=True):
+        arena, state, act, solve, expanded = map(int, line.split())
+        assert (arena_bytes(dims), state_bytes(dims)) == (arena, state), dims
+        winners.add(int(np.argmax([act, solve, expanded, state])))
+    assert winners == {0, 1, 3}

@@ -297,3 +297,27 @@ def test_the_python_arena_formula_is_the_headers(kit, tmp_path):
         assert (arena_bytes(dims), state_bytes(dims)) == (arena, state), dims
         winners.add(int(np.argmax([act, solve, expanded, state])))
     assert winners == {0, 1, 3}
+
+
+@pytest.mark.parametrize("sets", [2, 3])
+def test_branch_convolutions_with_their_own_input_quantizers(sets, tmp_path):
+    """Trained models give a block's three convolutions one input quantizer; the runtime
+    keeps one code set per distinct one (``QC_BRANCH_SETS``). With two or three distinct
+    quantizers in block 1 the header says so and the C still computes NumPy's features."""
+    art = _untrained_artifact(SHAPES["depth 6 (a residual kept between shortcuts)"], 4)
+    qm = art.model.copy()
+    for i, factor in list(enumerate((1.0, 1.7, 0.6)))[1:sets]:
+        name = f"blocks.1.convs.{i}"
+        layer = qm.layers[name]
+        assert layer.act is not None
+        scale, zero, bits = layer.act
+        act = (float(np.float32(scale * factor)), zero, bits)
+        qm.layers[name] = QLayer(layer.weight, act, layer.bias, layer.kernel_size)
+    art = replace(art, model=qm)
+    export_c(art, tmp_path)
+    assert f"#define QC_BRANCH_SETS {sets}\n" in (tmp_path / "qcore_rt.h").read_text()
+    raw = np.random.default_rng(2).normal(0, 1.5, (12, 3, 32)).astype(np.float32)
+    out = _run(_build(tmp_path), raw, [-1] * len(raw))
+    logits, feats = forward_features(art.model, raw)
+    np.testing.assert_allclose(np.array(out["F"]), feats, rtol=0, atol=1e-4 * np.abs(feats).max())
+    _agree(np.array(out["P"]).astype(np.int64)[:, 1], forward(art.model, raw).argmax(1), logits)

@@ -321,3 +321,49 @@ def test_branch_convolutions_with_their_own_input_quantizers(sets, tmp_path):
     logits, feats = forward_features(art.model, raw)
     np.testing.assert_allclose(np.array(out["F"]), feats, rtol=0, atol=1e-4 * np.abs(feats).max())
     _agree(np.array(out["P"]).astype(np.int64)[:, 1], forward(art.model, raw).argmax(1), logits)
+
+
+def _refusal(art: Artifact, tmp_path: Path) -> str:
+    with pytest.raises(QCoreError) as err:
+        export_c(art, tmp_path)
+    assert not (tmp_path / "qcore_rt.h").exists()  # refused before anything is written
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "layer", ["blocks.0.convs.2", "blocks.1.bottleneck", "blocks.1.convs.0", "blocks.5.pool_conv"]
+)
+def test_every_layer_reading_codes_needs_an_input_quantizer(layer, tmp_path):
+    art = _untrained_artifact(SHAPES["depth 6 (a residual kept between shortcuts)"], 4)
+    qm = art.model.copy()
+    old = qm.layers[layer]
+    qm.layers[layer] = QLayer(old.weight, None, old.bias, old.kernel_size)
+    assert _refusal(replace(art, model=qm), tmp_path) == (
+        f"the C runtime keeps activations between layers as codes: layer {layer} has no "
+        "input quantization (act)"
+    )
+
+
+def test_the_shapes_the_c_runtime_cannot_run_are_refused_by_name(tmp_path):
+    art = _untrained_artifact(SHAPES["depth 6 (a residual kept between shortcuts)"], 4)
+    # (a block after the first without a bottleneck is refused too, but no valid model has
+    # one: a block's input then has 4 x filters > 1 channels, and the model checks its shapes)
+    qm = art.model.copy()
+    first = qm.layers["shortcuts.2.conv"]
+    assert isinstance(first.weight, QuantizedTensor)
+    w = QuantizedTensor(np.zeros((16, 16, 1), np.uint8), np.ones(16, np.float32),
+                        np.zeros(16, np.uint8), 4)  # fmt: skip
+    qm.layers["shortcuts.5.conv"] = QLayer(w, first.act, None, 1)
+    assert _refusal(replace(art, model=qm), tmp_path) == (
+        "the C runtime has no 1x1 convolution on a block output's shortcut (shortcuts.5.conv)"
+    )
+    qm = art.model.copy()
+    head = qm.layers["head"]
+    qm.layers["head"] = QLayer(head.weight, head.act, head.bias, 3)
+    assert _refusal(replace(art, model=qm), tmp_path) == "the model's head must be a linear layer"
+    rounded = replace(art, device=art.device.replace(head_bits=4))
+    assert _refusal(rounded, tmp_path) == (
+        "the C runtime solves the streaming head in float: head_bits must be unset"
+    )
+    # the first shortcut may have its 1x1 convolution (block 0 reads the normalised input)
+    assert "shortcuts.2.conv" in art.model.layers and export_c(art, tmp_path)["arena_bytes"]

@@ -274,10 +274,19 @@ def arena_bytes(dims: dict[str, int]) -> int:
     return scratch + 4 * (2 * k + 2 * k * d + tri)
 
 
+STATE_HEADER = 60  # bytes of a state blob before its statistics (qcore.edge.c_state)
+
+
+def blob_bytes(n_features: int, max_classes: int) -> int:
+    """A state blob's size for a head of ``n_features`` with room for ``max_classes``: the
+    header, counts, means, the scatter's lower triangle (float32) and a CRC-32."""
+    d, k = n_features, max_classes
+    return STATE_HEADER + 4 * (k + k * d + d * (d + 1) // 2) + 4
+
+
 def state_bytes(dims: dict[str, int]) -> int:
     """``QC_STATE_BYTES``: the state blob's size (:mod:`qcore.edge.c_state`)."""
-    d, k = dims["FEATURES"], dims["MAX_CLASSES"]
-    return 60 + 4 * (k + k * d + d * (d + 1) // 2) + 4
+    return blob_bytes(dims["FEATURES"], dims["MAX_CLASSES"])
 
 
 def _runtime(name: str) -> str:

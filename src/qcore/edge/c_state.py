@@ -3,7 +3,7 @@ read one back into a device state, or write one (NumPy only); and ``qcore import
 (:func:`add_command`), registered by :mod:`qcore.edge.cli`.
 
 A firmware persists the streaming head it learnt as one blob of ``QC_STATE_BYTES``
-(:func:`blob_bytes`), all little-endian:
+(:func:`qcore.edge.c_export.blob_bytes`), all little-endian:
 
 ====== ============================ =====================================================
 offset field                        meaning
@@ -46,7 +46,14 @@ import numpy as np
 
 from qcore.core.fileio import read_regular_file
 from qcore.edge.artifact import Artifact, decode_artifact
-from qcore.edge.c_export import EXTRA_CLASSES, fingerprint, head_stats, lower_triangle
+from qcore.edge.c_export import (
+    EXTRA_CLASSES,
+    STATE_HEADER,
+    blob_bytes,
+    fingerprint,
+    head_stats,
+    lower_triangle,
+)
 from qcore.edge.device import Device
 from qcore.edge.head import HeadStats
 from qcore.edge.state import ARTIFACT_KEY, save_state
@@ -54,15 +61,8 @@ from qcore.errors import QCoreError
 
 MAGIC = b"QCST"
 VERSION = 1
-HEADER = 60
 _HEAD = struct.Struct("<4sI32sIIII4x")  # magic, version, fingerprint, D, Kmax, K, step
 MCU_KEY = "mcu"  # runtime: what the state blob said beyond the statistics
-
-
-def blob_bytes(n_features: int, max_classes: int) -> int:
-    """``QC_STATE_BYTES`` of a head of ``n_features`` and room for ``max_classes``."""
-    d, k = n_features, max_classes
-    return HEADER + 4 * (k + k * d + d * (d + 1) // 2) + 4
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ def encode_state(
 def decode_state(blob: bytes, art: Artifact) -> CState:
     """The statistics in ``blob``, refused with a :class:`QCoreError` unless it is a whole,
     uncorrupted state of the C runtime exported from ``art``."""
-    if len(blob) < HEADER + 4 or blob[:4] != MAGIC:
-        what = "too short" if len(blob) < HEADER + 4 else "no qcore state (wrong magic)"
+    if len(blob) < STATE_HEADER + 4 or blob[:4] != MAGIC:
+        what = "too short" if len(blob) < STATE_HEADER + 4 else "no qcore state (wrong magic)"
         raise QCoreError(f"the state blob is {what}")
     magic, version, sha, d, kmax, k, step = _HEAD.unpack_from(blob)
     if version != VERSION:
@@ -124,7 +124,8 @@ def decode_state(blob: bytes, art: Artifact) -> CState:
         )
     if not k0 <= k <= kmax:
         raise QCoreError(f"the state blob holds {k} classes, outside {k0}..{kmax}")
-    values = np.frombuffer(blob, "<f4", offset=HEADER, count=(len(blob) - HEADER - 4) // 4)
+    n_values = (len(blob) - STATE_HEADER - 4) // 4
+    values = np.frombuffer(blob, "<f4", offset=STATE_HEADER, count=n_values)
     count, mean = values[:kmax], values[kmax : kmax + kmax * d].reshape(kmax, d)
     tri = values[kmax + kmax * d :]
     if not np.isfinite(values).all() or (count < 0).any() or count[k:].any():
@@ -213,4 +214,4 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         metavar="A,B,...",
         help="names of the classes the firmware added, in order (default mcu-1, mcu-2, ...)",
     )
-    imp.set_defaults(func=_cmd_import_state, set=None)
+    imp.set_defaults(func=_cmd_import_state)

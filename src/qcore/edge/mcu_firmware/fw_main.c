@@ -52,28 +52,34 @@ static int fail(const char *why) {
     return 1;
 }
 
-/* Predict the window in `window`, write its 'W' record, then learn it when labelled. */
+static int head_class(const float *f, float *h, int k) {
+    qc_head_logits(f, h);
+    return qc_argmax(h, k);
+}
+
+static int model_class(const float *f, float *m) {
+    qc_model_logits(f, m);
+    return qc_argmax(m, QC_CLASSES);
+}
+
+/* Predict the window in `window`, write its 'W' record, then learn it when labelled. The
+ * ticks cover what qc_predict does (features, the device's head); the other head's logits
+ * are computed after. */
 static int one_window(int32_t label, uint32_t *added, uint32_t *add_ticks) {
     float f[QC_FEATURES], m[QC_CLASSES], h[QC_MAX_CLASSES];
     uint32_t w[5], t0, t1;
-    int k = qc_head_classes(), mp, hp;
+    int k = qc_head_classes(), mp = 0, hp = 0;
     t0 = fw_ticks();
     qc_features(window, f);
-    if (QC_USE_HEAD) {
-        qc_head_logits(f, h);
-        hp = qc_argmax(h, k);
-    } else {
-        qc_model_logits(f, m);
-        mp = qc_argmax(m, QC_CLASSES);
-    }
+    if (QC_USE_HEAD)
+        hp = head_class(f, h, k);
+    else
+        mp = model_class(f, m);
     t1 = fw_ticks();
-    if (QC_USE_HEAD) {
-        qc_model_logits(f, m);
-        mp = qc_argmax(m, QC_CLASSES);
-    } else {
-        qc_head_logits(f, h);
-        hp = qc_argmax(h, k);
-    }
+    if (QC_USE_HEAD)
+        mp = model_class(f, m);
+    else
+        hp = head_class(f, h, k);
     w[0] = (uint32_t)(QC_USE_HEAD ? hp : mp);
     w[1] = (uint32_t)mp;
     w[2] = (uint32_t)hp;

@@ -22,7 +22,10 @@ CoreMode = Literal["proportional", "stratified", "balanced"]
 HeadKind = Literal["model", "slda"]
 # which windows of a batch get labels: the choices of qcore.edge.asking.LABEL_POLICIES (a
 # test keeps the two equal); a device's ask_policy and a run's label_policy
-LabelPolicy = Literal["random", "margin", "novel", "margin-cover", "novel-cover"]
+LabelPolicy = Literal[
+    "random", "margin", "novel", "margin-cover", "novel-cover", "margin-pairs", "margin-top",
+    "margin-random",
+]  # fmt: skip
 FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
 BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
 CORE_MODES: tuple[CoreMode, ...] = typing.get_args(CoreMode)

@@ -108,3 +108,33 @@ def test_a_policy_missing_what_it_needs_says_what() -> None:
     message = r"^label_policy novel needs the device's novelty \(a novelty threshold\)$"
     with pytest.raises(QCoreError, match=message):
         ask("novel-cover", 1, PROBS, None)
+
+
+# four windows, three classes: margins 0.05, 0.06, 0.5, 0.3; top-2 pairs (0, 1), (0, 1),
+# (1, 2), (0, 2); predicted 0, 1, 2, 0
+SPREAD = np.array([[0.5, 0.45, 0.05], [0.44, 0.5, 0.06], [0.1, 0.2, 0.7], [0.6, 0.1, 0.3]])
+
+
+def test_pairs_and_top_spread_the_labels_over_the_batch_s_confusions() -> None:
+    assert ask("margin", 2, SPREAD, None).tolist() == [0, 1]  # both confuse classes 0 and 1
+    assert ask("margin-pairs", 2, SPREAD, None).tolist() == [0, 3]  # (0, 1) asked: then (0, 2)
+    assert ask("margin-pairs", 3, SPREAD, None).tolist() == [0, 2, 3]
+    assert ask("margin", 3, SPREAD, None).tolist() == [0, 1, 3]
+    assert ask("margin-top", 3, SPREAD, None).tolist() == [0, 1, 2]  # class 0 asked: not 3
+    assert ask("margin-top", 4, SPREAD, None).tolist() == [0, 1, 2, 3]
+    one_class = np.ones((3, 1))
+    assert ask("margin-pairs", 2, one_class, None).tolist() == [0, 1]
+
+
+def test_margin_random_asks_half_by_margin_and_draws_the_rest() -> None:
+    picks = set()
+    for seed in range(20):
+        got = ask("margin-random", 3, PROBS, None, rng=np.random.default_rng(seed)).tolist()
+        assert {1, 3} <= set(got) and len(got) == 3  # ceil(3 / 2) = 2 by margin
+        again = ask("margin-random", 3, PROBS, None, rng=np.random.default_rng(seed)).tolist()
+        assert got == again
+        picks |= set(got) - {1, 3}
+    assert picks == {0, 2, 4}  # the third is drawn from the rest of the batch
+    assert ask("margin-random", 1, PROBS, None, rng=np.random.default_rng(0)).tolist() == [3]
+    with pytest.raises(QCoreError, match="margin-random needs a random generator"):
+        ask("margin-random", 1, PROBS, None)

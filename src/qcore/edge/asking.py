@@ -11,7 +11,13 @@ what its prediction already computed (:mod:`qcore.edge.signals`). A ``label_poli
 * ``margin-cover`` and ``novel-cover``: first one window per predicted class, the classes
   taken from those with the fewest target labels so far, each class's best window by the
   policy's order; then the rest by that order. A class the device has not been given a
-  label of yet is asked about first, so no class goes unlearnt for want of a label.
+  label of yet is asked about first, so no class goes unlearnt for want of a label;
+* ``margin-pairs`` and ``margin-top``: the ``margin`` order, but a window whose two most
+  probable classes (an unordered pair; ``-top``: whose predicted class) are already asked
+  about in this batch waits until every pair (class) of the batch has one window asked, so
+  a few labels are not all spent on one confusion;
+* ``margin-random``: the first ``ceil(k / 2)`` windows by ``margin``, the others drawn
+  uniformly (seeded) from the rest of the batch.
 
 Ties are broken by window index, so the same batch always gets the same request. NumPy
 only.
@@ -23,7 +29,16 @@ import numpy as np
 
 from qcore.errors import QCoreError
 
-LABEL_POLICIES = ("random", "margin", "novel", "margin-cover", "novel-cover")
+LABEL_POLICIES = (
+    "random",
+    "margin",
+    "novel",
+    "margin-cover",
+    "novel-cover",
+    "margin-pairs",
+    "margin-top",
+    "margin-random",
+)
 
 
 def budget(n: int, fraction: float) -> int:
@@ -47,21 +62,50 @@ def ask(
     ``probs``: the batch's calibrated class probabilities float ``(n, K)``; ``novelty``
     ``(n,)`` (needed by the ``novel`` policies); ``labelled``: target labels received so
     far per class ``(K,)`` (the ``-cover`` policies; None: none yet); ``rng``: the draw
-    of ``random``.
+    of ``random`` and ``margin-random``.
     """
     if policy not in LABEL_POLICIES:
         raise QCoreError(f"unknown label_policy {policy!r}: choose {', '.join(LABEL_POLICIES)}")
     n = len(probs)
     if not 0 <= k <= n:
         raise QCoreError(f"cannot ask for {k} labels in a batch of {n} windows")
+    if policy in ("random", "margin-random") and rng is None:
+        raise QCoreError(f"label_policy {policy} needs a random generator")
     if policy == "random":
-        if rng is None:
-            raise QCoreError("label_policy random needs a random generator")
+        assert rng is not None
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
-    order = _order(policy.removesuffix("-cover"), probs, novelty)
+    order = _order(policy.split("-")[0], probs, novelty)
     if policy.endswith("-cover"):
         order = _cover_first(order, probs.argmax(axis=1), labelled, probs.shape[1])
+    elif policy in ("margin-pairs", "margin-top"):
+        order = _spread(order, _confusion(probs, pairs=policy == "margin-pairs"))
+    elif policy == "margin-random":
+        assert rng is not None
+        first = (k + 1) // 2
+        rest = order[first:]
+        order = np.concatenate([order[:first], rest[rng.permutation(len(rest))]])
     return np.sort(order[:k]).astype(np.int64)
+
+
+def _confusion(probs: np.ndarray, *, pairs: bool) -> list[tuple[int, ...]]:
+    """Per window, its predicted class, or (``pairs``) its two most probable classes in
+    increasing order; ties by class index."""
+    ranked = np.argsort(-np.asarray(probs, dtype=np.float64), axis=1, kind="stable")
+    if not pairs or ranked.shape[1] < 2:
+        return [(int(r[0]),) for r in ranked]
+    return [tuple(sorted((int(r[0]), int(r[1])))) for r in ranked]
+
+
+def _spread(order: np.ndarray, group: list[tuple[int, ...]]) -> np.ndarray:
+    """``order`` with, first, the first window of each group in that order; then the
+    rest in that order."""
+    seen: set[tuple[int, ...]] = set()
+    head: list[int] = []
+    tail: list[int] = []
+    for i in order:
+        (tail if group[i] in seen else head).append(int(i))
+        seen.add(group[i])
+    return np.array(head + tail, dtype=np.int64)
 
 
 def _order(kind: str, probs: np.ndarray, novelty: np.ndarray | None) -> np.ndarray:

@@ -6,6 +6,10 @@ curve, the FedAvg baseline); this script runs it with one worker and one thread,
 under ``OUT`` are reused.
 
     .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet [--datasets hapt,usc-had]
+    .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet --validate
+
+``--validate`` runs the validation of docs/fleet-privacy.md (:mod:`qcore.eval.fleet_validate`)
+on the devices already computed under ``OUT``.
 """
 
 from __future__ import annotations
@@ -22,15 +26,44 @@ from qcore.eval.fleet_bench import run_fleet  # noqa: E402
 from qcore.eval.grid import make_grid  # noqa: E402
 
 
+def validate(grid, out: Path, diagnose: bool = False) -> None:
+    """Rows of every pair to ``OUT/privacy-validate-DATASET.json``; the table printed (with
+    ``diagnose``, then the projection's cost alone per pair)."""
+    from qcore.core.fileio import write_json_atomic
+    from qcore.eval.fleet_bench import pair_dir
+    from qcore.eval.fleet_validate import projection_gap, summary_lines, validate_pair
+
+    rows = []
+    for cfg in grid.cells():
+        got = validate_pair(pair_dir(out, cfg))
+        write_json_atomic(out / f"privacy-validate-{cfg.dataset}.json", got)
+        rows += got
+    print("\n".join(summary_lines(rows)))
+    for cfg in grid.cells() if diagnose else ():
+        gap = projection_gap(pair_dir(out, cfg))
+        print(f"{cfg.dataset}: projected, no clip, no noise: median gap {gap:+.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--datasets", default=None, help="comma-separated (default: hapt, usc-had)")
     ap.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
+    ap.add_argument(
+        "--validate", action="store_true",
+        help="docs/fleet-privacy.md's validation on the devices already under OUT",
+    )  # fmt: skip
+    ap.add_argument(
+        "--diagnose", action="store_true",
+        help="with --validate: also the projection's cost without clip or noise",
+    )  # fmt: skip
     args = ap.parse_args()
     sets = []
     if args.datasets:
         sets = ["pairs=" + ",".join(f"{d}:1:2" for d in args.datasets.split(","))]
+    if args.validate:
+        validate(make_grid("fleet", sets), args.out, args.diagnose)
+        return
     res = run_fleet(make_grid("fleet", sets), args.out, workers=args.workers)
     print((args.out / "fleet.md").read_text())
     print(f"{res.n_computed} device(s) computed, {len(res.rows)} site rows, {res.seconds:.0f} s")

@@ -96,6 +96,7 @@ def validate_pair(folder: Path) -> list[dict]:
     meta = read_meta(folder)
     assert meta is not None
     deployed = load_artifact(folder / "deployed.qcore")
+    assert deployed.head is not None
     sha, total = meta["sha256"], float(deployed.head.count.sum())
     clips = held_out_clips(folder, deployed)
     sites = [load_site(folder, s) for s in meta["subjects"]]
@@ -151,6 +152,7 @@ def projection_gap(folder: Path) -> float:
     meta = read_meta(folder)
     assert meta is not None
     deployed = load_artifact(folder / "deployed.qcore")
+    assert deployed.head is not None
     head, classes, sha = deployed.head, deployed.class_names, meta["sha256"]
     sub = discriminant_subspace(head, deployed.device.head_shrinkage)
     sites = [load_site(folder, s) for s in meta["subjects"]]

@@ -29,7 +29,7 @@ its target test set of:
 float32 and float16. ``resets``: how often the user guard returned a device to the
 deployed model (the windows before a reset are then not in its state).
 
-**Privacy curve.** Two forms of private share (:mod:`qcore.edge.share`), each at epsilon 1,
+**Privacy curve.** Three forms of private share (:mod:`qcore.edge.share`), each at epsilon 1,
 2, 4, 8 and delta ``1e-5`` and without noise, the merged artifact scored before the site's
 labels (:func:`qcore.edge.fleet.merge_shares`, weighed as the deployed one):
 
@@ -44,6 +44,10 @@ labels (:func:`qcore.edge.fleet.merge_shares`, weighed as the deployed one):
   not clip this way yet, so its statistics are the deployed ones plus ``batch_stats`` of
   its held windows' centred-clipped features: what such a device holds when its guard
   never resets.
+* ``centred-held_clipped``, ``centred-held_epsE``: the pick of the second rule
+  (docs/fleet-privacy.md, not adopted): the centred form with ``C_h`` (``clip_held``) the
+  median of ``|x - μ_y|`` over the source subject's held-out windows, computed when the rows
+  are made (:func:`qcore.eval.fleet_sites.centred_held_shares`), not by the device tasks.
 
 Noise is seeded by the device's subject number; nothing is tuned on the sites.
 

@@ -14,14 +14,20 @@ import numpy as np
 from qcore.core.fileio import write_json_atomic
 
 DELTA, EPSILONS = 1e-5, (1, 2, 4, 8)
-FORMS = {"fleet": "clipped devices (counts, sums, second moment)", "centred": "centred (chosen)"}
+FORMS = {
+    "fleet": "clipped devices (counts, sums, second moment)",
+    "centred": "centred (chosen)",
+    "centred-held": "centred, held-out clip (second rule's pick, not adopted)",
+}
+FILE_FORMS = ("fleet", "centred")  # the forms whose shares the devices write
 ROUNDS, LR_MULTS, BATCH = (1, 5, 20), (1, 100, 10_000, 1_000_000), 32
 FEDAVG = tuple(f"fedavg_m{m:g}_r{r}" for m in LR_MULTS for r in ROUNDS)
 PRIVATE = tuple(f"{f}_{e}" for f in FORMS for e in ("clipped", *(f"eps{e}" for e in EPSILONS)))
 FIELDS = (
     "dataset", "site", "n_test", "deployed", "own", "fleet_before", "fleet_after", "central",
     "fleet_after_pooled", "pred_diff", "stats_diff", "bytes32", "bytes16", "resets",
-    "clip", "clip_centred", "clip_resets", *PRIVATE, "fedavg_r0", *FEDAVG, "fedavg_bytes_round",
+    "clip", "clip_centred", "clip_held", "clip_resets", *PRIVATE, "fedavg_r0", *FEDAVG,
+    "fedavg_bytes_round",
 )  # fmt: skip
 
 
@@ -62,7 +68,7 @@ def load_site(folder: Path, subject: int) -> Site:
     )
     shares = {
         f"{form}-{tag}": load_share(mine / f"share-{form}-{tag}.npz")
-        for form in FORMS
+        for form in FILE_FORMS
         for tag in ("clean", *(f"eps{e}" for e in EPSILONS))
     }
     return Site(
@@ -70,6 +76,48 @@ def load_site(folder: Path, subject: int) -> Site:
         (data["held"], data["held_y"]), (data["test_X"], data["test_y"]),
         data["test_feats"].astype(np.float64), info["resets"], info["clip_resets"],
     )  # fmt: skip
+
+
+def source_held_out(folder: Path, deployed) -> tuple[np.ndarray, np.ndarray]:
+    """The deployed model's pooled features (float64) and labels of the source subject's
+    held-out windows (the scenario's ``source_test``: neither trained the model nor fitted
+    its head statistics)."""
+    from qcore.config import RunConfig
+    from qcore.data.registry import load_dataset
+    from qcore.data.scenario import make_scenario
+    from qcore.edge.infer import forward_features
+
+    meta = read_meta(folder)
+    assert meta is not None
+    cfg = RunConfig.from_dict(meta["config"])
+    ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
+    held = make_scenario(
+        ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed
+    ).source_test
+    return forward_features(deployed.model, held.X)[1].astype(np.float64), held.y
+
+
+def held_out_clip(folder: Path, deployed) -> float:
+    """``centred-held``'s clip (docs/fleet-privacy.md): the median of ``|x - μ_y|`` over the
+    source subject's held-out windows, ``μ`` the deployed class means."""
+    x, y = source_held_out(folder, deployed)
+    return float(np.median(np.linalg.norm(x - deployed.head.mean.astype(np.float64)[y], axis=1)))
+
+
+def centred_held_shares(deployed, others: list[Site], clip: float, eps, sha: str) -> list:
+    """The ``centred-held`` shares of the ``others`` devices: each held window's deviation
+    from the deployed mean of its class clipped to ``clip``, made private at ``eps`` (None:
+    no noise), noise seeded by the device's subject."""
+    from qcore.edge.head import batch_stats
+    from qcore.edge.share import centres, clip_norms, make_share
+
+    head, k = deployed.head, deployed.head.n_classes
+    mu, privacy = head.mean.astype(np.float64), None if eps is None else (eps, DELTA, clip)
+    return [
+        make_share(batch_stats(clip_norms(s.held[0], clip, mu[s.held[1]]), s.held[1], k),
+                   deployed.class_names, sha, privacy, s.subject, centres(head, k))
+        for s in others
+    ]  # fmt: skip
 
 
 def accuracy(art, test: tuple[np.ndarray, np.ndarray], deployed=None) -> tuple[float, np.ndarray]:
@@ -154,7 +202,12 @@ def site_row(deployed, meta: dict, site: Site, others: list[Site]) -> dict:
     private = {}
     for form in FORMS:
         for tag in ("clean", *(f"eps{e}" for e in EPSILONS)):
-            art = merge_shares(deployed, [s.shares[f"{form}-{tag}"] for s in others], None, sha)
+            if form == "centred-held":
+                eps = None if tag == "clean" else float(tag[3:])
+                shares = centred_held_shares(deployed, others, meta["clip_held"], eps, sha)
+            else:
+                shares = [s.shares[f"{form}-{tag}"] for s in others]
+            art = merge_shares(deployed, shares, None, sha)
             key = f"{form}_{'clipped' if tag == 'clean' else tag}"
             private[key] = accuracy(weigh_as(art, total), site.test)[0]
     solved = solve_head(deployed.head, deployed.device)
@@ -174,7 +227,7 @@ def site_row(deployed, meta: dict, site: Site, others: list[Site]) -> dict:
         "pred_diff": int((pred_before != pred_central).sum()),
         "stats_diff": stats_diff(merged.head, central.head),
         "bytes32": part.nbytes, "bytes16": part.nbytes // 2, "resets": site.resets,
-        "clip": meta["clip"], "clip_centred": meta["clip_centred"],
+        "clip": meta["clip"], "clip_centred": meta["clip_centred"], "clip_held": meta["clip_held"],
         "clip_resets": site.clip_resets, **private,
         "fedavg_r0": linear_accuracy(solved.weight, solved.bias, site.test_feats, site.test[1]),
         **fed, "fedavg_bytes_round": 2 * 4 * (solved.weight.size + solved.bias.size),
@@ -195,6 +248,7 @@ def pair_rows(folder: Path) -> list[dict]:
         if got.get("key") == key:
             return got["rows"]
     deployed = load_artifact(folder / "deployed.qcore")
+    meta = {**meta, "clip_held": held_out_clip(folder, deployed)}
     sites = [load_site(folder, s) for s in meta["subjects"]]
     rows = [site_row(deployed, meta, s, [o for o in sites if o is not s]) for s in sites]
     write_json_atomic(cached, {"key": key, "rows": rows})

@@ -26,8 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from qcore.config import RunConfig
-from qcore.eval.fleet_sites import DELTA, Site, accuracy, load_site, read_meta
+from qcore.eval.fleet_sites import (
+    DELTA,
+    Site,
+    accuracy,
+    centred_held_shares,
+    held_out_clip,
+    load_site,
+    read_meta,
+    source_held_out,
+)
 
 CANDIDATES = ("centred-held", "projected", "projected-max")
 REFERENCES = {"centred": "centred", "pooled": "fleet"}
@@ -36,49 +44,31 @@ EPSILON = 4.0
 
 def held_out_clips(folder: Path, deployed) -> dict[str, float]:
     """Each candidate's clip from the source subject's held-out windows."""
-    from qcore.data.registry import load_dataset
-    from qcore.data.scenario import make_scenario
-    from qcore.edge.infer import forward_features
     from qcore.edge.share_forms import discriminant_subspace, project
 
-    meta = read_meta(folder)
-    assert meta is not None
-    cfg = RunConfig.from_dict(meta["config"])
-    ds = load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed)
-    held = make_scenario(
-        ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed
-    ).source_test
-    x = forward_features(deployed.model, held.X)[1].astype(np.float64)
+    x, y = source_held_out(folder, deployed)
     head = deployed.head
     sub = discriminant_subspace(head, deployed.device.head_shrinkage)
-    p_norms = np.linalg.norm(project(x, held.y, head, sub), axis=1)
-    centred = np.linalg.norm(x - head.mean.astype(np.float64)[held.y], axis=1)
+    p_norms = np.linalg.norm(project(x, y, head, sub), axis=1)
     return {
-        "centred-held": float(np.median(centred)),
+        "centred-held": held_out_clip(folder, deployed),
         "projected": float(np.median(p_norms)),
         "projected-max": float(p_norms.max()),
-        "n_held_out": float(len(held.y)),
+        "n_held_out": float(len(y)),
     }
 
 
 def candidate_art(name: str, deployed, others: list[Site], clip: float, eps: float | None, sha):
     """The merged artifact of candidate ``name`` from the ``others`` devices."""
     from qcore.edge.fleet import grow_learnt, merge_parts, merge_shares
-    from qcore.edge.head import batch_stats
-    from qcore.edge.share import centres, clip_norms, make_share
     from qcore.edge.share_forms import discriminant_subspace, projected_share, projected_stats
 
     head, classes = deployed.head, deployed.class_names
-    k = head.n_classes
     privacy = None if eps is None else (eps, DELTA, clip)
     if name == "centred-held":
-        mu = head.mean.astype(np.float64)
-        shares = [
-            make_share(batch_stats(clip_norms(s.held[0], clip, mu[s.held[1]]), s.held[1], k),
-                       classes, sha, privacy, s.subject, centres(head, k))
-            for s in others
-        ]  # fmt: skip
-        return merge_shares(deployed, shares, None, sha)
+        return merge_shares(
+            deployed, centred_held_shares(deployed, others, clip, eps, sha), None, sha
+        )
     sub = discriminant_subspace(head, deployed.device.head_shrinkage)
     shares = [
         projected_share(s.held[0], s.held[1], head, sub, classes, sha, privacy, s.subject, clip)

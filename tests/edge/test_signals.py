@@ -12,6 +12,7 @@ from qcore.edge.signals import (
     Signals,
     batch_signals,
     calibrated_probs,
+    distance_margin,
     fit_novelty_threshold,
     head_signals,
     novel_share,
@@ -188,13 +189,40 @@ def test_signals_of_chunks_join_into_one() -> None:
     np.testing.assert_array_equal(joined.novelty, [0.5, 2.0, 1.5])
     np.testing.assert_array_equal(joined.confidence, [1 / 3, 1 / 3, 1.0])
     assert Signals.join([a, Signals(np.eye(3)[:1], None)]).novelty is None
+    assert joined.margin is None  # neither part has a margin
+    c, d = Signals(a.probs, None, np.array([0.0, 3.0])), Signals(b.probs, None, np.array([1.0]))
+    np.testing.assert_array_equal(Signals.join([c, d]).margin, [0.0, 3.0, 1.0])
+    assert Signals.join([c, b]).margin is None
+
+
+def test_the_margin_is_the_second_distance_minus_the_first_by_hand() -> None:
+    d2 = np.array([[9.0, 1.0, 25.0], [16.0, 16.0, 0.0], [4.0, 100.0, 64.0]])
+    np.testing.assert_allclose(distance_margin(d2), [3.0 - 1.0, 4.0 - 0.0, 8.0 - 2.0])
+    assert distance_margin(d2).dtype == np.float64
+    assert np.isinf(distance_margin(np.array([[4.0], [0.0]]))).all()  # one class: no rival
+
+
+def test_the_head_reports_the_margin_of_its_distances(head) -> None:
+    """Brute force: sorted Mahalanobis distances to the class means, second minus first;
+    a window midway between two class means has margin 0, one on a mean the largest."""
+    stats, solved = head
+    mean = stats.mean.astype(np.float64)
+    x = np.vstack([gaussian_classes(20, 2)[0], (mean[:1] + mean[1:2]) / 2, mean[:1]])
+    scores = logits(solved.weight, solved.bias, x)
+    sig = head_signals(scores, x, solved.precision, 30.0, 2.0, 7.0, 1.0)
+    diff = x[:, None, :].astype(np.float64) - mean[None]
+    dist = np.sort(np.sqrt(np.einsum("nkd,de,nke->nk", diff, precision(stats, 0.01), diff)), 1)
+    assert sig.margin is not None and sig.margin.shape == (22,)
+    np.testing.assert_allclose(sig.margin, dist[:, 1] - dist[:, 0], rtol=1e-3, atol=1e-2)
+    assert sig.margin[20] < 0.05 and sig.margin[21] == sig.margin.max()
+    assert (sig.margin >= 0).all()
 
 
 def test_a_device_without_a_streaming_head_reports_the_softmax() -> None:
     scores = np.array([[0.0, np.log(3.0)], [5.0, 5.0], [1000.0, 0.0]], np.float32)
     sig = batch_signals(None, DeviceConfig(), scores, None)
     np.testing.assert_allclose(sig.confidence, [0.75, 0.5, 1.0], rtol=1e-6)
-    assert sig.novelty is None and sig.probs.dtype == np.float64
+    assert sig.novelty is None and sig.margin is None and sig.probs.dtype == np.float64
 
 
 def test_a_streaming_head_without_features_reports_the_softmax(head) -> None:

@@ -1,6 +1,6 @@
-"""What the streaming head can say about its own predictions: confidence and novelty.
+"""What the streaming head can say about its own predictions: confidence, novelty, margin.
 
-Both come from the squared Mahalanobis distances ``d2[:, c]`` of a window's pooled
+All three come from the squared Mahalanobis distances ``d2[:, c]`` of a window's pooled
 features ``x`` to the class means under the head's shrunk precision ``Λ``
 (:func:`qcore.edge.head.precision`). The head's scores already hold them:
 ``score_c = μ_c Λ x - μ_c Λ μ_c / 2``, so ``d2_c = x Λ x - 2 score_c``, and one quadratic
@@ -22,6 +22,11 @@ form per window is all that is added to a prediction.
   above 1, the window lies further from every class the device knows than 95% of the
   source's held-out windows (:func:`fit_novelty_threshold`). The share of such windows in
   a batch is the drift signal of the ``drift`` policy (:func:`novel_share`).
+* **Margin.** The Mahalanobis distance (not squared) to the second-nearest class mean
+  minus that to the nearest (:func:`distance_margin`): how much closer the window lies to
+  the class it is given than to any other, in the units of the shared covariance. On a
+  drifted subject before any label it tells wrong predictions from right ones better than
+  the confidence (the rule and the runs: docs/wrong-right.md).
 
 NumPy only; float64 throughout, so the scores of a float32 head lose nothing.
 """
@@ -42,19 +47,23 @@ NOVELTY_FOLDS = 5  # folds of the cloud's out-of-fold distances
 
 @dataclass(frozen=True)
 class Signals:
-    """A batch's calibrated ``probs`` float64 ``(n, K)`` (rows sum to 1) and ``novelty``
-    float64 ``(n,)`` (None where the device has no novelty threshold)."""
+    """A batch's calibrated ``probs`` float64 ``(n, K)`` (rows sum to 1), ``novelty``
+    float64 ``(n,)`` (None where the device has no novelty threshold) and distance
+    ``margin`` float64 ``(n,)`` (None without the streaming head's features)."""
 
     probs: np.ndarray
     novelty: np.ndarray | None
+    margin: np.ndarray | None = None
 
     @classmethod
     def join(cls, parts: list[Signals]) -> Signals:
         """The signals of consecutive chunks of windows as one."""
         novelty = [p.novelty for p in parts if p.novelty is not None]
+        margin = [p.margin for p in parts if p.margin is not None]
         return cls(
             np.concatenate([p.probs for p in parts]),
             np.concatenate(novelty) if len(novelty) == len(parts) else None,
+            np.concatenate(margin) if len(margin) == len(parts) else None,
         )
 
     @property
@@ -70,6 +79,16 @@ def sq_distances(scores: np.ndarray, features: np.ndarray, precision: np.ndarray
     x = np.asarray(features, dtype=np.float64)
     quad = np.einsum("nd,de,ne->n", x, np.asarray(precision, dtype=np.float64), x)
     return np.maximum(quad[:, None] - 2.0 * np.asarray(scores, dtype=np.float64), 0.0)
+
+
+def distance_margin(d2: np.ndarray) -> np.ndarray:
+    """Per window, the Mahalanobis distance to the second-nearest class mean minus that
+    to the nearest, from squared distances ``d2`` ``(n, K)``; infinite with one class."""
+    d2 = np.asarray(d2, dtype=np.float64)
+    if d2.shape[1] < 2:
+        return np.full(len(d2), np.inf)
+    nearest = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])
+    return nearest[:, 1] - nearest[:, 0]
 
 
 def calibrated_probs(
@@ -100,7 +119,7 @@ def head_signals(
     if novelty is not None and power > 0:
         temperature = temperature * np.maximum(novelty, 1.0) ** power
     probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
-    return Signals(probs, novelty)
+    return Signals(probs, novelty, distance_margin(d2))
 
 
 def batch_signals(

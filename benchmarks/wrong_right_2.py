@@ -20,6 +20,9 @@ from its wrong ones (higher = more likely right):
   mass and columns in the source's class shares; the rescaled probability of the
   predicted class.
 
+``device_margin`` is ``dmargin`` as the device reports it (``Signals.margin``, adopted by
+the rule), from the device's own float32 scores: the same signal, computed once more.
+
 A cell where the device is right on every window has no AUROC (None). The last lines are
 the means over the cells that have one, per pair and over all.
 
@@ -121,7 +124,7 @@ def cell(art_path: Path, sc, seed: int, batch: int) -> dict:
     assert dev.head is not None and art.head is not None
     X, y = sc.target_test.X, sc.target_test.y
     sig = dev.signals(X, normalized=True)
-    assert sig.novelty is not None
+    assert sig.novelty is not None and sig.margin is not None
     pred = sig.probs.argmax(1)
     right = pred == y
     lam = np.asarray(dev.head.precision, dtype=np.float64)
@@ -149,6 +152,7 @@ def cell(art_path: Path, sc, seed: int, batch: int) -> dict:
         "novelty": auroc(-sig.novelty, right),
         "rmd": auroc(-(d2[:, 0] - d2_bg), right),
         "dmargin": auroc(np.sqrt(d2[:, 1]) - np.sqrt(d2[:, 0]), right),
+        "device_margin": auroc(sig.margin, right),
         "cluster": auroc(clus + 1e-3 * sig.confidence, right),
         "balanced": auroc(bal, right),
     }

@@ -26,7 +26,12 @@ the rule), from the device's own float32 scores: the same signal, computed once 
 A cell where the device is right on every window has no AUROC (None). The last lines are
 the means over the cells that have one, per pair and over all.
 
-    .venv/bin/python benchmarks/wrong_right_2.py RUN_DIR... > OUT.txt
+``--why`` prints instead, per cell where the device errs, what its wrong windows look like:
+the (true, predicted) class pairs of the errors, the wrong share per true class, the
+median novelty and margin of wrong and right windows, and the confidence's AUROC without
+its novelty temperature (``confidence_novelty_power`` 0) beside the shipped one.
+
+    .venv/bin/python benchmarks/wrong_right_2.py [--why] RUN_DIR... > OUT.txt
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -158,6 +164,33 @@ def cell(art_path: Path, sc, seed: int, batch: int) -> dict:
     }
 
 
+def why(art_path: Path, sc, seed: int) -> dict | None:
+    """What the device's wrong windows look like in one cell (None: no wrong window)."""
+    art = with_threshold(load_artifact(art_path), sc, seed)
+    X, y, names = sc.target_test.X, sc.target_test.y, sc.class_names
+    sig = Device(art).signals(X, normalized=True)
+    assert sig.novelty is not None and sig.margin is not None
+    pred = sig.probs.argmax(1)
+    wrong = pred != y
+    if not wrong.any():
+        return None
+    flat = art.device.replace(confidence_novelty_power=0.0)
+    plain = Device(art, flat).signals(X, normalized=True)
+    pairs = Counter((names[a], names[b]) for a, b in zip(y[wrong], pred[wrong], strict=True))
+    med = {k: (round(float(np.median(v[wrong])), 2), round(float(np.median(v[~wrong])), 2))
+           for k, v in (("novelty", sig.novelty), ("margin", sig.margin))}  # fmt: skip
+    return {
+        "acc": round(float(1 - wrong.mean()), 3),
+        "errors": pairs.most_common(4),
+        "wrong/class": {
+            n: f"{(wrong & (y == c)).sum()}/{(y == c).sum()}" for c, n in enumerate(names)
+        },
+        "median wrong/right": med,
+        "conf": round(auroc(sig.confidence, ~wrong) or 0.0, 3),
+        "conf_power0": round(auroc(plain.confidence, ~wrong) or 0.0, 3),
+    }
+
+
 def _mean(rows: list[dict], keys: list[str]) -> dict:
     scored = [r for r in rows if r["conf"] is not None]
     out: dict = {"cells": len(scored)}
@@ -168,6 +201,7 @@ def _mean(rows: list[dict], keys: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--why", action="store_true", help="what the wrong windows look like")
     args = ap.parse_args()
     rows: dict[str, list[dict]] = {}
     for run in args.runs:
@@ -176,10 +210,15 @@ def main() -> None:
         sc = make_scenario(ds, cfg.source, cfg.target, cfg.n_batches, cfg.test_fraction, cfg.seed)
         batch = len(sc.stream[0].y)
         for bits in cfg.bits:
+            if args.why:
+                print(f"{run.name} {bits}b", why(run / f"deployed-{bits}bit.qcore", sc, cfg.seed))
+                continue
             row = cell(run / f"deployed-{bits}bit.qcore", sc, cfg.seed, batch)
             shown = {k: None if v is None else round(v, 3) for k, v in row.items()}
             print(f"{run.name} {bits}b batch {batch}", shown, flush=True)
             rows.setdefault(f"{cfg.dataset} {cfg.source}->{cfg.target}", []).append(row)
+    if args.why:
+        return
     keys = [k for k in next(iter(rows.values()))[0] if k != "acc"]
     for pair, pair_rows in rows.items():
         print("mean", pair, _mean(pair_rows, keys))

@@ -123,18 +123,23 @@ def deployed(tiny_model, tiny_xy, tmp_path):
     return B.artifact_and_stream(tiny_model, X, y, tmp_path, 2, seed=4)
 
 
-def test_the_predictions_file_has_one_header(deployed, tmp_path) -> None:
+def test_the_predictions_file_has_one_header(deployed, tmp_path, capsys) -> None:
     art, stream, batches = deployed
     out = tmp_path / "predictions.csv"
     run = ["device", str(art), "--stream", str(stream), "--predictions", str(out)]
     assert main([*run, "--state", str(tmp_path / "a.qcore")]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
     assert main([*run, "--state", str(tmp_path / "b.qcore")]) == 0  # appends to the file
     rows = list(csv.reader(out.open(newline="")))
-    assert rows[0] == ["batch", "step", "window", "predicted", "confidence", "novelty"]
+    assert rows[0] == [
+        "batch", "step", "window", "predicted", "confidence", "novelty", "margin"
+    ]  # fmt: skip
     assert rows.count(rows[0]) == 1
     n = sum(len(yb) for _, yb in batches)
     assert len(rows) == 1 + 2 * n
     assert rows[1][:3] == ["000.npz", "1", "0"] and rows[1][3] in B.CLASSES
+    # the model's own head: no margin (tests/edge/test_device_signals.py: with a streaming head)
+    assert first["margin"] is None and {r[6] for r in rows[1:]} == {""}
     out.write_text("")  # an empty file gets the header too
     assert main([*run, "--state", str(tmp_path / "c.qcore")]) == 0
     assert next(csv.reader(out.open(newline=""))) == rows[0]

@@ -765,6 +765,10 @@ def test_predictions_file_has_a_row_per_window(parts, tmp_path, capsys) -> None:
     assert [r[3] for r in first] == lines[0]["predicted"]
     assert [float(r[4]) for r in first] == lines[0]["confidences"]
     assert [r[5] for r in first] == [""] * len(first)  # no novelty threshold: no novelty
+    if lines[0]["margin"] is None:  # no streaming head: no margin
+        assert [r[6] for r in first] == [""] * len(first)
+    else:
+        assert [float(r[6]) for r in first] == lines[0]["margin"]
     assert {r[1] for r in first} == {"1"}
     out.write_text("batch,step,window,predicted,confidence\n")  # an older qcore's file
     assert main([*args, "--predictions", str(out)]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import replace
 
@@ -11,6 +13,7 @@ import pytest
 
 from qcore.cloud import pipeline
 from qcore.edge.artifact import decode_artifact, encode_artifact
+from qcore.edge.csvfiles import write_rows
 from qcore.edge.device import Device
 from qcore.edge.head import batch_stats
 from qcore.edge.infer import forward_features
@@ -63,8 +66,17 @@ def test_a_step_reports_the_calibrated_confidence_and_the_novelty(known) -> None
     assert report.novel_share == float((sig.novelty > 1).mean())
     assert (sig.novelty[6:] > 1).all() and report.novel_share >= 0.4
     assert report.confidence == pytest.approx(float(sig.confidence.mean()))
+    assert sig.margin is not None and report.margin is not None
+    assert report.margin == [round(float(v), 3) for v in sig.margin]
+    assert min(report.margin) >= 0.0
     line = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert line["novelty"] == report.novelty and line["novel_share"] == report.novel_share
+    assert line["margin"] == report.margin
+    predictions = io.StringIO()
+    write_rows((predictions, None), "b.npz", "b", report)
+    rows = list(csv.reader(io.StringIO(predictions.getvalue())))
+    assert [float(r[5]) for r in rows] == report.novelty
+    assert [float(r[6]) for r in rows] == report.margin
 
 
 def test_the_confidence_settings_change_no_prediction(known) -> None:

@@ -23,8 +23,9 @@ from typing import IO
 from qcore.edge.report import DeviceReport
 from qcore.errors import QCoreError
 
-# columns of `--predictions FILE` (novelty is empty for a device without a novelty threshold)
-PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence", "novelty")
+# columns of `--predictions FILE` (novelty is empty for a device without a novelty threshold,
+# margin for a device without a streaming head)
+PREDICTIONS_HEADER = ("batch", "step", "window", "predicted", "confidence", "novelty", "margin")
 REQUESTS_HEADER = ("batch", "window", "file")
 ANSWER_COLUMNS = ("batch", "window", "label")
 
@@ -71,10 +72,11 @@ def write_rows(
         novelty: list[float | str] = (
             [""] * report.n if report.novelty is None else [*report.novelty]
         )
-        rows = zip(report.predicted, report.confidences, novelty, strict=True)
+        margin: list[float | str] = [""] * report.n if report.margin is None else [*report.margin]
+        rows = zip(report.predicted, report.confidences, novelty, margin, strict=True)
         writer = csv.writer(predictions)
-        for k, (label, confidence, far) in enumerate(rows):
-            writer.writerow([name, report.step, k, label, confidence, far])
+        for k, (label, confidence, far, gap) in enumerate(rows):
+            writer.writerow([name, report.step, k, label, confidence, far, gap])
         predictions.flush()
     if requests is not None and report.ask:
         csv.writer(requests).writerows([batch_id, k, name] for k in report.ask)

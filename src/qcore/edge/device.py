@@ -268,7 +268,7 @@ class Device:
         pred = logits.argmax(1)
         return Seen(
             Xn, labels, new, mask, pred, sig.confidence, sig.novelty, latency_ms, model_logits,
-            features, sig.probs,
+            features, sig.probs, sig.margin,
         )  # fmt: skip
 
     def _draft(self, seen: Seen | None = None) -> Draft:

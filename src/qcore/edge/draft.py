@@ -29,7 +29,8 @@ class Seen:
     the confidences float64 ``(n,)`` and the novelty float64 ``(n,)`` (None without head
     statistics and a novelty threshold, :mod:`qcore.edge.signals`), the inference time per
     window, the model head's logits and the pooled features (None without a streaming
-    head), and the calibrated class probabilities float64 ``(n, K)``."""
+    head), the calibrated class probabilities float64 ``(n, K)`` and the distance margin
+    float64 ``(n,)`` (None without a streaming head)."""
 
     Xn: np.ndarray
     labels: np.ndarray | None
@@ -42,6 +43,7 @@ class Seen:
     model_logits: np.ndarray
     features: np.ndarray | None
     class_probs: np.ndarray
+    margin: np.ndarray | None = None
 
 
 @dataclass

@@ -51,8 +51,10 @@ class DeviceReport:
     and ``predicted_index`` (their indices into the device's class names, int),
     ``confidences`` (the calibrated probability of the predicted class per window, 4
     decimals; :mod:`qcore.edge.signals`), ``confidence`` (the batch mean), ``novelty``
-    (per window, 3 decimals; above 1: novel; None without a novelty threshold) and
-    ``novel_share`` (the share of novel windows),
+    (per window, 3 decimals; above 1: novel; None without a novelty threshold),
+    ``novel_share`` (the share of novel windows) and ``margin`` (per window, 3 decimals:
+    the Mahalanobis distance to the second-nearest class mean minus the nearest; small:
+    likely wrong; None without a streaming head),
     ``accuracy`` (on the labelled windows; None without labels), ``latency_ms``
     (inference per window).
 
@@ -105,6 +107,7 @@ class DeviceReport:
     rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
     ask: list[int] = field(default_factory=list)
+    margin: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The step's JSON line (``qcore device`` prints it after the batch name): every
@@ -158,6 +161,7 @@ def step_report(
         reset_reason=reason,
         rss_bytes=rss_bytes(),
         peak_rss_bytes=peak_rss_bytes(),
+        margin=None if seen.margin is None else [round(float(v), 3) for v in seen.margin],
         ask=[int(i) for i in ask],
     )
 

@@ -69,10 +69,7 @@ def write_rows(
     in the requests file."""
     predictions, requests = files
     if predictions is not None:
-        novelty: list[float | str] = (
-            [""] * report.n if report.novelty is None else [*report.novelty]
-        )
-        margin: list[float | str] = [""] * report.n if report.margin is None else [*report.margin]
+        novelty, margin = (_cells(v, report.n) for v in (report.novelty, report.margin))
         rows = zip(report.predicted, report.confidences, novelty, margin, strict=True)
         writer = csv.writer(predictions)
         for k, (label, confidence, far, gap) in enumerate(rows):
@@ -81,6 +78,11 @@ def write_rows(
     if requests is not None and report.ask:
         csv.writer(requests).writerows([batch_id, k, name] for k in report.ask)
         requests.flush()
+
+
+def _cells(values: list[float] | None, n: int) -> list[float | str]:
+    """A per-window column: its values, or ``n`` empty cells where the device has none."""
+    return [""] * n if values is None else [*values]
 
 
 def read_answers(path: Path) -> list[tuple[str, int, int | str]]:

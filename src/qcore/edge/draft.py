@@ -43,7 +43,7 @@ class Seen:
     model_logits: np.ndarray
     features: np.ndarray | None
     class_probs: np.ndarray
-    margin: np.ndarray | None = None
+    margin: np.ndarray | None
 
 
 @dataclass

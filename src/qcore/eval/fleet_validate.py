@@ -60,15 +60,22 @@ def held_out_clips(folder: Path, deployed) -> dict[str, float]:
 
 def candidate_art(name: str, deployed, others: list[Site], clip: float, eps: float | None, sha):
     """The merged artifact of candidate ``name`` from the ``others`` devices."""
-    from qcore.edge.fleet import grow_learnt, merge_parts, merge_shares
-    from qcore.edge.share_forms import discriminant_subspace, projected_share, projected_stats
+    from qcore.edge.fleet import merge_shares
 
-    head, classes = deployed.head, deployed.class_names
-    privacy = None if eps is None else (eps, DELTA, clip)
     if name == "centred-held":
         return merge_shares(
             deployed, centred_held_shares(deployed, others, clip, eps, sha), None, sha
         )
+    return projected_art(deployed, others, clip, None if eps is None else (eps, DELTA, clip), sha)
+
+
+def projected_art(deployed, others: list[Site], clip: float | None, privacy, sha):
+    """The merged artifact of the ``others`` devices' projected shares (``r = K - 1``),
+    clipped to ``clip`` (None: unclipped), private under ``privacy`` (None: no noise)."""
+    from qcore.edge.fleet import grow_learnt, merge_parts
+    from qcore.edge.share_forms import discriminant_subspace, projected_share, projected_stats
+
+    head, classes = deployed.head, deployed.class_names
     sub = discriminant_subspace(head, deployed.device.head_shrinkage)
     shares = [
         projected_share(s.held[0], s.held[1], head, sub, classes, sha, privacy, s.subject, clip)
@@ -136,23 +143,19 @@ def projection_gap(folder: Path) -> float:
     projected lift without clip or noise minus the unclipped merge (the cost of the
     subspace alone)."""
     from qcore.edge.artifact import load_artifact
-    from qcore.edge.fleet import grow_learnt, merge_fleet, merge_parts, weigh_as
-    from qcore.edge.share_forms import discriminant_subspace, projected_share, projected_stats
+    from qcore.edge.fleet import merge_fleet, weigh_as
 
     meta = read_meta(folder)
     assert meta is not None
     deployed = load_artifact(folder / "deployed.qcore")
     assert deployed.head is not None
-    head, classes, sha = deployed.head, deployed.class_names, meta["sha256"]
-    sub = discriminant_subspace(head, deployed.device.head_shrinkage)
+    sha = meta["sha256"]
     sites = [load_site(folder, s) for s in meta["subjects"]]
     gaps = []
     for site in (s for s in sites if s.subject % 2 == 0):
         others = [o for o in sites if o is not site]
-        shares = [projected_share(o.held[0], o.held[1], head, sub, classes) for o in others]
-        stats = projected_stats(shares, head, sub, classes)
-        art = merge_parts(deployed, [(grow_learnt(stats, 0), tuple(classes))])
-        lifted = accuracy(weigh_as(art, float(head.count.sum())), site.test)[0]
+        art = projected_art(deployed, others, None, None, sha)
+        lifted = accuracy(weigh_as(art, float(deployed.head.count.sum())), site.test)[0]
         merged = merge_fleet(deployed, [o.state for o in others], None, sha)
         gaps.append(lifted - accuracy(merged, site.test)[0])
     return float(np.median(gaps))

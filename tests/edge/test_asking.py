@@ -138,3 +138,22 @@ def test_margin_random_asks_half_by_margin_and_draws_the_rest() -> None:
     assert ask("margin-random", 1, PROBS, None, rng=np.random.default_rng(0)).tolist() == [3]
     with pytest.raises(QCoreError, match="margin-random needs a random generator"):
         ask("margin-random", 1, PROBS, None)
+
+
+def test_margin_pairs_with_two_classes_is_margin_and_random_follows_its_generator() -> None:
+    two = np.array([[0.9, 0.1], [0.45, 0.55], [0.2, 0.8], [0.4, 0.6]])  # margins .8 .1 .6 .2
+    # one pair, (0, 1), for every window: the margin order; grouping by the predicted
+    # class instead puts window 0, the only one of class 0, before window 3
+    assert (
+        ask("margin-pairs", 2, two, None).tolist() == [1, 3] == ask("margin", 2, two, None).tolist()
+    )
+    assert ask("margin-top", 2, two, None).tolist() == [0, 1]
+    draws = {tuple(ask("random", 2, PROBS, None, rng=np.random.default_rng(s))) for s in range(20)}
+    assert len(draws) > 3  # the generator draws, not an order
+    # k = 2: one window by margin (window 3), the other drawn from the rest
+    second = set()
+    for seed in range(20):
+        got = ask("margin-random", 2, PROBS, None, rng=np.random.default_rng(seed)).tolist()
+        assert 3 in got
+        second |= set(got) - {3}
+    assert second == {0, 1, 2, 4}

@@ -231,3 +231,8 @@ def test_a_streaming_head_without_features_reports_the_softmax(head) -> None:
     sig = batch_signals(solved, DeviceConfig(novelty_threshold=5.0), scores, None)
     np.testing.assert_allclose(sig.probs, [[0.25, 0.75, 0.0]], rtol=1e-6)
     assert sig.novelty is None
+
+
+def test_distance_margin_with_two_classes_and_float32_distances() -> None:
+    got = distance_margin(np.array([[4.0, 9.0], [25.0, 16.0]], dtype=np.float32))
+    assert got.dtype == np.float64 and got.tolist() == [1.0, 1.0]  # 3 - 2, 5 - 4

@@ -198,7 +198,7 @@ def test_markdown_table_is_mean_and_std_over_seeds():
     (rows of results.json files from before it was measured)."""
     calib = {"target_ece_before": 0.1, "target_ece": 0.3, "source_ece": 0.2}
     rows = [
-        _row("qcore", 0, **calib, target_auroc_before=0.6),
+        _row("qcore", 0, **calib, target_auroc_before=0.6, target_auroc_margin_before=0.7),
         _row("qcore", 1, **calib, target_auroc_before=None),
         _row("none", 0, bits=2),
     ]
@@ -206,17 +206,17 @@ def test_markdown_table_is_mean_and_std_over_seeds():
     assert lines[0].startswith("| dataset | scenario | bits | method | seeds | target before ")
     assert lines[0].endswith(
         "| target ECE before | target ECE after | source ECE after | target AUROC before "
-        "| s / step | device bytes |"
+        "| margin AUROC before | s / step | device bytes |"
     )
-    assert lines[1] == "|" + "---|" * 15
+    assert lines[1] == "|" + "---|" * 16
     assert lines[2] == (
         "| d | 1->2 | 2 | none | 1 | 0.400 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 "
-        "| 0.900 ± 0.000 | - | - | - | - | 0.250 ± 0.000 | 1000 |"
+        "| 0.900 ± 0.000 | - | - | - | - | - | 0.250 ± 0.000 | 1000 |"
     )
     assert lines[3] == (
         "| d | 1->2 | 4 | qcore | 2 | 0.400 ± 0.000 | 0.550 ± 0.050 | 1.000 ± 0.000 "
         "| 0.900 ± 0.000 | 0.100 ± 0.000 | 0.300 ± 0.000 | 0.200 ± 0.000 | 0.600 ± 0.000 "
-        "| 0.250 ± 0.000 | 1000 |"
+        "| 0.700 ± 0.000 | 0.250 ± 0.000 | 1000 |"
     )
     assert len(lines) == 4
 

@@ -31,7 +31,9 @@ TINY = dict(
     source_calib_epochs=1,
 )
 TINY_QCORE = {**TINY, "device": DeviceConfig(flip_steps=2)}  # fewer flip passes: faster
-CALIBRATION_KEYS = tuple(k for k in CALIBRATION if k != "target_auroc_novelty_before")
+# the novelty and the margin come from a streaming head only
+HEAD_SIGNALS = ("target_auroc_novelty_before", "target_auroc_margin_before")
+CALIBRATION_KEYS = tuple(k for k in CALIBRATION if k not in HEAD_SIGNALS)
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -84,7 +86,7 @@ def test_results_contract(result):
     for r in (r for r in rows if "steps" in r):
         for key in CALIBRATION_KEYS:
             assert 0.0 <= r[key] <= 1.0, (r["method"], key)
-        assert r["target_auroc_novelty_before"] is None  # no streaming head: no novelty
+        assert all(r[k] is None for k in HEAD_SIGNALS)  # no streaming head: no novelty
         for name, suffix in itertools.product(("source", "target"), ("_before", "")):
             bins = r[f"{name}_reliability{suffix}"]
             assert sum(count for _, _, count in bins) == n_test[name]
@@ -374,16 +376,18 @@ def test_before_is_what_the_method_ships(tmp_path):
         for key in ("acc", "ece", "reliability"):
             assert rows[m][f"target_{key}_before"] == rows[m][f"target_{key}"], (m, key)
             assert rows[m][f"source_{key}_before"] == rows[m][f"source_{key}"], (m, key)
-    assert rows["none"]["target_auroc_novelty_before"] is None
-    # the shipped slda device's novelty: a smaller one goes with a right prediction
+    assert all(rows["none"][k] is None for k in HEAD_SIGNALS)
+    # the shipped slda device's novelty (a smaller one goes with a right prediction) and
+    # distance margin (a larger one does)
     from qcore.edge.device import Device
     from qcore.eval.metrics import auroc
 
     device = Device(load_artifact(tmp_path / "deployed-4bit.qcore"))
     test = _scenario(cfg).target_test
-    novelty = device.signals(test.X, normalized=True).novelty
+    sig = device.signals(test.X, normalized=True)
     right = device.predict(test.X, normalized=True) == test.y
-    assert rows["slda"]["target_auroc_novelty_before"] == pytest.approx(auroc(-novelty, right))
+    assert rows["slda"]["target_auroc_novelty_before"] == pytest.approx(auroc(-sig.novelty, right))
+    assert rows["slda"]["target_auroc_margin_before"] == pytest.approx(auroc(sig.margin, right))
     assert rows["slda"]["target_ece_before"] != rows["none"]["target_ece_before"]
     assert rows["none"]["target_acc_before"] == rows["backprop-source"]["target_acc"]
 

@@ -12,8 +12,8 @@ A method's *confidence* in a window is the probability it gives its own predicti
 
 :func:`measure_test_sets` gives a results row's accuracy, expected calibration error and
 reliability bins on the source and target test sets, and before the stream the AUROC with
-which the confidence (and minus the novelty) tells the target windows predicted wrong
-from those predicted right (:mod:`qcore.eval.metrics`).
+which the confidence (and minus the novelty, and the distance margin) tells the target
+windows predicted wrong from those predicted right (:mod:`qcore.eval.metrics`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def measure_test_sets(cal: Any, sc: Scenario, suffix: str = "") -> dict[str, Any
     """``{source,target}_acc``, ``{source,target}_ece`` and ``{source,target}_reliability``
     (``[mean confidence, accuracy, count]`` per non-empty bin) of ``cal`` as it predicts
     now, each key ending in ``suffix``; with ``suffix="_before"`` also
-    ``target_auroc_before`` (the confidence) and ``target_auroc_novelty_before`` (minus
-    the novelty) for telling right target predictions from wrong ones. A value that cannot
-    be measured (no confidence, no novelty, every prediction right or none) is None."""
+    ``target_auroc_before`` (the confidence), ``target_auroc_novelty_before`` (minus
+    the novelty) and ``target_auroc_margin_before`` (the distance margin) for telling
+    right target predictions from wrong ones. A value that cannot be measured (no
+    confidence, no novelty or margin, every prediction right or none) is None."""
     out: dict[str, Any] = {}
     calib: dict[str, Any] = {}
     for name, split in (("source", sc.source_test), ("target", sc.target_test)):
@@ -71,8 +72,10 @@ def measure_test_sets(cal: Any, sc: Scenario, suffix: str = "") -> dict[str, Any
         calib[f"{name}_reliability{suffix}"] = [list(b) for b in bins] if bins else None
         if name == "target" and suffix == "_before":
             novelty = None if sig is None else sig.novelty
+            margin = None if sig is None else sig.margin
             calib["target_auroc_before"] = None if conf is None else auroc(conf, right)
             calib["target_auroc_novelty_before"] = (
                 None if novelty is None else auroc(-novelty, right)
             )
+            calib["target_auroc_margin_before"] = None if margin is None else auroc(margin, right)
     return {**out, **calib}

@@ -38,7 +38,8 @@ from qcore.eval.metrics import groups, mean_std
 # how well the method's confidence is calibrated (qcore.eval.calibration); None in rows
 # of results.json files written before the runner measured it
 CALIBRATION = ("target_ece_before", "target_ece", "source_ece_before", "source_ece",
-               "target_auroc_before", "target_auroc_novelty_before")  # fmt: skip
+               "target_auroc_before", "target_auroc_novelty_before",
+               "target_auroc_margin_before")  # fmt: skip
 CSV_COLUMNS = (
     "dataset",
     "scenario",
@@ -176,13 +177,14 @@ def _fmt(values: list, digits: int = 3) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """Mean ± std over seeds per dataset / scenario / bits / method (Markdown): the
-    accuracies, the expected calibration errors and the target AUROC before the stream
-    ("-" where no seed measured it), the device's time and bytes."""
+    accuracies, the expected calibration errors and the target AUROCs (confidence, distance
+    margin) before the stream ("-" where no seed measured it), the device's time and bytes."""
     head = (
         "| dataset | scenario | bits | method | seeds | target before | target after "
         "| source before | source after | target ECE before | target ECE after "
-        "| source ECE after | target AUROC before | s / step | device bytes |\n"
-        f"|{'---|' * 15}\n"
+        "| source ECE after | target AUROC before | margin AUROC before | s / step "
+        "| device bytes |\n"
+        f"|{'---|' * 16}\n"
     )
     lines = []
     for (d, sc, b, m), g in sorted(groups(rows, ("dataset", "scenario", "bits", "method")).items()):
@@ -192,7 +194,8 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {_fmt(col['target_acc'])} | {_fmt(col['source_acc_before'])} "
             f"| {_fmt(col['source_acc'])} | {_fmt(col['target_ece_before'])} "
             f"| {_fmt(col['target_ece'])} | {_fmt(col['source_ece'])} "
-            f"| {_fmt(col['target_auroc_before'])} | {_fmt(col['step_seconds'])} "
+            f"| {_fmt(col['target_auroc_before'])} "
+            f"| {_fmt(col['target_auroc_margin_before'])} | {_fmt(col['step_seconds'])} "
             f"| {int(np.mean(col['device_bytes']))} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -340,7 +343,8 @@ def write_report(out_dir: Path, rows: list[dict], steps: list[dict]) -> None:
         "Accuracies on the test sets before (deployed model) and after the stream; ECE: "
         "expected calibration error of the method's confidence (10 equal-width bins); "
         "target AUROC before: how well that confidence tells the wrong target predictions "
-        "before the stream from the right ones (-: not measured); s / step: device "
+        "before the stream from the right ones (-: not measured); margin AUROC before: the "
+        "same for the device's distance margin (streaming head only); s / step: device "
         "seconds per calibration step; device bytes: model + buffers.\n\n" + markdown_table(rows)
     )
     (out_dir / "summary.md").write_text(summary_table(rows))

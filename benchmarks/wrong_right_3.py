@@ -20,9 +20,11 @@ right predictions from its wrong ones (higher = more likely right):
   fitted on those runs' cells and scoring the runs given.
 
 A cell where the device is right on every window has no AUROC (None); the last lines are
-the means over the cells that have one, per pair and over all.
+the means over the cells that have one, per pair and over all. ``--why`` prints instead,
+per cell, the radii (in class order) and the median ``d2[pred] / rho_pred`` of the wrong
+and of the right windows.
 
-    .venv/bin/python benchmarks/wrong_right_3.py RUN_DIR... [--fit-on RUN_DIR...] > OUT.txt
+    .venv/bin/python benchmarks/wrong_right_3.py [--why] RUN_DIR... [--fit-on RUN_DIR...]
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ def windows(art_path: Path, sc, seed: int, batch: int) -> dict:
         ranks = rankdata(sig.margin[part]) + rankdata(-ratio[part])
         rank_mean[part] = ranks / 2.0 / len(ranks)
     return {
+        "rho": rho,
+        "ratio_wrong_right": (
+            np.median(ratio[pred != y]) if (pred != y).any() else None,
+            np.median(ratio[pred == y]),
+        ),
         "right": pred == y,
         "conf": sig.confidence,
         "dmargin": sig.margin,
@@ -158,8 +165,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--fit-on", nargs="+", type=Path, help="the logistic's training runs")
+    ap.add_argument("--why", action="store_true", help="radii and median d2/rho instead")
     args = ap.parse_args()
     cells = load(args.runs)
+    if args.why:
+        for _, name, w in cells:
+            wrong, right = (
+                None if v is None else round(float(v), 2) for v in w["ratio_wrong_right"]
+            )
+            print(name, "rho", np.round(w["rho"], 1).tolist(), "median d2/rho wrong", wrong,
+                  "right", right)  # fmt: skip
+        return
     fixed = fit_logistic([w for _, _, w in load(args.fit_on)]) if args.fit_on else None
     rows: dict[str, list[dict]] = {}
     for pair, name, w in cells:

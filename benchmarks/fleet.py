@@ -6,10 +6,10 @@ curve, the FedAvg baseline); this script runs it with one worker and one thread,
 under ``OUT`` are reused.
 
     .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet [--datasets hapt,usc-had]
-    .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet --validate
+    .venv/bin/python benchmarks/fleet.py --out docs/bench-fleet --validate [--rule 2]
 
-``--validate`` runs the validation of docs/fleet-privacy.md (:mod:`qcore.eval.fleet_validate`)
-on the devices already computed under ``OUT``.
+``--validate`` runs the validation of docs/fleet-privacy.md (:mod:`qcore.eval.fleet_validate`;
+its third rule, or with ``--rule 2`` its second) on the devices already computed under ``OUT``.
 """
 
 from __future__ import annotations
@@ -26,19 +26,21 @@ from qcore.eval.fleet_bench import run_fleet  # noqa: E402
 from qcore.eval.grid import make_grid  # noqa: E402
 
 
-def validate(grid, out: Path, diagnose: bool = False) -> None:
-    """Rows of every pair to ``OUT/privacy-validate-DATASET.json``; the table printed (with
-    ``diagnose``, then the projection's cost alone per pair)."""
+def validate(grid, out: Path, diagnose: bool = False, rule: int = 3) -> None:
+    """Rows of every pair to ``OUT/privacy-validate-DATASET.json`` (the third rule:
+    ``privacy-validate3-DATASET.json``); the table printed (with ``diagnose``, then the
+    projection's cost alone per pair)."""
     from qcore.core.fileio import write_json_atomic
     from qcore.eval.fleet_bench import pair_dir
-    from qcore.eval.fleet_validate import projection_gap, summary_lines, validate_pair
+    from qcore.eval.fleet_validate import RULES, projection_gap, summary_lines, validate_pair
 
     rows = []
     for cfg in grid.cells():
-        got = validate_pair(pair_dir(out, cfg))
-        write_json_atomic(out / f"privacy-validate-{cfg.dataset}.json", got)
+        got = validate_pair(pair_dir(out, cfg), rule)
+        name = "privacy-validate" + ("3" if rule == 3 else "")
+        write_json_atomic(out / f"{name}-{cfg.dataset}.json", got)
         rows += got
-    print("\n".join(summary_lines(rows)))
+    print("\n".join(summary_lines(rows, RULES[rule])))
     for cfg in grid.cells() if diagnose else ():
         gap = projection_gap(pair_dir(out, cfg))
         print(f"{cfg.dataset}: projected, no clip, no noise: median gap {gap:+.3f}")
@@ -57,12 +59,16 @@ def main() -> None:
         "--diagnose", action="store_true",
         help="with --validate: also the projection's cost without clip or noise",
     )  # fmt: skip
+    ap.add_argument(
+        "--rule", type=int, choices=(2, 3), default=3,
+        help="with --validate: which rule of docs/fleet-privacy.md (default 3)",
+    )  # fmt: skip
     args = ap.parse_args()
     sets = []
     if args.datasets:
         sets = ["pairs=" + ",".join(f"{d}:1:2" for d in args.datasets.split(","))]
     if args.validate:
-        validate(make_grid("fleet", sets), args.out, args.diagnose)
+        validate(make_grid("fleet", sets), args.out, args.diagnose, args.rule)
         return
     res = run_fleet(make_grid("fleet", sets), args.out, workers=args.workers)
     print((args.out / "fleet.md").read_text())

@@ -1,5 +1,6 @@
-"""The projected share (qcore.edge.share_forms): its public subspace, the server's lift back
-to the head's dimensions, its clip and noise, its refusals."""
+"""The projected share (qcore.edge.share_forms) and the means-only share
+(qcore.edge.share_means): the public subspace, the server's lift back to the head's
+dimensions, their clip and noise, their refusals."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from qcore.edge.share_forms import (
     projected_share,
     projected_stats,
 )
+from qcore.edge.share_means import means_share, means_stats
 from qcore.errors import QCoreError
 
 K, D = 4, 10
@@ -117,3 +119,64 @@ def test_projected_shares_refuse_what_they_cannot_stand_for() -> None:
         projected_stats([wide], deployed, sub, NAMES)
     with pytest.raises(QCoreError, match="subspace"):
         lift(batch_stats(x, y, K), deployed, sub)
+
+
+def test_a_full_rank_means_only_merge_has_the_fleets_means_and_the_deployed_covariance() -> None:
+    deployed, x, y = deployed_and_fleet(5)
+    sub = discriminant_subspace(deployed, 1e-3, rank=D)
+    shares = [means_share(x[i::3], y[i::3], deployed, sub, NAMES) for i in range(3)]
+    assert all(s.second.shape == (0, 0) for s in shares)
+    got, want = means_stats(shares, deployed, sub, NAMES), batch_stats(x, y, K)
+    assert np.array_equal(got.count, want.count)
+    assert np.abs(got.mean - want.mean).max() <= 1e-5 * np.abs(want.mean).max()
+    shape = len(y) * sub.cov  # the deployed shrunk covariance for each of the fleet's windows
+    assert np.abs(got.scatter - shape).max() <= 1e-5 * np.abs(shape).max()
+
+
+def test_a_projected_means_only_merge_moves_the_means_inside_the_subspace_only() -> None:
+    deployed, x, y = deployed_and_fleet(6)
+    sub = discriminant_subspace(deployed, 1e-3)
+    shares = [means_share(x[i::2], y[i::2], deployed, sub, NAMES) for i in range(2)]
+    got = means_stats(shares, deployed, sub, NAMES)
+    offsets = got.mean.astype(np.float64) - deployed.mean.astype(np.float64)
+    inside = batch_stats(project(x, y, deployed, sub), y, K).mean.astype(np.float64)
+    assert np.abs(offsets @ sub.to.T - inside).max() <= 1e-4 * np.abs(inside).max()
+    assert np.abs(offsets - inside @ sub.back.T).max() <= 1e-4 * np.abs(offsets).max()
+    shape = len(y) * sub.cov
+    assert np.abs(got.scatter - shape).max() <= 1e-5 * np.abs(shape).max()
+
+
+def test_a_private_means_only_share_clips_and_has_the_two_part_scale() -> None:
+    deployed, x, y = deployed_and_fleet(7)
+    sub = discriminant_subspace(deployed, 1e-3, rank=D)
+    clip = 0.5
+    clean = means_share(x, y, deployed, sub, NAMES, clip=clip)
+    for i in range(5):  # one window more or less moves the sums by at most the clip
+        fewer = means_share(np.delete(x, i, 0), np.delete(y, i), deployed, sub, NAMES, clip=clip)
+        assert np.linalg.norm(clean.sums - fewer.sums) <= clip * (1 + 1e-6)
+    sigma = noise_multiplier(4.0, 1e-5) * math.sqrt(2.0)
+    counts, sums = [], []
+    for seed in range(40):
+        noisy = means_share(x, y, deployed, sub, NAMES, "", (4.0, 1e-5, clip), seed)
+        assert noisy.privacy == pytest.approx((4.0, 1e-5, clip, sigma))
+        assert noisy.second.shape == (0, 0)
+        counts.append(noisy.count - clean.count)
+        sums.append((noisy.sums - clean.sums) / clip)
+    assert np.std(sums) == pytest.approx(sigma, rel=0.1)  # 1,600 entries
+    assert np.std(counts) == pytest.approx(sigma, rel=0.2)  # 160 counts
+
+
+def test_means_only_shares_refuse_what_they_cannot_stand_for() -> None:
+    deployed, x, y = deployed_and_fleet(8)
+    sub = discriminant_subspace(deployed, 1e-3)
+    with pytest.raises(QCoreError, match="exactly the deployed classes"):
+        means_share(x, y, deployed, sub, NAMES[:3])
+    share = means_share(x, y, deployed, sub, NAMES)
+    with pytest.raises(QCoreError, match="exactly the deployed classes"):
+        means_stats([share], deployed, sub, NAMES[:3])
+    projected = projected_share(x, y, deployed, sub, NAMES)
+    with pytest.raises(QCoreError, match="no second moment"):
+        means_stats([projected], deployed, sub, NAMES)
+    wide = means_share(x, y, deployed, discriminant_subspace(deployed, 1e-3, rank=D), NAMES)
+    with pytest.raises(QCoreError, match="3-dimensional sums"):
+        means_stats([wide], deployed, sub, NAMES)

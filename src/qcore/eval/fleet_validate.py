@@ -14,10 +14,16 @@ without noise (``fleet_before``). Candidates (:data:`CANDIDATES`):
   discriminant subspace (``r = K - 1``), the clip the median / the largest ``|p|`` over the
   same held-out windows.
 
+The third rule's candidates (:data:`THIRD`, the default): means-only shares
+(:mod:`qcore.edge.share_means`) in all ``D`` whitened directions (``means-whitened-k``) or the
+``K - 1`` discriminant ones (``means-projected-k``), the clip ``k`` times the median ``|p|``
+over the source subject's held-out windows; its references without clip or noise:
+``means-only`` and ``means-only-projected`` (:data:`CLEAN_REFERENCES`).
+
 References, for reading only: ``centred`` and ``pooled`` (the shares the fleet preset's
 devices wrote: ``share-centred-*`` and ``share-fleet-*``). A device's statistics come from
 the windows it holds (no user-guard reset on any stream so far); noise is seeded by the
-device's subject number.
+device's subject number. :func:`pick` applies a rule's decision to the rows.
 """
 
 from __future__ import annotations
@@ -37,9 +43,19 @@ from qcore.eval.fleet_sites import (
     source_held_out,
 )
 
-CANDIDATES = ("centred-held", "projected", "projected-max")
+SECOND = ("centred-held", "projected", "projected-max")
+THIRD = tuple(f"means-whitened-{k}" for k in (1, 2, 4)) + tuple(
+    f"means-projected-{k}" for k in (2, 4, 8)
+)
+RULES = {2: SECOND, 3: THIRD}
+CLEAN_REFERENCES = {"means-only": None, "means-only-projected": None}  # name -> no clip
 REFERENCES = {"centred": "centred", "pooled": "fleet"}
-EPSILON = 4.0
+EPSILON, TIE = 4.0, 0.005
+
+
+def parts(name: str) -> int:
+    """How many parts a form's share sends (counts, sums and, but for means-only, ``Q``)."""
+    return 2 if name.startswith("means-") else 3
 
 
 def held_out_clips(folder: Path, deployed) -> dict[str, float]:
@@ -47,13 +63,17 @@ def held_out_clips(folder: Path, deployed) -> dict[str, float]:
     from qcore.edge.share_forms import discriminant_subspace, project
 
     x, y = source_held_out(folder, deployed)
-    head = deployed.head
-    sub = discriminant_subspace(head, deployed.device.head_shrinkage)
-    p_norms = np.linalg.norm(project(x, y, head, sub), axis=1)
+    head, shrink = deployed.head, deployed.device.head_shrinkage
+    p_norms = np.linalg.norm(project(x, y, head, discriminant_subspace(head, shrink)), axis=1)
+    wide = discriminant_subspace(head, shrink, rank=head.n_features)
+    w_median = float(np.median(np.linalg.norm(project(x, y, head, wide), axis=1)))
+    p_median = float(np.median(p_norms))
     return {
         "centred-held": held_out_clip(folder, deployed),
-        "projected": float(np.median(p_norms)),
+        "projected": p_median,
         "projected-max": float(p_norms.max()),
+        **{f"means-whitened-{k}": k * w_median for k in (1, 2, 4)},
+        **{f"means-projected-{k}": k * p_median for k in (2, 4, 8)},
         "n_held_out": float(len(y)),
     }
 
@@ -62,11 +82,33 @@ def candidate_art(name: str, deployed, others: list[Site], clip: float, eps: flo
     """The merged artifact of candidate ``name`` from the ``others`` devices."""
     from qcore.edge.fleet import merge_shares
 
+    privacy = None if eps is None else (eps, DELTA, clip)
     if name == "centred-held":
         return merge_shares(
             deployed, centred_held_shares(deployed, others, clip, eps, sha), None, sha
         )
-    return projected_art(deployed, others, clip, None if eps is None else (eps, DELTA, clip), sha)
+    if name.startswith("means-"):
+        return means_art(deployed, others, "whitened" in name, clip, privacy, sha)
+    return projected_art(deployed, others, clip, privacy, sha)
+
+
+def means_art(deployed, others: list[Site], whitened: bool, clip: float | None, privacy, sha):
+    """The merged artifact of the ``others`` devices' means-only shares in all whitened
+    directions (``whitened``) or the ``K - 1`` discriminant ones, clipped to ``clip`` (None:
+    unclipped), private under ``privacy`` (None: no noise)."""
+    from qcore.edge.fleet import grow_learnt, merge_parts
+    from qcore.edge.share_forms import discriminant_subspace
+    from qcore.edge.share_means import means_share, means_stats
+
+    head, classes = deployed.head, deployed.class_names
+    rank = head.n_features if whitened else None
+    sub = discriminant_subspace(head, deployed.device.head_shrinkage, rank)
+    shares = [
+        means_share(s.held[0], s.held[1], head, sub, classes, sha, privacy, s.subject, clip)
+        for s in others
+    ]
+    stats = means_stats(shares, head, sub, classes)
+    return merge_parts(deployed, [(grow_learnt(stats, 0), tuple(classes))])
 
 
 def projected_art(deployed, others: list[Site], clip: float | None, privacy, sha):
@@ -85,8 +127,9 @@ def projected_art(deployed, others: list[Site], clip: float | None, privacy, sha
     return merge_parts(deployed, [(grow_learnt(stats, 0), tuple(classes))])
 
 
-def validate_pair(folder: Path) -> list[dict]:
-    """One row per even-numbered site of the pair in ``folder``."""
+def validate_pair(folder: Path, rule: int = 3) -> list[dict]:
+    """One row per even-numbered site of the pair in ``folder``: ``rule``'s candidates (and,
+    for the third rule, its references without clip or noise)."""
     from qcore.edge.artifact import load_artifact
     from qcore.edge.fleet import merge_fleet, merge_shares, weigh_as
 
@@ -109,32 +152,63 @@ def validate_pair(folder: Path) -> list[dict]:
             for tag in ("clean", "eps4"):
                 art = merge_shares(deployed, [o.shares[f"{form}-{tag}"] for o in others], None, sha)
                 row[f"{ref}_{tag}"] = accuracy(weigh_as(art, total), site.test)[0]
-        for name in CANDIDATES:
+        for name in RULES[rule]:
             for eps in (None, EPSILON):
                 art = candidate_art(name, deployed, others, clips[name], eps, sha)
                 key = f"{name}_{'clean' if eps is None else 'eps4'}"
                 row[key] = accuracy(weigh_as(art, total), site.test)[0]
+        for name in CLEAN_REFERENCES if rule == 3 else ():
+            art = means_art(deployed, others, name == "means-only", None, None, sha)
+            row[f"{name}_clean"] = accuracy(weigh_as(art, total), site.test)[0]
         rows.append(row)
     return rows
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
-    """The decision table: per candidate and reference, the parts sent, ``gap`` per dataset
-    (median over sites of epsilon 4 - the unclipped merge without noise), their minimum, and
-    the median accuracies without noise / at epsilon 4."""
+def gaps(rows: list[dict], name: str, tag: str = "eps4") -> dict[str, float]:
+    """Per dataset, the median over its sites of ``NAME_TAG`` - ``fleet_before``."""
     sets = sorted({r["dataset"] for r in rows})
-    head = "| form | " + " | ".join(f"gap {d}" for d in sets) + " | min | "
+    return {
+        d: float(
+            np.median([r[f"{name}_{tag}"] - r["fleet_before"] for r in rows if r["dataset"] == d])
+        )
+        for d in sets
+    }
+
+
+def pick(rows: list[dict], candidates: tuple[str, ...]) -> tuple[str, bool]:
+    """A rule's decision: the candidate with the largest minimum ``gap`` over the datasets
+    (within :data:`TIE` of the best: fewer parts, then the earlier in ``candidates``), and
+    whether it is adopted (its minimum larger than ``centred``'s in the same rows)."""
+    mins = {n: min(gaps(rows, n).values()) for n in candidates}
+    best = max(mins.values())
+    tied = [n for n in candidates if mins[n] >= best - TIE - 1e-9]
+    chosen = min(tied, key=lambda n: (parts(n), candidates.index(n)))
+    return chosen, mins[chosen] > min(gaps(rows, "centred").values())
+
+
+def summary_lines(rows: list[dict], candidates: tuple[str, ...] = THIRD) -> list[str]:
+    """The decision table: per candidate and reference, the parts sent, ``gap`` per dataset
+    (median over sites of epsilon 4 - the unclipped merge without noise; for the references
+    without clip or noise, of their accuracy), their minimum, the median accuracies without
+    noise / at epsilon 4; then the rule's pick."""
+    sets = sorted({r["dataset"] for r in rows})
+    head = "| form | parts | " + " | ".join(f"gap {d}" for d in sets) + " | min | "
     head += " | ".join(f"{d} no noise / eps 4" for d in sets) + " |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(sets))]
-    for name in (*CANDIDATES, *REFERENCES):
-        gaps, accs = [], []
+    lines = [head, "|" + "---|" * (3 + 2 * len(sets))]
+    clean_refs = [n for n in CLEAN_REFERENCES if f"{n}_clean" in rows[0]]
+    for name in (*candidates, *REFERENCES, *clean_refs):
+        noisy = name not in CLEAN_REFERENCES
+        got = list(gaps(rows, name, "eps4" if noisy else "clean").values())
+        accs = []
         for d in sets:
             mine = [r for r in rows if r["dataset"] == d]
-            gaps.append(float(np.median([r[f"{name}_eps4"] - r["fleet_before"] for r in mine])))
-            clean, eps4 = (np.median([r[f"{name}_{t}"] for r in mine]) for t in ("clean", "eps4"))
-            accs.append(f"{clean:.3f} / {eps4:.3f}")
-        cells = [f"{g:+.3f}" for g in gaps] + [f"{min(gaps):+.3f}"] + accs
+            clean = float(np.median([r[f"{name}_clean"] for r in mine]))
+            eps4 = f"{np.median([r[f'{name}_eps4'] for r in mine]):.3f}" if noisy else "-"
+            accs.append(f"{clean:.3f} / {eps4}")
+        cells = [str(parts(name))] + [f"{g:+.3f}" for g in got] + [f"{min(got):+.3f}"] + accs
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    chosen, adopted = pick(rows, candidates)
+    lines.append(f"pick: {chosen}, {'adopted' if adopted else 'not adopted'}")
     return lines
 
 

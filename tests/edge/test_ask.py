@@ -229,6 +229,18 @@ def test_the_device_asks_among_the_windows_without_a_label_and_pseudo_labels_non
     assert asking(known, ask_fraction=None).step(X).ask == []
 
 
+def test_dmargin_asks_for_the_open_windows_of_smallest_distance_margin(known, tiny_xy) -> None:
+    X, y = stream(tiny_xy, 1)[0]
+    part = y.copy()
+    part[:5] = -1  # windows 5.. labelled: the device asks for 3 among 0-4
+    for labels, open_ in ((None, range(N)), (part, range(5))):
+        report = asking(known, ask_policy="dmargin").step(X, labels)
+        assert report.margin is not None and len(report.ask) == budget(N, 0.3)
+        assert set(report.ask) <= set(open_)
+        rest = [report.margin[i] for i in open_ if i not in report.ask]
+        assert max(report.margin[i] for i in report.ask) <= min(rest)
+
+
 def test_the_cli_round_trip(known, tiny_xy, tmp_path, capsys) -> None:
     art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
     save_artifact(art_path, known)

@@ -19,6 +19,8 @@ PROBS = np.array(
     ]
 )
 NOVELTY = np.array([0.5, 3.0, 1.0, 2.0, 4.0])
+# their distance margins: order 3, 0, 2 (0.4, tied: by index), 4, 1
+DMARGIN = np.array([0.4, 5.0, 0.4, 0.1, 2.0])
 
 
 def test_margin_asks_for_the_windows_the_head_is_least_sure_between() -> None:
@@ -52,7 +54,7 @@ def test_random_draws_from_its_generator_and_every_policy_keeps_the_budget() -> 
     b = ask("random", 3, PROBS, None, rng=np.random.default_rng(0))
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 3
     for policy in LABEL_POLICIES:
-        got = ask(policy, 3, PROBS, NOVELTY, np.zeros(3), np.random.default_rng(1))
+        got = ask(policy, 3, PROBS, NOVELTY, np.zeros(3), np.random.default_rng(1), margin=DMARGIN)
         assert len(got) == 3 and got.dtype == np.int64 and (np.diff(got) > 0).all()
     with pytest.raises(QCoreError, match="needs a random generator"):
         ask("random", 1, PROBS, None)
@@ -157,3 +159,33 @@ def test_margin_pairs_with_two_classes_is_margin_and_random_follows_its_generato
         assert 3 in got
         second |= set(got) - {3}
     assert second == {0, 1, 2, 4}
+
+
+def test_dmargin_asks_for_the_smallest_distance_margins_ties_by_index() -> None:
+    assert ask("dmargin", 1, PROBS, None, margin=DMARGIN).tolist() == [3]
+    assert ask("dmargin", 2, PROBS, None, margin=DMARGIN).tolist() == [0, 3]  # 0 before 2
+    assert ask("dmargin", 3, PROBS, None, margin=DMARGIN).tolist() == [0, 2, 3]
+    assert ask("dmargin", 0, PROBS, None, margin=DMARGIN).tolist() == []
+    # not the calibrated margin's order (3, 1, 2, 4, 0) nor the novelty's
+    assert ask("margin", 2, PROBS, None, margin=DMARGIN).tolist() == [1, 3]
+    # many ties keep the window order; a head of one class has every margin infinite
+    rng = np.random.default_rng(0)
+    level = rng.integers(0, 3, 60).astype(float)
+    want = [int(i) for i in np.flatnonzero(level == 0)[:12]]
+    assert ask("dmargin", 12, np.full((60, 2), 0.5), None, margin=level).tolist() == want
+    assert ask("dmargin", 2, np.ones((4, 1)), None, margin=np.full(4, np.inf)).tolist() == [0, 1]
+
+
+def test_dmargin_keeps_the_budget_and_says_what_it_misses() -> None:
+    for k in range(6):
+        got = ask(
+            "dmargin", k, PROBS, NOVELTY, np.zeros(3), np.random.default_rng(0), margin=DMARGIN
+        )
+        assert len(got) == k and got.dtype == np.int64 and (np.diff(got) > 0).all()
+    message = r"^label_policy dmargin needs the device's distance margin \(a streaming head\)$"
+    with pytest.raises(QCoreError, match=message):
+        ask("dmargin", 1, PROBS, NOVELTY)
+    with pytest.raises(QCoreError, match=r"one per window \(5\), got \(4,\)"):
+        ask("dmargin", 1, PROBS, None, margin=DMARGIN[:4])
+    with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
+        ask("dmargin", 6, PROBS, None, margin=DMARGIN)

@@ -134,15 +134,17 @@ def test_a_chosen_policy_gives_every_method_the_masks_the_shipped_device_asks(ru
 
 class _Stub:
     """A device with classes a, b, c whose calibrated probabilities are the same on every
-    batch: window 0 (class a) is the one it is least sure of, then 3 (a), 1 (b), 2 (c)."""
+    batch: window 0 (class a) is the one it is least sure of, then 3 (a), 1 (b), 2 (c);
+    by its distance margin, 2 then 3, 1, 0."""
 
     label_names = ("a", "b", "c")
 
     def __init__(self) -> None:
         self.art = SimpleNamespace(class_names=self.label_names)
         probs = np.array([[0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+        apart = np.array([3.0, 2.0, 0.5, 1.0])
         self.device = SimpleNamespace(signals=lambda X, normalized: SimpleNamespace(
-            probs=probs, novelty=np.zeros(len(X))))  # fmt: skip
+            probs=probs, novelty=np.zeros(len(X)), margin=apart))  # fmt: skip
         self.given: list[list[int]] = []
 
     def observe(self, batch: Batch) -> None:
@@ -163,6 +165,14 @@ def test_cover_asks_for_a_class_without_labels_before_a_labelled_one():
     assert stub.given == [[0, -1, -1, -1], [-1, 1, -1, -1], [-1, -1, 2, -1]]
     assert label_requests.classes_never_labelled(stream, plain) == 2
     assert label_requests.classes_never_labelled(stream, cover) == 0
+
+
+def test_dmargin_asks_by_the_reference_device_s_distance_margin():
+    stream = [Batch(np.zeros((4, 1, 2), dtype=np.float32), np.array([0, 1, 2, 0]))] * 2
+    stub = _Stub()
+    masks = label_requests.requested_masks(stub, stream, "dmargin", 0.5, 0)
+    assert [np.flatnonzero(m).tolist() for m in masks] == [[2, 3], [2, 3]]
+    assert stub.given == [[-1, -1, 2, 0]] * 2
 
 
 def test_the_grid_runs_each_policy_where_it_chooses(monkeypatch):

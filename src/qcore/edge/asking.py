@@ -17,7 +17,11 @@ what its prediction already computed (:mod:`qcore.edge.signals`). A ``label_poli
   about in this batch waits until every pair (class) of the batch has one window asked, so
   a few labels are not all spent on one confusion;
 * ``margin-random``: the first ``ceil(k / 2)`` windows by ``margin``, the others drawn
-  uniformly (seeded) from the rest of the batch.
+  uniformly (seeded) from the rest of the batch;
+* ``dmargin``: the windows with the smallest distance margin (the Mahalanobis distance to
+  the second-nearest class mean minus that to the nearest, ``Signals.margin``): those
+  most likely wrong. Unlike ``margin`` it carries no novelty temperature, which lowers
+  the calibrated probabilities of right windows too.
 
 Ties are broken by window index, so the same batch always gets the same request. NumPy
 only.
@@ -38,6 +42,7 @@ LABEL_POLICIES = (
     "margin-pairs",
     "margin-top",
     "margin-random",
+    "dmargin",
 )
 
 
@@ -56,13 +61,16 @@ def ask(
     novelty: np.ndarray | None,
     labelled: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    *,
+    margin: np.ndarray | None = None,
 ) -> np.ndarray:
     """The indices int64 (sorted) of the ``k`` windows to ask labels for.
 
     ``probs``: the batch's calibrated class probabilities float ``(n, K)``; ``novelty``
     ``(n,)`` (needed by the ``novel`` policies); ``labelled``: target labels received so
     far per class ``(K,)`` (the ``-cover`` policies; None: none yet); ``rng``: the draw
-    of ``random`` and ``margin-random``.
+    of ``random`` and ``margin-random``; ``margin``: the distance margin ``(n,)`` (needed
+    by ``dmargin``).
     """
     if policy not in LABEL_POLICIES:
         raise QCoreError(f"unknown label_policy {policy!r}: choose {', '.join(LABEL_POLICIES)}")
@@ -74,6 +82,8 @@ def ask(
     if policy == "random":
         assert rng is not None
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+    if policy == "dmargin":
+        return np.sort(_by_distance_margin(margin, n)[:k]).astype(np.int64)
     order = _order(policy.split("-")[0], probs, novelty)
     if policy.endswith("-cover"):
         order = _cover_first(order, probs.argmax(axis=1), labelled, probs.shape[1])
@@ -117,6 +127,18 @@ def _order(kind: str, probs: np.ndarray, novelty: np.ndarray | None) -> np.ndarr
     top = np.sort(np.asarray(probs, dtype=np.float64), axis=1)
     margin = top[:, -1] - (top[:, -2] if top.shape[1] > 1 else 0.0)
     return np.argsort(margin, kind="stable")
+
+
+def _by_distance_margin(margin: np.ndarray | None, n: int) -> np.ndarray:
+    """Window indices in increasing distance margin (stable: ties by index)."""
+    if margin is None:
+        raise QCoreError(
+            "label_policy dmargin needs the device's distance margin (a streaming head)"
+        )
+    m = np.asarray(margin, dtype=np.float64)
+    if m.shape != (n,):
+        raise QCoreError(f"the distance margin must be one per window ({n}), got {m.shape}")
+    return np.argsort(m, kind="stable")
 
 
 def _cover_first(

@@ -217,7 +217,9 @@ class Device:
         detector = copy.deepcopy(self.detector)  # committed only if the step succeeds
         due, fired = is_due(self.policy, self.config, new_step, detector, seen.probs, seen.novelty)
         counts = draft.runtime.label_counts(draft.names)
-        ask = asked(self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step)
+        ask = asked(
+            self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step, seen.margin
+        )
         tau = None if self.head is None else self.config.pseudo_threshold
         pseudo = not_asked(pseudo_labelled(tau, seen.labels, seen.probs), ask) if due else None
         calibrate = due and (seen.mask is not None or pseudo is not None)

@@ -34,8 +34,15 @@ def test_the_fleet_preset_runs_resumes_and_reports(local_fleet, capsys) -> None:
     for r in res.rows:
         assert r["fleet_before"] == pytest.approx(r["central"], abs=0.02)  # the merge is exact
         assert r["pred_diff"] <= 1 and r["stats_diff"] < 1e-4
-        for key in ("fleet_eps4", "centred_eps1", "fedavg_m100_r20", "own"):
+        for key in (
+            "fleet_eps4",
+            "centred_eps1",
+            "means-whitened-4_eps4",
+            "fedavg_m100_r20",
+            "own",
+        ):
             assert 0.0 <= r[key] <= 1.0
+        assert r["clip_means"] > 0.0
     for name in ("sites.csv", "fleet.md", "fleet.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "## synthetic: 3 sites" in (tmp_path / "fleet.md").read_text()

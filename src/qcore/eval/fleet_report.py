@@ -72,7 +72,8 @@ def privacy_lines(rows: list[dict]) -> list[str]:
     lines = [
         "",
         f"### Privacy (delta {DELTA:g}; clips: C = {rows[0]['clip']:.3f}, centred C_c = "
-        f"{rows[0]['clip_centred']:.3f}, held-out centred C_h = {rows[0]['clip_held']:.3f}); "
+        f"{rows[0]['clip_centred']:.3f}, held-out centred C_h = {rows[0]['clip_held']:.3f}, "
+        f"means-only whitened C_m = {rows[0]['clip_means']:.3f}); "
         f"merge without noise, unclipped: {base:.3f}",
         "",
         "| share | clipped, no noise | "

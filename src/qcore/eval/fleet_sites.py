@@ -1,6 +1,9 @@
 """The rows of the ``fleet`` preset: each new site merged from the other devices of its
 fleet (:mod:`qcore.eval.fleet_bench` runs the devices; its docstring says what each column
-measures), and the FedAvg baseline on the same windows."""
+measures), and the FedAvg baseline on the same windows. The columns of the private forms
+the devices do not write are made here from each device's held windows: ``centred-held_*``
+(the second rule's pick, clip ``clip_held``) and ``means-whitened-4_*`` (the third rule's,
+:func:`means_art`, clip ``clip_means``; docs/fleet-privacy.md)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ from qcore.core.fileio import write_json_atomic
 DELTA, EPSILONS = 1e-5, (1, 2, 4, 8)
 FORMS = {
     "fleet": "clipped devices (counts, sums, second moment)",
-    "centred": "centred (chosen)",
+    "centred": "centred (first rule's pick)",
     "centred-held": "centred, held-out clip (second rule's pick, not adopted)",
+    "means-whitened-4": "means-only, whitened (third rule's pick, adopted: chosen)",
 }
+MEANS_K = 4  # means-whitened-4's clip: 4 x the median whitened |x - μ_y| of the held-out windows
 FILE_FORMS = ("fleet", "centred")  # the forms whose shares the devices write
 ROUNDS, LR_MULTS, BATCH = (1, 5, 20), (1, 100, 10_000, 1_000_000), 32
 FEDAVG = tuple(f"fedavg_m{m:g}_r{r}" for m in LR_MULTS for r in ROUNDS)
@@ -26,8 +31,8 @@ PRIVATE = tuple(f"{f}_{e}" for f in FORMS for e in ("clipped", *(f"eps{e}" for e
 FIELDS = (
     "dataset", "site", "n_test", "deployed", "own", "fleet_before", "fleet_after", "central",
     "fleet_after_pooled", "pred_diff", "stats_diff", "bytes32", "bytes16", "resets",
-    "clip", "clip_centred", "clip_held", "clip_resets", *PRIVATE, "fedavg_r0", *FEDAVG,
-    "fedavg_bytes_round",
+    "clip", "clip_centred", "clip_held", "clip_means", "clip_resets", *PRIVATE, "fedavg_r0",
+    *FEDAVG, "fedavg_bytes_round",
 )  # fmt: skip
 
 
@@ -102,6 +107,37 @@ def held_out_clip(folder: Path, deployed) -> float:
     source subject's held-out windows, ``μ`` the deployed class means."""
     x, y = source_held_out(folder, deployed)
     return float(np.median(np.linalg.norm(x - deployed.head.mean.astype(np.float64)[y], axis=1)))
+
+
+def means_clip(folder: Path, deployed, k: float = MEANS_K) -> float:
+    """``means-whitened-k``'s clip (docs/fleet-privacy.md, the third rule): ``k`` times the
+    median of ``|Σ^(-1/2) (x - μ_y)|`` over the source subject's held-out windows."""
+    from qcore.edge.share_forms import discriminant_subspace, project
+
+    x, y = source_held_out(folder, deployed)
+    head = deployed.head
+    wide = discriminant_subspace(head, deployed.device.head_shrinkage, head.n_features)
+    return k * float(np.median(np.linalg.norm(project(x, y, head, wide), axis=1)))
+
+
+def means_art(deployed, others: list[Site], whitened: bool, clip: float | None, privacy, sha):
+    """The merged artifact of the ``others`` devices' means-only shares
+    (:mod:`qcore.edge.share_means`) in all whitened directions (``whitened``) or the ``K -
+    1`` discriminant ones, each from the device's held windows, clipped to ``clip`` (None:
+    unclipped), private under ``privacy`` (None: no noise; noise seeded by the subject)."""
+    from qcore.edge.fleet import grow_learnt, merge_parts
+    from qcore.edge.share_forms import discriminant_subspace
+    from qcore.edge.share_means import means_share, means_stats
+
+    head, classes = deployed.head, deployed.class_names
+    rank = head.n_features if whitened else None
+    sub = discriminant_subspace(head, deployed.device.head_shrinkage, rank)
+    shares = [
+        means_share(s.held[0], s.held[1], head, sub, classes, sha, privacy, s.subject, clip)
+        for s in others
+    ]
+    stats = means_stats(shares, head, sub, classes)
+    return merge_parts(deployed, [(grow_learnt(stats, 0), tuple(classes))])
 
 
 def centred_held_shares(deployed, others: list[Site], clip: float, eps, sha: str) -> list:
@@ -202,12 +238,15 @@ def site_row(deployed, meta: dict, site: Site, others: list[Site]) -> dict:
     private = {}
     for form in FORMS:
         for tag in ("clean", *(f"eps{e}" for e in EPSILONS)):
-            if form == "centred-held":
-                eps = None if tag == "clean" else float(tag[3:])
+            eps = None if tag == "clean" else float(tag[3:])
+            if form == "means-whitened-4":
+                privacy = None if eps is None else (eps, DELTA, meta["clip_means"])
+                art = means_art(deployed, others, True, meta["clip_means"], privacy, sha)
+            elif form == "centred-held":
                 shares = centred_held_shares(deployed, others, meta["clip_held"], eps, sha)
+                art = merge_shares(deployed, shares, None, sha)
             else:
-                shares = [s.shares[f"{form}-{tag}"] for s in others]
-            art = merge_shares(deployed, shares, None, sha)
+                art = merge_shares(deployed, [s.shares[f"{form}-{tag}"] for s in others], None, sha)
             key = f"{form}_{'clipped' if tag == 'clean' else tag}"
             private[key] = accuracy(weigh_as(art, total), site.test)[0]
     solved = solve_head(deployed.head, deployed.device)
@@ -228,6 +267,7 @@ def site_row(deployed, meta: dict, site: Site, others: list[Site]) -> dict:
         "stats_diff": stats_diff(merged.head, central.head),
         "bytes32": part.nbytes, "bytes16": part.nbytes // 2, "resets": site.resets,
         "clip": meta["clip"], "clip_centred": meta["clip_centred"], "clip_held": meta["clip_held"],
+        "clip_means": meta["clip_means"],
         "clip_resets": site.clip_resets, **private,
         "fedavg_r0": linear_accuracy(solved.weight, solved.bias, site.test_feats, site.test[1]),
         **fed, "fedavg_bytes_round": 2 * 4 * (solved.weight.size + solved.bias.size),
@@ -248,7 +288,11 @@ def pair_rows(folder: Path) -> list[dict]:
         if got.get("key") == key:
             return got["rows"]
     deployed = load_artifact(folder / "deployed.qcore")
-    meta = {**meta, "clip_held": held_out_clip(folder, deployed)}
+    meta = {
+        **meta,
+        "clip_held": held_out_clip(folder, deployed),
+        "clip_means": means_clip(folder, deployed),
+    }
     sites = [load_site(folder, s) for s in meta["subjects"]]
     rows = [site_row(deployed, meta, s, [o for o in sites if o is not s]) for s in sites]
     write_json_atomic(cached, {"key": key, "rows": rows})

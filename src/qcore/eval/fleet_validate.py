@@ -39,6 +39,7 @@ from qcore.eval.fleet_sites import (
     centred_held_shares,
     held_out_clip,
     load_site,
+    means_art,
     read_meta,
     source_held_out,
 )
@@ -90,25 +91,6 @@ def candidate_art(name: str, deployed, others: list[Site], clip: float, eps: flo
     if name.startswith("means-"):
         return means_art(deployed, others, "whitened" in name, clip, privacy, sha)
     return projected_art(deployed, others, clip, privacy, sha)
-
-
-def means_art(deployed, others: list[Site], whitened: bool, clip: float | None, privacy, sha):
-    """The merged artifact of the ``others`` devices' means-only shares in all whitened
-    directions (``whitened``) or the ``K - 1`` discriminant ones, clipped to ``clip`` (None:
-    unclipped), private under ``privacy`` (None: no noise)."""
-    from qcore.edge.fleet import grow_learnt, merge_parts
-    from qcore.edge.share_forms import discriminant_subspace
-    from qcore.edge.share_means import means_share, means_stats
-
-    head, classes = deployed.head, deployed.class_names
-    rank = head.n_features if whitened else None
-    sub = discriminant_subspace(head, deployed.device.head_shrinkage, rank)
-    shares = [
-        means_share(s.held[0], s.held[1], head, sub, classes, sha, privacy, s.subject, clip)
-        for s in others
-    ]
-    stats = means_stats(shares, head, sub, classes)
-    return merge_parts(deployed, [(grow_learnt(stats, 0), tuple(classes))])
 
 
 def projected_art(deployed, others: list[Site], clip: float | None, privacy, sha):

@@ -311,6 +311,45 @@ def test_reset_command(parts, tmp_path, capsys) -> None:
     assert "nothing to reset" in capsys.readouterr().err
 
 
+class _Writes(io.StringIO):
+    """A text stream that keeps every ``write`` call's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_device_lines_are_written_whole(parts, tmp_path, monkeypatch) -> None:
+    """Every JSON line of ``qcore device`` (a step, a bad batch, a batch already consumed,
+    the summary on stderr) reaches its stream in one write with its newline: a kill can
+    land between two writes, and with unbuffered output ``print`` writes the newline
+    apart."""
+    art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
+    save_artifact(art_path, make_art(parts))
+    write_stream(parts, tmp_path / "s", 2)
+    (tmp_path / "s" / "999.npz").write_bytes(b"not a batch")
+    run = ["device", str(art_path), "--stream", str(tmp_path / "s"), "--state", str(state)]
+    for again in (False, True):  # the second run finds its batches already consumed
+        if again:
+            (tmp_path / "s" / "999.npz").unlink()
+        out, err = _Writes(), _Writes()
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert main(run) == 0
+        monkeypatch.undo()
+        for calls in (out.calls, err.calls):
+            assert calls and all(c.endswith("\n") and c.count("\n") == 1 for c in calls)
+        kinds = {
+            next(k for k in ("step", "error", "skipped") if k in json.loads(c)) for c in out.calls
+        }
+        assert kinds == ({"skipped"} if again else {"error", "step"})
+        assert "processed" in json.loads(err.calls[-1])
+
+
 @pytest.mark.parametrize("guard", ["pass", "layer", "off"])
 def test_run_config_guard_names_accepted(parts, guard: str) -> None:
     dev = make_device(make_art(parts), guard=guard, guard_margin=1.0)

@@ -10,9 +10,9 @@ also turns errors and signals into exit codes). The commands need nothing beyond
 ``qcore device`` reads labelled batches of *un-normalised* windows, either the ``*.npz``
 files of a folder in sorted name order, or ``--stream -``: length-prefixed ``.npz`` frames
 on stdin (the transport is :mod:`qcore.edge.batches`). After every step the state is
-saved atomically and one JSON line is printed; a bad batch prints
-``{"batch": ..., "error": ...}`` instead, is skipped and changes nothing. A final summary
-goes to stderr. The label round trip (:mod:`qcore.edge.pending`): ``--requests FILE``
+saved atomically and one JSON line is printed, text and newline in one write; a bad batch
+prints ``{"batch": ..., "error": ...}`` instead, is skipped and changes nothing. A final
+summary goes to stderr. The label round trip (:mod:`qcore.edge.pending`): ``--requests FILE``
 appends the windows each step asks labels for, ``--answers FILE`` brings labels back
 before any batch is read (all of them learnt, or none and an error); the command may
 run with answers alone.
@@ -144,7 +144,7 @@ def _cmd_device(args: argparse.Namespace) -> None:
         done = device.answer(answers)  # all or nothing: a refused file changes nothing
         save_state(args.state, device.art)
         answered = done.learnt
-        print(json.dumps({"answers": args.answers, **done.to_dict()}), flush=True)
+        _line({"answers": args.answers, **done.to_dict()})
     processed = skipped = repeated = 0
     if args.stream is not None:
         if args.stream == "-":
@@ -165,9 +165,18 @@ def _cmd_device(args: argparse.Namespace) -> None:
         "resumed": resumed,
         "state": args.state,
     }
-    print(json.dumps(summary), file=sys.stderr, flush=True)
+    _line(summary, sys.stderr)
     if skipped and not processed:
         raise QCoreError(f"all {skipped} batch(es) were skipped: nothing was processed")
+
+
+def _line(obj: dict, stream: IO[str] | None = None) -> None:
+    """Print ``obj`` as one strict JSON line in a single write, flushed: ``print`` writes
+    the text and its newline apart, and with unbuffered output (``PYTHONUNBUFFERED``) a
+    kill between the two leaves a line without its end."""
+    out = sys.stdout if stream is None else stream
+    out.write(json.dumps(obj, allow_nan=False) + "\n")
+    out.flush()
 
 
 def _consume(
@@ -187,17 +196,17 @@ def _consume(
             batch_id = hashlib.sha256(payload).hexdigest()[:16]
             if device.consumed(batch_id) and not args.again:
                 repeated += 1
-                print(json.dumps({"batch": name, "skipped": "already consumed"}), flush=True)
+                _line({"batch": name, "skipped": "already consumed"})
                 continue
             report = device.step(*load_batch(payload, name), batch_id=batch_id)
         except QCoreError as exc:
             skipped += 1
-            print(json.dumps({"batch": name, "error": str(exc)}), flush=True)
+            _line({"batch": name, "error": str(exc)})
             continue
         save_state(args.state, device.art)
         processed += 1
         write_rows(files, name, batch_id, report)
-        print(json.dumps({"batch": name, **report.to_dict()}, allow_nan=False), flush=True)
+        _line({"batch": name, **report.to_dict()})
     return processed, skipped, repeated
 
 

@@ -29,7 +29,7 @@ its target test set of:
 float32 and float16. ``resets``: how often the user guard returned a device to the
 deployed model (the windows before a reset are then not in its state).
 
-**Privacy curve.** Three forms of private share (:mod:`qcore.edge.share`), each at epsilon 1,
+**Privacy curve.** Four forms of private share (:mod:`qcore.edge.share`), each at epsilon 1,
 2, 4, 8 and delta ``1e-5`` and without noise, the merged artifact scored before the site's
 labels (:func:`qcore.edge.fleet.merge_shares`, weighed as the deployed one):
 
@@ -37,8 +37,8 @@ labels (:func:`qcore.edge.fleet.merge_shares`, weighed as the deployed one):
   median L2 norm of the deployed model's pooled features over the source subject's
   training windows, and send counts, class sums and the second moment (what ``qcore fleet
   share`` sends); ``clip_resets``: the guard's resets over these streams;
-* ``centred_clipped``, ``centred_epsE``: the form the rule of docs/results.md chose
-  ("Private shares: the rule fixed before the runs"): each held window's deviation from
+* ``centred_clipped``, ``centred_epsE``: the first rule's pick (docs/results.md, "Private
+  shares: the rule fixed before the runs"): each held window's deviation from
   the deployed mean of its class clipped to ``C_c`` (the same rule over the centred
   features), counts, centred class sums and the centred second moment. The device does
   not clip this way yet, so its statistics are the deployed ones plus ``batch_stats`` of
@@ -48,6 +48,13 @@ labels (:func:`qcore.edge.fleet.merge_shares`, weighed as the deployed one):
   (docs/fleet-privacy.md, not adopted): the centred form with ``C_h`` (``clip_held``) the
   median of ``|x - μ_y|`` over the source subject's held-out windows, computed when the rows
   are made (:func:`qcore.eval.fleet_sites.centred_held_shares`), not by the device tasks.
+* ``means-whitened-4_clipped``, ``means-whitened-4_epsE``: the pick of the third rule
+  (docs/fleet-privacy.md, adopted as the preset's chosen form): counts and class sums of
+  each held window's whitened deviation from the deployed mean of its class,
+  ``Σ^(-1/2) (x - μ_y)``, clipped to ``C_m`` (``clip_means``: 4 times the median of that
+  norm over the source subject's held-out windows), the deployed covariance kept for the
+  scatter (:mod:`qcore.edge.share_means`); made when the rows are made, as the previous
+  form.
 
 Noise is seeded by the device's subject number; nothing is tuned on the sites.
 

@@ -96,12 +96,27 @@ def projected_share(
     """The projected share of a device's labelled windows: ``p`` clipped to ``privacy``'s
     clip (without privacy: to ``clip``, None for none), counts, sums and second moment,
     noise as :func:`qcore.edge.share.make_share` adds it."""
-    if len(classes) != deployed.n_classes:
-        raise QCoreError("a projected share covers exactly the deployed classes")
-    p = project(features, labels, deployed, sub)
-    p = clip_norms(p, clip if privacy is None else privacy[2])
-    part = batch_stats(p, np.asarray(labels), deployed.n_classes)
+    part = clipped_stats(features, labels, deployed, sub, classes, privacy, clip)
     return make_share(part, classes, sha, privacy, seed)
+
+
+def clipped_stats(
+    features: np.ndarray,
+    labels: np.ndarray,
+    deployed: HeadStats,
+    sub: Subspace,
+    classes: tuple[str, ...],
+    privacy: tuple[float, float, float] | None,
+    clip: float | None,
+) -> HeadStats:
+    """The statistics of a device's ``p`` (:func:`project`) clipped to ``privacy``'s clip
+    (without privacy: to ``clip``, None for none), over exactly the deployed classes."""
+    if len(classes) != deployed.n_classes:
+        raise QCoreError("a share in a subspace covers exactly the deployed classes")
+    p = clip_norms(
+        project(features, labels, deployed, sub), clip if privacy is None else privacy[2]
+    )
+    return batch_stats(p, np.asarray(labels), deployed.n_classes)
 
 
 def lift(stats: HeadStats, deployed: HeadStats, sub: Subspace) -> HeadStats:

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qcore.edge.head import HeadStats, batch_stats
-from qcore.edge.share import Share, clip_norms, make_share, pooled_stats
-from qcore.edge.share_forms import Subspace, lift, project
+from qcore.edge.head import HeadStats
+from qcore.edge.share import Share, make_share, pooled_stats
+from qcore.edge.share_forms import Subspace, clipped_stats, lift
 from qcore.errors import QCoreError
 
 
@@ -41,11 +41,7 @@ def means_share(
     """The means-only share of a device's labelled windows: ``p`` clipped to ``privacy``'s
     clip (without privacy: to ``clip``, None for none), counts and class sums of ``p``,
     noise as :func:`qcore.edge.share.make_share` adds it to a two-part release."""
-    if len(classes) != deployed.n_classes:
-        raise QCoreError("a means-only share covers exactly the deployed classes")
-    y = np.asarray(labels)
-    p = clip_norms(project(features, y, deployed, sub), clip if privacy is None else privacy[2])
-    part = batch_stats(p, y, deployed.n_classes)
+    part = clipped_stats(features, labels, deployed, sub, classes, privacy, clip)
     return make_share(part, classes, sha, privacy, seed, second=False)
 
 

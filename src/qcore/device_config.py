@@ -24,7 +24,7 @@ HeadKind = Literal["model", "slda"]
 # test keeps the two equal); a device's ask_policy and a run's label_policy
 LabelPolicy = Literal[
     "random", "margin", "novel", "margin-cover", "novel-cover", "margin-pairs", "margin-top",
-    "margin-random", "dmargin",
+    "margin-random", "dmargin", "margin-dense", "margin-dense2",
 ]  # fmt: skip
 FLIP_GUARDS: tuple[FlipGuard, ...] = typing.get_args(FlipGuard)
 BN_MODES: tuple[BnMode, ...] = typing.get_args(BnMode)
@@ -213,7 +213,8 @@ class DeviceConfig(Settings):
         "which windows it asks for: random; margin (least sure between two classes); novel "
         "(furthest from every class); margin-cover, novel-cover (first one per predicted "
         "class, the classes with the fewest labels so far first); dmargin (smallest "
-        "distance margin: most likely wrong)",
+        "distance margin: most likely wrong); margin-dense, margin-dense2 (margin weighted "
+        "by the window's density in its batch)",
     )
     ask_keep: int = setting(
         ASK_KEEP,

@@ -23,6 +23,7 @@ from qcore.edge.artifact import (
     save_artifact,
 )
 from qcore.edge.asking import LABEL_POLICIES, budget
+from qcore.edge.asking import ask as ask_for
 from qcore.edge.device import Device
 from qcore.edge.head import HeadStats, batch_stats
 from qcore.edge.infer import forward_features
@@ -239,6 +240,26 @@ def test_dmargin_asks_for_the_open_windows_of_smallest_distance_margin(known, ti
         assert set(report.ask) <= set(open_)
         rest = [report.margin[i] for i in open_ if i not in report.ask]
         assert max(report.margin[i] for i in report.ask) <= min(rest)
+
+
+@pytest.mark.parametrize("policy", ["margin-dense", "margin-dense2"])
+def test_a_density_policy_weighs_the_open_windows_by_their_whitened_features(
+    known, tiny_xy, policy
+) -> None:
+    X, y = stream(tiny_xy, 1)[0]
+    X = 3.0 * X  # a drifted batch: the head is unsure of every window, by different margins
+    part = y.copy()
+    part[:6] = -1  # windows 6.. labelled: the device asks for 3 among 0-5
+    for labels, open_ in ((None, np.arange(N)), (part, np.arange(6))):
+        device = asking(known, ask_policy=policy)
+        sig = device.signals(X)
+        assert sig.whitened is not None and sig.whitened.shape[0] == N
+        k = budget(N, 0.3)
+        want = open_[ask_for(policy, k, sig.probs[open_], None, whitened=sig.whitened[open_])]
+        report = device.step(X, labels)
+        assert report.ask == want.tolist() and len(want) == k
+        if labels is None:  # not what margin alone asks for
+            assert want.tolist() != ask_for("margin", k, sig.probs, None).tolist()
 
 
 def test_the_cli_round_trip(known, tiny_xy, tmp_path, capsys) -> None:

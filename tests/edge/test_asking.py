@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcore.edge.asking import LABEL_POLICIES, ask, budget
+from qcore.edge.asking import LABEL_POLICIES, ask, budget, dense_order, density
 from qcore.errors import QCoreError
 
 # five windows, three classes: predicted 0, 0, 1, 2, 1; margins 0.8, 0.1, 0.3, 0.05, 0.5
@@ -21,6 +21,9 @@ PROBS = np.array(
 NOVELTY = np.array([0.5, 3.0, 1.0, 2.0, 4.0])
 # their distance margins: order 3, 0, 2 (0.4, tied: by index), 4, 1
 DMARGIN = np.array([0.4, 5.0, 0.4, 0.1, 2.0])
+# their whitened features: windows 0, 1, 2 and 4 close together, window 3 (the least sure
+# by margin) far from all of them
+WHITE = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2], [6.0, 6.0], [0.2, 0.2]])
 
 
 def test_margin_asks_for_the_windows_the_head_is_least_sure_between() -> None:
@@ -54,7 +57,8 @@ def test_random_draws_from_its_generator_and_every_policy_keeps_the_budget() -> 
     b = ask("random", 3, PROBS, None, rng=np.random.default_rng(0))
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 3
     for policy in LABEL_POLICIES:
-        got = ask(policy, 3, PROBS, NOVELTY, np.zeros(3), np.random.default_rng(1), margin=DMARGIN)
+        rng = np.random.default_rng(1)
+        got = ask(policy, 3, PROBS, NOVELTY, np.zeros(3), rng, margin=DMARGIN, whitened=WHITE)
         assert len(got) == 3 and got.dtype == np.int64 and (np.diff(got) > 0).all()
     with pytest.raises(QCoreError, match="needs a random generator"):
         ask("random", 1, PROBS, None)
@@ -189,3 +193,81 @@ def test_dmargin_keeps_the_budget_and_says_what_it_misses() -> None:
         ask("dmargin", 1, PROBS, None, margin=DMARGIN[:4])
     with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
         ask("dmargin", 6, PROBS, None, margin=DMARGIN)
+
+
+def _density_by_hand(z: np.ndarray) -> np.ndarray:
+    n = len(z)
+    d2 = np.array([[float(((z[i] - z[j]) ** 2).sum()) for j in range(n)] for i in range(n)])
+    h2 = float(np.median([d2[i, j] for i in range(n) for j in range(n) if i != j]))
+    return np.array(
+        [np.mean([np.exp(-d2[i, j] / h2) for j in range(n) if j != i]) for i in range(n)]
+    )
+
+
+def test_density_is_the_mean_kernel_to_the_other_windows_at_the_median_bandwidth() -> None:
+    z = np.random.default_rng(4).normal(size=(9, 3))
+    np.testing.assert_allclose(density(z, 9), _density_by_hand(z), rtol=1e-10)
+    np.testing.assert_allclose(density(WHITE, 5), _density_by_hand(WHITE), rtol=1e-10)
+    assert density(WHITE, 5).argmin() == 3  # the far window is the least dense
+    assert density(np.ones((4, 2)), 4).tolist() == [1.0] * 4  # all alike: bandwidth 0
+
+
+def test_margin_dense_asks_inside_the_cluster_before_an_isolated_uncertain_window() -> None:
+    # margin's order 3, 1, 2, 4, 0; window 3 lies alone, so the density policies ask for
+    # window 1 (uncertainty 0.9 in the cluster) before it (0.95, isolated)
+    assert ask("margin", 1, PROBS, None, whitened=WHITE).tolist() == [3]
+    for policy in ("margin-dense", "margin-dense2"):
+        assert ask(policy, 1, PROBS, None, whitened=WHITE).tolist() == [1]
+        assert ask(policy, 2, PROBS, None, whitened=WHITE).tolist() == [1, 2]
+    rho = _density_by_hand(WHITE)
+    u = 1.0 - np.array([0.8, 0.1, 0.3, 0.05, 0.5])
+    for power, policy in ((1, "margin-dense"), (2, "margin-dense2")):
+        want = np.argsort(-(u * rho**power), kind="stable")
+        np.testing.assert_array_equal(dense_order(PROBS, WHITE, power), want)
+        for k in range(6):
+            assert ask(policy, k, PROBS, None, whitened=WHITE).tolist() == sorted(want[:k])
+
+
+def test_the_density_power_tells_the_two_policies_apart() -> None:
+    # seven windows on a line; window 0 (uncertainty 1) one step from its end, window 1
+    # (uncertainty 0.75) at its centre, the others sure (uncertainty 0)
+    probs = np.array([[0.4, 0.4, 0.2], [0.5, 0.25, 0.25]] + [[1.0, 0.0, 0.0]] * 5)
+    z = np.array([[1.0], [3.0], [0.0], [2.0], [4.0], [5.0], [6.0]])
+    rho = _density_by_hand(z)
+    assert rho[0] > 0.75 * rho[1] and rho[0] ** 2 < 0.75 * rho[1] ** 2
+    assert ask("margin-dense", 1, probs, None, whitened=z).tolist() == [0]
+    assert ask("margin-dense2", 1, probs, None, whitened=z).tolist() == [1]
+
+
+def test_without_density_it_is_margin_and_ties_go_to_the_first_windows() -> None:
+    np.testing.assert_array_equal(dense_order(PROBS, WHITE, 0.0), [3, 1, 2, 4, 0])
+    flat = np.full((40, 3), 1 / 3)
+    alike = np.zeros((40, 4))
+    for policy in ("margin-dense", "margin-dense2"):
+        assert ask(policy, 5, flat, None, whitened=alike).tolist() == [0, 1, 2, 3, 4]
+        # two mirror-image clusters: equal scores, the first windows first
+        z = np.repeat([[1.0, 0.0], [-1.0, 0.0]], 20, axis=0)
+        assert ask(policy, 3, flat, None, whitened=z).tolist() == [0, 1, 2]
+        # one window: by margin
+        assert ask(policy, 1, PROBS[:1], None, whitened=WHITE[:1]).tolist() == [0]
+        assert ask(policy, 0, PROBS[:0], None, whitened=WHITE[:0]).tolist() == []
+
+
+def test_the_density_policies_keep_the_budget_and_say_what_they_miss() -> None:
+    for policy in ("margin-dense", "margin-dense2"):
+        for k in range(6):
+            got = ask(policy, k, PROBS, NOVELTY, np.zeros(3), margin=DMARGIN, whitened=WHITE)
+            assert len(got) == k and got.dtype == np.int64 and (np.diff(got) > 0).all()
+        message = (
+            rf"^label_policy {policy} needs the head's whitened features \(a streaming head\)$"
+        )
+        with pytest.raises(QCoreError, match=message):
+            ask(policy, 1, PROBS, NOVELTY, margin=DMARGIN)
+        with pytest.raises(QCoreError, match=r"one row per window \(5\), got \(4, 2\)"):
+            ask(policy, 1, PROBS, None, whitened=WHITE[:4])
+        with pytest.raises(QCoreError, match=r"one row per window \(5\), got \(5,\)"):
+            ask(policy, 1, PROBS, None, whitened=WHITE[:, 0])
+        with pytest.raises(QCoreError, match="whitened features must be finite"):
+            ask(policy, 1, PROBS, None, whitened=np.where(WHITE == 6.0, np.nan, WHITE))
+        with pytest.raises(QCoreError, match="cannot ask for 6 labels in a batch of 5"):
+            ask(policy, 6, PROBS, None, whitened=WHITE)

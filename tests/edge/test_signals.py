@@ -17,6 +17,8 @@ from qcore.edge.signals import (
     head_signals,
     novel_share,
     sq_distances,
+    whiten,
+    whitened,
 )
 from qcore.errors import QCoreError
 
@@ -193,6 +195,11 @@ def test_signals_of_chunks_join_into_one() -> None:
     c, d = Signals(a.probs, None, np.array([0.0, 3.0])), Signals(b.probs, None, np.array([1.0]))
     np.testing.assert_array_equal(Signals.join([c, d]).margin, [0.0, 3.0, 1.0])
     assert Signals.join([c, b]).margin is None
+    assert joined.whitened is None
+    e = Signals(a.probs, None, None, np.array([[1.0, 2.0], [3.0, 4.0]]))
+    f = Signals(b.probs, None, None, np.array([[5.0, 6.0]]))
+    np.testing.assert_array_equal(Signals.join([e, f]).whitened, [[1, 2], [3, 4], [5, 6]])
+    assert Signals.join([e, b]).whitened is None
 
 
 def test_the_margin_is_the_second_distance_minus_the_first_by_hand() -> None:
@@ -236,3 +243,23 @@ def test_a_streaming_head_without_features_reports_the_softmax(head) -> None:
 def test_distance_margin_with_two_classes_and_float32_distances() -> None:
     got = distance_margin(np.array([[4.0, 9.0], [25.0, 16.0]], dtype=np.float32))
     assert got.dtype == np.float64 and got.tolist() == [1.0, 1.0]  # 3 - 2, 5 - 4
+
+
+def test_whitened_distances_are_the_head_s_mahalanobis_distances(head) -> None:
+    stats, solved = head
+    x = gaussian_classes(12, 5)[0]
+    z = whiten(x, solved.precision)
+    assert z.shape == (12, 4) and z.dtype == np.float64
+    lam = solved.precision.astype(np.float64)
+    diff = x[:, None, :].astype(np.float64) - x[None].astype(np.float64)
+    by_hand = np.einsum("ijd,de,ije->ij", diff, lam, diff)
+    np.testing.assert_allclose(((z[:, None] - z[None]) ** 2).sum(-1), by_hand, rtol=1e-9)
+    sig = head_signals(logits(solved.weight, solved.bias, x), x, solved.precision, 30, 2, 7, 1)
+    assert sig.whitened is not None
+    np.testing.assert_array_equal(sig.whitened, z)
+    np.testing.assert_array_equal(whitened(solved, x), z)
+    assert whitened(None, x) is None and whitened(solved, None) is None
+    scores = logits(solved.weight, solved.bias, x)
+    assert batch_signals(None, DeviceConfig(), scores, x).whitened is None
+    with pytest.raises(QCoreError, match="precision is not positive definite"):
+        whiten(x, -np.eye(4))

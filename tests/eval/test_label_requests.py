@@ -135,7 +135,8 @@ def test_a_chosen_policy_gives_every_method_the_masks_the_shipped_device_asks(ru
 class _Stub:
     """A device with classes a, b, c whose calibrated probabilities are the same on every
     batch: window 0 (class a) is the one it is least sure of, then 3 (a), 1 (b), 2 (c);
-    by its distance margin, 2 then 3, 1, 0."""
+    by its distance margin, 2 then 3, 1, 0; in its whitened features window 0 lies far
+    from the three others."""
 
     label_names = ("a", "b", "c")
 
@@ -143,8 +144,9 @@ class _Stub:
         self.art = SimpleNamespace(class_names=self.label_names)
         probs = np.array([[0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
         apart = np.array([3.0, 2.0, 0.5, 1.0])
+        white = np.array([[10.0, 0.0], [0.0, 0.0], [0.1, 0.0], [0.0, 0.1]])
         self.device = SimpleNamespace(signals=lambda X, normalized: SimpleNamespace(
-            probs=probs, novelty=np.zeros(len(X)), margin=apart))  # fmt: skip
+            probs=probs, novelty=np.zeros(len(X)), margin=apart, whitened=white))  # fmt: skip
         self.given: list[list[int]] = []
 
     def observe(self, batch: Batch) -> None:
@@ -173,6 +175,19 @@ def test_dmargin_asks_by_the_reference_device_s_distance_margin():
     masks = label_requests.requested_masks(stub, stream, "dmargin", 0.5, 0)
     assert [np.flatnonzero(m).tolist() for m in masks] == [[2, 3], [2, 3]]
     assert stub.given == [[-1, -1, 2, 0]] * 2
+
+
+def test_margin_dense_asks_by_the_reference_device_s_whitened_features():
+    """One label per batch: margin asks for window 0, the least sure; the density policies
+    for window 3, the least sure of the three windows that lie together."""
+    stream = [Batch(np.zeros((4, 1, 2), dtype=np.float32), np.array([0, 1, 2, 0]))] * 2
+    for policy in ("margin-dense", "margin-dense2"):
+        stub = _Stub()
+        masks = label_requests.requested_masks(stub, stream, policy, 0.25, 0)
+        assert [np.flatnonzero(m).tolist() for m in masks] == [[3], [3]]
+        assert stub.given == [[-1, -1, -1, 0]] * 2
+    plain = label_requests.requested_masks(_Stub(), stream, "margin", 0.25, 0)
+    assert [np.flatnonzero(m).tolist() for m in plain] == [[0], [0]]
 
 
 def test_the_grid_runs_each_policy_where_it_chooses(monkeypatch):

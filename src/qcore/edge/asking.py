@@ -22,6 +22,14 @@ what its prediction already computed (:mod:`qcore.edge.signals`). A ``label_poli
   the second-nearest class mean minus that to the nearest, ``Signals.margin``): those
   most likely wrong. Unlike ``margin`` it carries no novelty temperature, which lowers
   the calibrated probabilities of right windows too.
+* ``margin-dense`` and ``margin-dense2``: ``margin``'s uncertainty weighted by how
+  representative a window is of its batch, so that the labels go to windows many
+  batch-mates resemble rather than to outliers. In the head's whitened features ``z``
+  (``Signals.whitened``: Euclidean distance there is the head's Mahalanobis distance), a
+  window's density is the mean over the other windows of ``exp(-|z_i - z_j|² / h2)``, with
+  ``h2`` the median squared distance between two windows of the batch (every density 1
+  when that is 0); the score ``(1 - margin) · density^β``, ``β`` 1 (``-dense``) or 2
+  (``-dense2``), largest first. A batch of one window asks by ``margin``.
 
 Ties are broken by window index, so the same batch always gets the same request. NumPy
 only.
@@ -43,7 +51,11 @@ LABEL_POLICIES = (
     "margin-top",
     "margin-random",
     "dmargin",
+    "margin-dense",
+    "margin-dense2",
 )
+# the power of the density in each density policy's score
+DENSITY_POWER = {"margin-dense": 1.0, "margin-dense2": 2.0}
 
 
 def budget(n: int, fraction: float) -> int:
@@ -63,6 +75,7 @@ def ask(
     rng: np.random.Generator | None = None,
     *,
     margin: np.ndarray | None = None,
+    whitened: np.ndarray | None = None,
 ) -> np.ndarray:
     """The indices int64 (sorted) of the ``k`` windows to ask labels for.
 
@@ -70,7 +83,8 @@ def ask(
     ``(n,)`` (needed by the ``novel`` policies); ``labelled``: target labels received so
     far per class ``(K,)`` (the ``-cover`` policies; None: none yet); ``rng``: the draw
     of ``random`` and ``margin-random``; ``margin``: the distance margin ``(n,)`` (needed
-    by ``dmargin``).
+    by ``dmargin``); ``whitened``: the head's whitened features ``(n, D)`` (needed by the
+    density policies).
     """
     if policy not in LABEL_POLICIES:
         raise QCoreError(f"unknown label_policy {policy!r}: choose {', '.join(LABEL_POLICIES)}")
@@ -84,6 +98,13 @@ def ask(
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
     if policy == "dmargin":
         return np.sort(_by_distance_margin(margin, n)[:k]).astype(np.int64)
+    if policy in DENSITY_POWER:
+        if whitened is None:
+            raise QCoreError(
+                f"label_policy {policy} needs the head's whitened features (a streaming head)"
+            )
+        order = dense_order(probs, whitened, DENSITY_POWER[policy])
+        return np.sort(order[:k]).astype(np.int64)
     order = _order(policy.split("-")[0], probs, novelty)
     if policy.endswith("-cover"):
         order = _cover_first(order, probs.argmax(axis=1), labelled, probs.shape[1])
@@ -124,9 +145,41 @@ def _order(kind: str, probs: np.ndarray, novelty: np.ndarray | None) -> np.ndarr
         if novelty is None:
             raise QCoreError("label_policy novel needs the device's novelty (a novelty threshold)")
         return np.argsort(-np.asarray(novelty, dtype=np.float64), kind="stable")
+    return np.argsort(_margins(probs), kind="stable")
+
+
+def _margins(probs: np.ndarray) -> np.ndarray:
+    """Per window, the top-1 minus the top-2 probability (the top-1 with one class)."""
     top = np.sort(np.asarray(probs, dtype=np.float64), axis=1)
-    margin = top[:, -1] - (top[:, -2] if top.shape[1] > 1 else 0.0)
-    return np.argsort(margin, kind="stable")
+    return top[:, -1] - (top[:, -2] if top.shape[1] > 1 else 0.0)
+
+
+def dense_order(probs: np.ndarray, whitened: np.ndarray, power: float) -> np.ndarray:
+    """Window indices by ``(1 - margin) · density^power``, largest first (stable: ties by
+    index); by ``margin`` for a batch of fewer than two windows."""
+    n = len(probs)
+    if n < 2:
+        return _order("margin", probs, None)
+    score = (1.0 - _margins(probs)) * density(whitened, n) ** power
+    return np.argsort(-score, kind="stable")
+
+
+def density(whitened: np.ndarray, n: int) -> np.ndarray:
+    """Per window of ``n`` >= 2, the mean over the others of ``exp(-d2 / h2)``: ``d2`` the
+    squared distance between the ``whitened`` features ``(n, D)``, ``h2`` its median over
+    the pairs of distinct windows (every density 1 when that is 0)."""
+    z = np.asarray(whitened, dtype=np.float64)
+    if z.ndim != 2 or len(z) != n:
+        raise QCoreError(f"whitened features must be one row per window ({n}), got {z.shape}")
+    if not np.isfinite(z).all():
+        raise QCoreError("whitened features must be finite")
+    sq = (z * z).sum(axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    np.fill_diagonal(d2, 0.0)
+    h2 = float(np.median(d2[~np.eye(n, dtype=bool)]))
+    if h2 <= 0.0:
+        return np.ones(n)
+    return (np.exp(-d2 / h2).sum(axis=1) - 1.0) / (n - 1)
 
 
 def _by_distance_margin(margin: np.ndarray | None, n: int) -> np.ndarray:

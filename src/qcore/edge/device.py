@@ -66,7 +66,7 @@ from qcore.edge.pending import Answered, added, asked, batch_key, not_asked, tak
 from qcore.edge.report import DeviceReport, step_report
 from qcore.edge.runtime import Runtime
 from qcore.edge.schedule import is_due, make_detector, pseudo_labelled
-from qcore.edge.signals import Signals, batch_signals
+from qcore.edge.signals import Signals, batch_signals, whitened
 from qcore.errors import QCoreError
 
 PREDICT_CHUNK = 256  # windows per streaming-head prediction pass of Device.predict
@@ -218,8 +218,9 @@ class Device:
         due, fired = is_due(self.policy, self.config, new_step, detector, seen.probs, seen.novelty)
         counts = draft.runtime.label_counts(draft.names)
         ask = asked(
-            self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step, seen.margin
-        )
+            self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step, seen.margin,
+            whitened(self.head, seen.features),
+        )  # fmt: skip
         tau = None if self.head is None else self.config.pseudo_threshold
         pseudo = not_asked(pseudo_labelled(tau, seen.labels, seen.probs), ask) if due else None
         calibrate = due and (seen.mask is not None or pseudo is not None)

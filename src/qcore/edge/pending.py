@@ -3,10 +3,11 @@
 In the field nobody labels every batch. With ``ask_fraction`` set, each step asks for
 ``budget(n, ask_fraction)`` windows of its batch of ``n`` (:mod:`qcore.edge.asking`),
 chosen among those that came without a label by ``ask_policy``, from what the prediction
-already computed (the calibrated class probabilities, the novelty and the distance
-margin, :mod:`qcore.edge.signals`), the labels received so far per class (the runtime's
-``labelled``) and the step's generator (:func:`qcore.edge.backbone.step_rng`), so a
-resumed device asks what an uninterrupted one would (:func:`asked`).
+already computed (the calibrated class probabilities, the novelty, the distance margin
+and the whitened features, :mod:`qcore.edge.signals`), the labels received so far per
+class (the runtime's ``labelled``) and the step's generator
+(:func:`qcore.edge.backbone.step_rng`), so a resumed device asks what an uninterrupted
+one would (:func:`asked`).
 
 Design decisions:
 
@@ -103,12 +104,14 @@ def asked(
     counts: list[int],
     step: int,
     margin: np.ndarray | None = None,
+    whitened: np.ndarray | None = None,
 ) -> np.ndarray:
     """The windows (indices int64, sorted) step ``step`` asks labels for: ``budget(n,
     ask_fraction)`` of its ``n`` windows, at most those without a label (``labels`` -1 or
     None), by ``ask_policy`` from the calibrated ``probs`` ``(n, K)``, the ``novelty``, the
-    distance ``margin`` ``(n,)`` and the labels received so far per class ``counts``
-    ``(K,)``; none without ``ask_fraction``."""
+    distance ``margin`` ``(n,)``, the ``whitened`` features ``(n, D)`` (the density
+    policies weigh the windows without a label among themselves) and the labels received
+    so far per class ``counts`` ``(K,)``; none without ``ask_fraction``."""
     n = len(probs)
     open_ = np.arange(n) if labels is None else np.flatnonzero(labels < 0)
     k = 0 if cfg.ask_fraction is None else min(budget(n, cfg.ask_fraction), len(open_))
@@ -116,8 +119,12 @@ def asked(
         return np.zeros(0, dtype=np.int64)
     far = None if novelty is None else novelty[open_]
     apart = None if margin is None else margin[open_]
+    white = None if whitened is None else whitened[open_]
     rng = step_rng(cfg.seed, step)
-    return open_[ask(cfg.ask_policy, k, probs[open_], far, np.asarray(counts), rng, margin=apart)]
+    got = ask(
+        cfg.ask_policy, k, probs[open_], far, np.asarray(counts), rng, margin=apart, whitened=white
+    )
+    return open_[got]
 
 
 def not_asked(mask: np.ndarray | None, windows: np.ndarray) -> np.ndarray | None:

@@ -1,4 +1,5 @@
-"""What the streaming head can say about its own predictions: confidence, novelty, margin.
+"""What the streaming head can say about its own predictions: confidence, novelty, margin;
+and its whitened features.
 
 All three come from the squared Mahalanobis distances ``d2[:, c]`` of a window's pooled
 features ``x`` to the class means under the head's shrunk precision ``Λ``
@@ -27,6 +28,10 @@ form per window is all that is added to a prediction.
   the class it is given than to any other, in the units of the shared covariance. On a
   drifted subject before any label it tells wrong predictions from right ones better than
   the confidence (the rule and the runs: docs/wrong-right.md).
+* **Whitened features.** ``z = x L`` with ``Λ = L Lᵀ`` (its Cholesky factor), so that the
+  Euclidean distance between two windows' ``z`` is the head's Mahalanobis distance between
+  them (:func:`whiten`): the geometry in which the density label policies of
+  :mod:`qcore.edge.asking` measure how many batch-mates a window resembles.
 
 NumPy only; float64 throughout, so the scores of a float32 head lose nothing.
 """
@@ -48,22 +53,26 @@ NOVELTY_FOLDS = 5  # folds of the cloud's out-of-fold distances
 @dataclass(frozen=True)
 class Signals:
     """A batch's calibrated ``probs`` float64 ``(n, K)`` (rows sum to 1), ``novelty``
-    float64 ``(n,)`` (None where the device has no novelty threshold) and distance
-    ``margin`` float64 ``(n,)`` (None without the streaming head's features)."""
+    float64 ``(n,)`` (None where the device has no novelty threshold), distance ``margin``
+    float64 ``(n,)`` and ``whitened`` features float64 ``(n, D)`` (both None without the
+    streaming head's features)."""
 
     probs: np.ndarray
     novelty: np.ndarray | None
     margin: np.ndarray | None = None
+    whitened: np.ndarray | None = None
 
     @classmethod
     def join(cls, parts: list[Signals]) -> Signals:
         """The signals of consecutive chunks of windows as one."""
         novelty = [p.novelty for p in parts if p.novelty is not None]
         margin = [p.margin for p in parts if p.margin is not None]
+        white = [p.whitened for p in parts if p.whitened is not None]
         return cls(
             np.concatenate([p.probs for p in parts]),
             np.concatenate(novelty) if len(novelty) == len(parts) else None,
             np.concatenate(margin) if len(margin) == len(parts) else None,
+            np.concatenate(white) if len(white) == len(parts) else None,
         )
 
     @property
@@ -79,6 +88,23 @@ def sq_distances(scores: np.ndarray, features: np.ndarray, precision: np.ndarray
     x = np.asarray(features, dtype=np.float64)
     quad = np.einsum("nd,de,ne->n", x, np.asarray(precision, dtype=np.float64), x)
     return np.maximum(quad[:, None] - 2.0 * np.asarray(scores, dtype=np.float64), 0.0)
+
+
+def whiten(features: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """``features`` ``(n, D)`` times the Cholesky factor ``L`` of ``precision`` ``(D, D)``
+    (``Λ = L Lᵀ``), float64: Euclidean distances between rows are the Mahalanobis ones."""
+    lam = np.asarray(precision, dtype=np.float64)
+    try:
+        chol = np.linalg.cholesky((lam + lam.T) / 2.0)
+    except np.linalg.LinAlgError:
+        raise QCoreError("the head's precision is not positive definite") from None
+    return np.asarray(features, dtype=np.float64) @ chol
+
+
+def whitened(head: Solved | None, features: np.ndarray | None) -> np.ndarray | None:
+    """The whitened ``features`` under the streaming ``head``'s precision (None without
+    either)."""
+    return None if head is None or features is None else whiten(features, head.precision)
 
 
 def distance_margin(d2: np.ndarray) -> np.ndarray:
@@ -113,13 +139,14 @@ def head_signals(
     novelty_threshold: float | None,
     power: float,
 ) -> Signals:
-    """Calibrated probabilities and novelty of one batch (see the module docstring)."""
+    """Calibrated probabilities, novelty, margin and whitened features of one batch (see
+    the module docstring)."""
     d2 = sq_distances(scores, features, precision)
     novelty = None if novelty_threshold is None else d2.min(axis=1) / novelty_threshold
     if novelty is not None and power > 0:
         temperature = temperature * np.maximum(novelty, 1.0) ** power
     probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
-    return Signals(probs, novelty, distance_margin(d2))
+    return Signals(probs, novelty, distance_margin(d2), whiten(features, precision))
 
 
 def batch_signals(

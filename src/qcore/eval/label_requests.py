@@ -5,12 +5,13 @@
 default streaming-head device (method ``slda``'s device settings, built from the artifact
 the run ships for ``slda``) is streamed over the target and, before it calibrates on each
 batch, asks for ``budget(n, label_fraction)`` windows with
-:func:`qcore.edge.asking.ask` on its own calibrated probabilities, novelty and distance
-margin, given the target labels it received so far per class; it then learns from the
-labels it asked for, as the ``slda`` method would. The masks are computed once per run
-and bit-width, before any method streams, so back-prop baselines and ``none`` get exactly
-the windows the device asked for. At ``label_fraction`` 0 or 1 no window is chosen (none
-or all of them): every policy gives the random masks, and no reference device is built.
+:func:`qcore.edge.asking.ask` on its own calibrated probabilities, novelty, distance
+margin and whitened features, given the target labels it received so far per class; it
+then learns from the labels it asked for, as the ``slda`` method would. The masks are
+computed once per run and bit-width, before any method streams, so back-prop baselines
+and ``none`` get exactly the windows the device asked for. At ``label_fraction`` 0 or 1
+no window is chosen (none or all of them): every policy gives the random masks, and no
+reference device is built.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def requested_masks(
         rng = np.random.default_rng([seed, i + 1])  # the draw of policy random only
         k = budget(len(batch), fraction)
         mask = np.zeros(len(batch), dtype=bool)
-        mask[ask(policy, k, sig.probs, sig.novelty, labelled, rng, margin=sig.margin)] = True
+        got = ask(
+            policy, k, sig.probs, sig.novelty, labelled, rng, margin=sig.margin,
+            whitened=sig.whitened,
+        )  # fmt: skip
+        mask[got] = True
         device.observe(Batch(batch.X, np.where(mask, batch.y, -1)))
         for c in batch.y[mask]:
             name = device.label_names[int(c)]

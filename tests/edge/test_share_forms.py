@@ -180,3 +180,71 @@ def test_means_only_shares_refuse_what_they_cannot_stand_for() -> None:
     wide = means_share(x, y, deployed, discriminant_subspace(deployed, 1e-3, rank=D), NAMES)
     with pytest.raises(QCoreError, match="3-dimensional sums"):
         means_stats([wide], deployed, sub, NAMES)
+
+
+def test_the_subspace_is_that_of_the_heads_shrunk_covariance() -> None:
+    """``cov`` is the head's ``(1 - ε) S / N + ε I``; a subspace of one direction is the top
+    generalised eigenvector of the count-weighted between-class covariance against it."""
+    rng = np.random.default_rng(9)
+    y0 = rng.choice(K, 120, p=[0.55, 0.25, 0.15, 0.05])  # unequal counts weigh the classes
+    x0 = rng.normal(0, 3, (K, D))[y0] + rng.normal(0, 1, (120, D)) * rng.uniform(0.2, 2, D)
+    deployed, eps = batch_stats(x0, y0, K), 0.05
+    n = deployed.count.astype(np.float64)
+    cov = (1 - eps) * deployed.scatter.astype(np.float64) / n.sum() + eps * np.eye(D)
+    sub = discriminant_subspace(deployed, eps, rank=1)
+    assert np.allclose(sub.cov, cov, rtol=1e-10, atol=1e-12)
+    mean = deployed.mean.astype(np.float64)
+    dev = mean - n @ mean / n.sum()
+    between = (dev * n[:, None]).T @ dev / n.sum()
+    root_inv = np.linalg.inv(np.linalg.cholesky(cov))
+    values, vectors = np.linalg.eigh(root_inv @ between @ root_inv.T)
+    top = root_inv.T @ vectors[:, -1]  # B v = λ Σ v, the largest λ
+    cosine = abs(top @ sub.to[0]) / (np.linalg.norm(top) * np.linalg.norm(sub.to[0]))
+    assert cosine == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_subspace_takes_its_edges_and_refuses_past_them() -> None:
+    deployed, _, _ = deployed_and_fleet(10)
+    assert discriminant_subspace(deployed, 1.0).to.shape == (K - 1, D)  # shrinkage 1: I
+    assert discriminant_subspace(deployed, 1e-3, rank=1).to.shape == (1, D)
+    one = type(deployed)(np.eye(K)[0], deployed.mean, deployed.scatter)  # one window
+    assert discriminant_subspace(one, 1e-3).to.shape == (K - 1, D)
+    for bad in ({"shrinkage": 1.5}, {"rank": 0}):
+        with pytest.raises(QCoreError, match="projected share needs"):
+            discriminant_subspace(deployed, **{"shrinkage": 1e-3, **bad})
+    empty = type(deployed)(np.zeros(K), deployed.mean, deployed.scatter)
+    with pytest.raises(QCoreError, match="with windows"):
+        discriminant_subspace(empty, 1e-3)
+
+
+def test_the_lift_keeps_a_class_the_fleet_never_saw_empty() -> None:
+    """A class with no pooled window has mean 0 (no statistics); one with a single
+    window is lifted like any other."""
+    deployed, x, y = deployed_and_fleet(11)
+    sub = discriminant_subspace(deployed, 1e-3)
+    keep = (y != 2) & ~((y == 3) & (np.cumsum(y == 3) > 1))  # no class 2, one window of 3
+    got = projected_stats(
+        [projected_share(x[keep], y[keep], deployed, sub, NAMES)], deployed, sub, NAMES
+    )
+    assert got.count[2] == 0 and np.array_equal(got.mean[2], np.zeros(D))
+    assert got.count[3] == 1
+    p = project(x[keep & (y == 3)], y[keep & (y == 3)], deployed, sub)[0]
+    want = deployed.mean[3].astype(np.float64) + sub.back @ p
+    assert np.abs(got.mean[3] - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_shares_in_a_subspace_carry_their_artifact_and_their_seed() -> None:
+    deployed, x, y = deployed_and_fleet(12)
+    sub = discriminant_subspace(deployed, 1e-3)
+    private = (4.0, 1e-5, 1.0)
+    for make in (projected_share, means_share):
+        assert make(x, y, deployed, sub, NAMES, "abc123").deployed == "abc123"
+        assert make(x, y, deployed, sub, NAMES).deployed == ""  # unknown by default
+        by_default = make(x, y, deployed, sub, NAMES, "", private)
+        assert np.array_equal(
+            by_default.sums, make(x, y, deployed, sub, NAMES, "", private, 0).sums
+        )
+        a, b = (make(x, y, deployed, sub, NAMES, "", private, seed) for seed in (3, 4))
+        assert not np.array_equal(a.sums, b.sums)
+        again = make(x, y, deployed, sub, NAMES, "", private, 3)
+        assert np.array_equal(a.sums, again.sums)

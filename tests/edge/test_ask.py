@@ -262,6 +262,22 @@ def test_a_density_policy_weighs_the_open_windows_by_their_whitened_features(
             assert want.tolist() != ask_for("margin", k, sig.probs, None).tolist()
 
 
+def test_only_a_density_policy_whitens(known, tiny_xy, monkeypatch) -> None:
+    """The whitening (a Cholesky factor and a product per batch) is paid only by a device
+    that asks by density: one asking by margin, or not asking, never computes it."""
+    from qcore.edge import signals as signals_module
+
+    def refused(*_):
+        raise AssertionError("whitened although no density policy asks")
+
+    X, _ = stream(tiny_xy, 1)[0]
+    monkeypatch.setattr(signals_module, "whiten", refused)
+    for device in (asking(known, ask_policy="margin"), Device(known)):
+        assert len(device.step(X, None).predicted) == N
+    with pytest.raises(AssertionError, match="no density policy"):
+        asking(known, ask_policy="margin-dense").step(X, None)
+
+
 def test_the_cli_round_trip(known, tiny_xy, tmp_path, capsys) -> None:
     art_path, state = tmp_path / "model.qcore", tmp_path / "state.qcore"
     save_artifact(art_path, known)

@@ -196,10 +196,13 @@ def test_signals_of_chunks_join_into_one() -> None:
     np.testing.assert_array_equal(Signals.join([c, d]).margin, [0.0, 3.0, 1.0])
     assert Signals.join([c, b]).margin is None
     assert joined.whitened is None
-    e = Signals(a.probs, None, None, np.array([[1.0, 2.0], [3.0, 4.0]]))
-    f = Signals(b.probs, None, None, np.array([[5.0, 6.0]]))
-    np.testing.assert_array_equal(Signals.join([e, f]).whitened, [[1, 2], [3, 4], [5, 6]])
-    assert Signals.join([e, b]).whitened is None
+    lam = np.array([[4.0, 0.0], [0.0, 9.0]])  # L = diag(2, 3)
+    e = Signals(a.probs, None, None, np.array([[1.0, 2.0], [3.0, 4.0]]), lam)
+    f = Signals(b.probs, None, None, np.array([[5.0, 6.0]]), lam)
+    np.testing.assert_array_equal(Signals.join([e, f]).features, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(Signals.join([e, f]).whitened, [[2, 6], [6, 12], [10, 18]])
+    assert Signals.join([e, b]).whitened is None and Signals.join([e, b]).precision is None
+    assert Signals(a.probs, None, None, e.features).whitened is None  # no precision
 
 
 def test_the_margin_is_the_second_distance_minus_the_first_by_hand() -> None:

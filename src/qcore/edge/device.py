@@ -48,6 +48,7 @@ import numpy as np
 
 from qcore.config import DeviceConfig
 from qcore.edge.artifact import Artifact
+from qcore.edge.asking import DENSITY_POWER
 from qcore.edge.backbone import (
     CoreUpdate,
     StepResult,
@@ -219,7 +220,7 @@ class Device:
         counts = draft.runtime.label_counts(draft.names)
         ask = asked(
             self.config, seen.class_probs, seen.novelty, seen.labels, counts, new_step, seen.margin,
-            whitened(self.head, seen.features),
+            whitened(self.head, seen.features) if self.config.ask_policy in DENSITY_POWER else None,
         )  # fmt: skip
         tau = None if self.head is None else self.config.pseudo_threshold
         pseudo = not_asked(pseudo_labelled(tau, seen.labels, seen.probs), ask) if due else None

@@ -54,26 +54,38 @@ NOVELTY_FOLDS = 5  # folds of the cloud's out-of-fold distances
 class Signals:
     """A batch's calibrated ``probs`` float64 ``(n, K)`` (rows sum to 1), ``novelty``
     float64 ``(n,)`` (None where the device has no novelty threshold), distance ``margin``
-    float64 ``(n,)`` and ``whitened`` features float64 ``(n, D)`` (both None without the
-    streaming head's features)."""
+    float64 ``(n,)``, the pooled ``features`` ``(n, D)`` and the head's ``precision``
+    ``(D, D)`` they were scored under (these three None without the streaming head's
+    features); :attr:`whitened` from the last two, computed when asked for."""
 
     probs: np.ndarray
     novelty: np.ndarray | None
     margin: np.ndarray | None = None
-    whitened: np.ndarray | None = None
+    features: np.ndarray | None = None
+    precision: np.ndarray | None = None
 
     @classmethod
     def join(cls, parts: list[Signals]) -> Signals:
         """The signals of consecutive chunks of windows as one."""
         novelty = [p.novelty for p in parts if p.novelty is not None]
         margin = [p.margin for p in parts if p.margin is not None]
-        white = [p.whitened for p in parts if p.whitened is not None]
+        feats = [p.features for p in parts if p.features is not None]
+        whole = len(feats) == len(parts)  # chunks of one head: one precision
         return cls(
             np.concatenate([p.probs for p in parts]),
             np.concatenate(novelty) if len(novelty) == len(parts) else None,
             np.concatenate(margin) if len(margin) == len(parts) else None,
-            np.concatenate(white) if len(white) == len(parts) else None,
+            np.concatenate(feats) if whole else None,
+            parts[0].precision if whole else None,
         )
+
+    @property
+    def whitened(self) -> np.ndarray | None:
+        """The features whitened under the head's precision (:func:`whiten`), float64
+        ``(n, D)``; None without them."""
+        if self.features is None or self.precision is None:
+            return None
+        return whiten(self.features, self.precision)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -139,14 +151,14 @@ def head_signals(
     novelty_threshold: float | None,
     power: float,
 ) -> Signals:
-    """Calibrated probabilities, novelty, margin and whitened features of one batch (see
-    the module docstring)."""
+    """Calibrated probabilities, novelty and margin of one batch (see the module
+    docstring), with the features and precision its whitened features come from."""
     d2 = sq_distances(scores, features, precision)
     novelty = None if novelty_threshold is None else d2.min(axis=1) / novelty_threshold
     if novelty is not None and power > 0:
         temperature = temperature * np.maximum(novelty, 1.0) ** power
     probs = calibrated_probs(d2, precision.shape[0], dof, temperature)
-    return Signals(probs, novelty, distance_margin(d2), whiten(features, precision))
+    return Signals(probs, novelty, distance_margin(d2), features, precision)
 
 
 def batch_signals(

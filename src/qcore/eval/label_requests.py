@@ -23,7 +23,7 @@ import numpy as np
 from qcore.config import RunConfig
 from qcore.core.types import Batch
 from qcore.data.scenario import label_mask
-from qcore.edge.asking import ask, budget
+from qcore.edge.asking import DENSITY_POWER, ask, budget
 from qcore.methods.qcore_method import DeviceCalibrator, device_calibrator
 from qcore.methods.registry import Deployment
 from qcore.methods.slda import FIXED as SLDA_FIXED
@@ -64,7 +64,7 @@ def requested_masks(
         mask = np.zeros(len(batch), dtype=bool)
         got = ask(
             policy, k, sig.probs, sig.novelty, labelled, rng, margin=sig.margin,
-            whitened=sig.whitened,
+            whitened=sig.whitened if policy in DENSITY_POWER else None,
         )  # fmt: skip
         mask[got] = True
         device.observe(Batch(batch.X, np.where(mask, batch.y, -1)))

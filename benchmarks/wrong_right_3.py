@@ -50,9 +50,8 @@ from qcore.data.registry import load_dataset  # noqa: E402
 from qcore.data.scenario import make_scenario  # noqa: E402
 from qcore.edge.artifact import load_artifact  # noqa: E402
 from qcore.edge.device import Device  # noqa: E402
-from qcore.edge.head import batch_stats, logits, precision, solve  # noqa: E402
 from qcore.edge.infer import forward_features  # noqa: E402
-from qcore.edge.signals import NOVELTY_FOLDS, sq_distances  # noqa: E402
+from qcore.edge.signals import held_out_sq_distances, sq_distances  # noqa: E402
 from qcore.eval.metrics import auroc  # noqa: E402
 
 SIGNALS = ("conf", "dmargin", "radius", "dmargin_radius", "conf_p0", "rank_mean")
@@ -64,15 +63,8 @@ def fit_radii(
 ) -> np.ndarray:
     """Per class, the median held-out squared distance of its windows to its own mean
     (the folds of ``fit_novelty_threshold``); the median over all for a class without."""
-    x = np.asarray(features, dtype=np.float64)
-    fold = np.random.default_rng([seed, 0x40E1]).permutation(len(x)) % NOVELTY_FOLDS
-    own = np.empty(len(x))
-    for k in range(NOVELTY_FOLDS):
-        held = fold == k
-        stats = batch_stats(x[~held], y[~held], n_classes)
-        weight, bias = solve(stats, shrinkage)
-        d2 = sq_distances(logits(weight, bias, x[held]), x[held], precision(stats, shrinkage))
-        own[held] = d2[np.arange(held.sum()), y[held]]
+    d2 = held_out_sq_distances(features, y, n_classes, shrinkage, seed)
+    own = d2[np.arange(len(y)), y]
     return np.array([np.median(own[y == c]) if (y == c).any() else np.median(own)
                      for c in range(n_classes)])  # fmt: skip
 

@@ -193,21 +193,29 @@ def fit_novelty_threshold(
 ) -> float:
     """The cloud's novelty threshold: the :data:`NOVELTY_QUANTILE` quantile of each
     source window's smallest squared distance to the class means of a head fitted
-    without it (:data:`NOVELTY_FOLDS` folds drawn from ``seed``), so that the distances
-    are those of windows the head has not seen, as on the device."""
+    without it (:func:`held_out_sq_distances`), so that the distances are those of
+    windows the head has not seen, as on the device."""
+    d2 = held_out_sq_distances(features, y, n_classes, shrinkage, seed)
+    return float(np.quantile(d2.min(axis=1), NOVELTY_QUANTILE))
+
+
+def held_out_sq_distances(
+    features: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float, seed: int
+) -> np.ndarray:
+    """Each window's squared Mahalanobis distances ``(n, K)`` to the class means of a head
+    fitted on the other :data:`NOVELTY_FOLDS` - 1 folds (folds drawn from ``seed``)."""
     x = np.asarray(features, dtype=np.float64)
     if len(x) < NOVELTY_FOLDS:
         raise QCoreError(f"novelty threshold needs at least {NOVELTY_FOLDS} windows, got {len(x)}")
     fold = np.random.default_rng([seed, 0x40E1]).permutation(len(x)) % NOVELTY_FOLDS
-    smallest = np.empty(len(x))
+    out = np.empty((len(x), n_classes))
     for k in range(NOVELTY_FOLDS):
         held = fold == k
         stats = batch_stats(x[~held], y[~held], n_classes)
         weight, bias = solve(stats, shrinkage)
         scores = logits(weight, bias, x[held])
-        d2 = sq_distances(scores, x[held], precision(stats, shrinkage))
-        smallest[held] = d2.min(axis=1)
-    return float(np.quantile(smallest, NOVELTY_QUANTILE))
+        out[held] = sq_distances(scores, x[held], precision(stats, shrinkage))
+    return out
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -248,6 +248,10 @@ def test_without_density_it_is_margin_and_ties_go_to_the_first_windows() -> None
         # two mirror-image clusters: equal scores, the first windows first
         z = np.repeat([[1.0, 0.0], [-1.0, 0.0]], 20, axis=0)
         assert ask(policy, 3, flat, None, whitened=z).tolist() == [0, 1, 2]
+        # ties among many windows between other scores: still the first ones (NumPy's
+        # default sort keeps the order of runs of equal keys, not of interleaved ones)
+        mixed = np.where(np.arange(40)[:, None] % 2 == 0, flat, [[0.8, 0.1, 0.1]])
+        assert ask(policy, 5, mixed, None, whitened=alike).tolist() == [0, 2, 4, 6, 8]
         # one window: by margin
         assert ask(policy, 1, PROBS[:1], None, whitened=WHITE[:1]).tolist() == [0]
         assert ask(policy, 0, PROBS[:0], None, whitened=WHITE[:0]).tolist() == []

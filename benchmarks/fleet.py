@@ -10,6 +10,8 @@ under ``OUT`` are reused.
 
 ``--validate`` runs the validation of docs/fleet-privacy.md (:mod:`qcore.eval.fleet_validate`;
 its third rule, or with ``--rule 2`` its second) on the devices already computed under ``OUT``.
+``--central`` prints, on every site, what the devices' shares give with the privacy noise added
+once to the fleet's sums instead of to each share (a diagnostic of another trust model).
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ def validate(grid, out: Path, diagnose: bool = False, rule: int = 3) -> None:
         print(f"{cfg.dataset}: projected, no clip, no noise: median gap {gap:+.3f}")
 
 
+def central(grid, out: Path) -> None:
+    """Per dataset, medians over every site: the merge without noise, the shares' merge at
+    epsilon 4 with the noise on each share, and with it added once at epsilon 1, 2, 4, 8."""
+    import numpy as np
+
+    from qcore.eval.fleet_bench import pair_dir
+    from qcore.eval.fleet_sites import EPSILONS
+    from qcore.eval.fleet_validate import REFERENCES, central_rows
+
+    print(
+        "| dataset | share | merge, no noise | eps 4, noise per share | "
+        + " | ".join(f"eps {e}, noise once" for e in EPSILONS)
+        + " | eps 4 once - merge |"
+    )
+    print("|" + "---|" * (5 + len(EPSILONS)))
+    for cfg in grid.cells():
+        rows = central_rows(pair_dir(out, cfg))
+        for ref in REFERENCES:
+            med = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k != "dataset"}
+            diff = float(np.median([r[f"{ref}_central4"] - r["fleet_before"] for r in rows]))
+            cells = [f"{med[f'{ref}_central{e}']:.3f}" for e in EPSILONS]
+            print(
+                f"| {cfg.dataset} ({len(rows)} sites) | {ref} | {med['fleet_before']:.3f} "
+                f"| {med[f'{ref}_eps4']:.3f} | " + " | ".join(cells) + f" | {diff:+.3f} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -60,6 +89,10 @@ def main() -> None:
         help="with --validate: also the projection's cost without clip or noise",
     )  # fmt: skip
     ap.add_argument(
+        "--central", action="store_true",
+        help="the devices' shares with the noise added once to the fleet's sums (a diagnostic)",
+    )  # fmt: skip
+    ap.add_argument(
         "--rule", type=int, choices=(2, 3), default=3,
         help="with --validate: which rule of docs/fleet-privacy.md (default 3)",
     )  # fmt: skip
@@ -67,6 +100,9 @@ def main() -> None:
     sets = []
     if args.datasets:
         sets = ["pairs=" + ",".join(f"{d}:1:2" for d in args.datasets.split(","))]
+    if args.central:
+        central(make_grid("fleet", sets), args.out)
+        return
     if args.validate:
         validate(make_grid("fleet", sets), args.out, args.diagnose, args.rule)
         return

@@ -3,6 +3,8 @@ table it is printed with, on made-up rows."""
 
 from __future__ import annotations
 
+import pytest
+
 from qcore.eval.fleet_validate import THIRD, gaps, parts, pick, summary_lines
 
 
@@ -45,3 +47,35 @@ def test_the_table_shows_parts_the_references_without_noise_and_the_pick() -> No
     assert any(line.startswith("| `centred` | 3 |") for line in lines)
     assert "| `means-only` | 2 | -0.020 | -0.020 | -0.020 | 0.880 / - |" in lines[-3]
     assert lines[-1] == "pick: means-whitened-1, not adopted"
+
+
+def test_the_central_share_is_the_fleets_sums_with_the_noise_added_once() -> None:
+    """Without noise it is the sum of the devices' shares; with it, the noise is that of
+    one share of the whole fleet (the same draw however many devices it pools)."""
+    import numpy as np
+
+    from qcore.edge.head import batch_stats
+    from qcore.edge.share import centres, make_share, noise_multiplier
+    from qcore.eval.fleet_validate import central_share
+
+    rng = np.random.default_rng(0)
+    k, d, names = 4, 30, ("a", "b", "c", "d")
+    x0, y0 = rng.normal(0, 1, (60, d)), np.arange(60) % k
+    head = batch_stats(x0, y0, k)
+    x, y = rng.normal(0.5, 1, (200, d)), rng.integers(0, k, 200)
+    for centred in (False, True):
+        centre = centres(head, k) if centred else None
+        parts = [batch_stats(x[i::10], y[i::10], k) for i in range(10)]
+        devices = [make_share(p, names, "s", None, 0, centre) for p in parts]
+        whole = [make_share(batch_stats(x, y, k), names, "s", None, 0, centre)]
+        clean = central_share(devices, head, names, "s", None, centred)
+        assert clean.centred is centred and clean.privacy == ()
+        assert np.allclose(clean.count, sum(s.count for s in devices))
+        assert np.allclose(clean.sums, sum(s.sums for s in devices), atol=1e-9)
+        assert np.allclose(clean.second, sum(s.second for s in devices), atol=1e-8)
+        private = (4.0, 1e-5, 2.0)
+        noisy = central_share(devices, head, names, "s", private, centred)
+        once = central_share(whole, head, names, "s", private, centred)
+        assert np.allclose(noisy.sums - clean.sums, once.sums - whole[0].sums, atol=1e-8)
+        sigma = noise_multiplier(4.0, 1e-5) * np.sqrt(3.0)
+        assert np.std((noisy.sums - clean.sums) / 2.0) == pytest.approx(sigma, rel=0.15)

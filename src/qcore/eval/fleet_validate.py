@@ -215,3 +215,58 @@ def projection_gap(folder: Path) -> float:
         merged = merge_fleet(deployed, [o.state for o in others], None, sha)
         gaps.append(lifted - accuracy(merged, site.test)[0])
     return float(np.median(gaps))
+
+
+def central_share(clean: list, head, classes: tuple[str, ...], sha: str, privacy, centred: bool):
+    """One share of the fleet: the ``clean`` shares (no noise; ``centred`` or not) pooled
+    over the deployed ``head``'s ``classes``, then made private under ``privacy``
+    ``(epsilon, delta, clip)`` once (seed 0), as a trusted aggregator, or secure
+    aggregation of shares each carrying a part of that noise, would release it for the
+    same guarantee per window."""
+    from qcore.edge.share import centres, make_share, pooled_stats
+
+    stats = pooled_stats(clean, head, classes)
+    centre = centres(head, len(classes)) if centred else None
+    return make_share(stats, classes, sha, privacy, 0, centre)
+
+
+def central_art(form: str, deployed, others: list[Site], clip: float, eps: float, sha):
+    """A diagnostic, not a candidate: the merge of the ``others`` devices' clean ``form``
+    shares (``fleet``: clipped features; ``centred``) with the noise of ``(eps, DELTA)``
+    added once to the fleet's pooled sums (:func:`central_share`) instead of to each."""
+    from qcore.edge.fleet import merge_shares
+
+    clean = [o.shares[f"{form}-clean"] for o in others]
+    classes = tuple(deployed.class_names)
+    one = central_share(clean, deployed.head, classes, sha, (eps, DELTA, clip), form == "centred")
+    return merge_shares(deployed, [one], None, sha)
+
+
+def central_rows(folder: Path) -> list[dict]:
+    """Per site (all of them, as the acceptance counts): ``fleet_before`` and, for the
+    shares the preset's devices wrote (``pooled``, ``centred``), the merge with the noise
+    on each share (``NAME_eps4``) and added once (``NAME_centralE``, epsilon 1, 2, 4, 8)."""
+    from qcore.edge.artifact import load_artifact
+    from qcore.edge.fleet import merge_fleet, merge_shares, weigh_as
+    from qcore.eval.fleet_sites import EPSILONS
+
+    meta = read_meta(folder)
+    assert meta is not None
+    deployed = load_artifact(folder / "deployed.qcore")
+    sha, total = meta["sha256"], float(deployed.head.count.sum())
+    clips = {"fleet": meta["clip"], "centred": meta["clip_centred"]}
+    sites = [load_site(folder, s) for s in meta["subjects"]]
+    rows = []
+    for site in sites:
+        others = [o for o in sites if o is not site]
+        merged = merge_fleet(deployed, [o.state for o in others], None, sha)
+        row: dict = {"dataset": meta["config"]["dataset"], "site": site.subject,
+                     "fleet_before": accuracy(merged, site.test)[0]}  # fmt: skip
+        for ref, form in REFERENCES.items():
+            art = merge_shares(deployed, [o.shares[f"{form}-eps4"] for o in others], None, sha)
+            row[f"{ref}_eps4"] = accuracy(weigh_as(art, total), site.test)[0]
+            for eps in EPSILONS:
+                art = central_art(form, deployed, others, clips[form], float(eps), sha)
+                row[f"{ref}_central{eps}"] = accuracy(weigh_as(art, total), site.test)[0]
+        rows.append(row)
+    return rows

@@ -97,15 +97,15 @@ def ask(
         assert rng is not None
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
     if policy == "dmargin":
-        return np.sort(_by_distance_margin(margin, n)[:k]).astype(np.int64)
-    if policy in DENSITY_POWER:
+        order = _by_distance_margin(margin, n)
+    elif policy in DENSITY_POWER:
         if whitened is None:
             raise QCoreError(
                 f"label_policy {policy} needs the head's whitened features (a streaming head)"
             )
         order = dense_order(probs, whitened, DENSITY_POWER[policy])
-        return np.sort(order[:k]).astype(np.int64)
-    order = _order(policy.split("-")[0], probs, novelty)
+    else:
+        order = _order(policy.split("-")[0], probs, novelty)
     if policy.endswith("-cover"):
         order = _cover_first(order, probs.argmax(axis=1), labelled, probs.shape[1])
     elif policy in ("margin-pairs", "margin-top"):

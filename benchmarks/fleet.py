@@ -65,8 +65,8 @@ def central(grid, out: Path) -> None:
     print("|" + "---|" * (5 + len(EPSILONS)))
     for cfg in grid.cells():
         rows = central_rows(pair_dir(out, cfg))
+        med = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k != "dataset"}
         for ref in REFERENCES:
-            med = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k != "dataset"}
             diff = float(np.median([r[f"{ref}_central4"] - r["fleet_before"] for r in rows]))
             cells = [f"{med[f'{ref}_central{e}']:.3f}" for e in EPSILONS]
             print(

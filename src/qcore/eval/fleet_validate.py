@@ -40,6 +40,8 @@ from qcore.eval.fleet_sites import (
     held_out_clip,
     load_site,
     means_art,
+    means_clip,
+    pair_rows,
     read_meta,
     source_held_out,
 )
@@ -49,7 +51,7 @@ THIRD = tuple(f"means-whitened-{k}" for k in (1, 2, 4)) + tuple(
     f"means-projected-{k}" for k in (2, 4, 8)
 )
 RULES = {2: SECOND, 3: THIRD}
-CLEAN_REFERENCES = {"means-only": None, "means-only-projected": None}  # name -> no clip
+CLEAN_REFERENCES = ("means-only", "means-only-projected")  # without clip or noise
 REFERENCES = {"centred": "centred", "pooled": "fleet"}
 EPSILON, TIE = 4.0, 0.005
 
@@ -66,8 +68,7 @@ def held_out_clips(folder: Path, deployed) -> dict[str, float]:
     x, y = source_held_out(folder, deployed)
     head, shrink = deployed.head, deployed.device.head_shrinkage
     p_norms = np.linalg.norm(project(x, y, head, discriminant_subspace(head, shrink)), axis=1)
-    wide = discriminant_subspace(head, shrink, rank=head.n_features)
-    w_median = float(np.median(np.linalg.norm(project(x, y, head, wide), axis=1)))
+    w_median = means_clip(folder, deployed, 1.0)
     p_median = float(np.median(p_norms))
     return {
         "centred-held": held_out_clip(folder, deployed),
@@ -243,11 +244,12 @@ def central_art(form: str, deployed, others: list[Site], clip: float, eps: float
 
 
 def central_rows(folder: Path) -> list[dict]:
-    """Per site (all of them, as the acceptance counts): ``fleet_before`` and, for the
-    shares the preset's devices wrote (``pooled``, ``centred``), the merge with the noise
-    on each share (``NAME_eps4``) and added once (``NAME_centralE``, epsilon 1, 2, 4, 8)."""
+    """Per site (all of them, as the acceptance counts): from the preset's rows
+    (:func:`qcore.eval.fleet_sites.pair_rows`) ``fleet_before`` and, for the shares the
+    devices wrote (``pooled``, ``centred``), the merge with the noise on each share
+    (``NAME_eps4``); then with the noise added once (``NAME_centralE``, epsilon 1, 2, 4, 8)."""
     from qcore.edge.artifact import load_artifact
-    from qcore.edge.fleet import merge_fleet, merge_shares, weigh_as
+    from qcore.edge.fleet import weigh_as
     from qcore.eval.fleet_sites import EPSILONS
 
     meta = read_meta(folder)
@@ -257,14 +259,11 @@ def central_rows(folder: Path) -> list[dict]:
     clips = {"fleet": meta["clip"], "centred": meta["clip_centred"]}
     sites = [load_site(folder, s) for s in meta["subjects"]]
     rows = []
-    for site in sites:
+    for site, preset in zip(sites, pair_rows(folder), strict=True):
         others = [o for o in sites if o is not site]
-        merged = merge_fleet(deployed, [o.state for o in others], None, sha)
-        row: dict = {"dataset": meta["config"]["dataset"], "site": site.subject,
-                     "fleet_before": accuracy(merged, site.test)[0]}  # fmt: skip
+        row: dict = {k: preset[k] for k in ("dataset", "site", "fleet_before")}
         for ref, form in REFERENCES.items():
-            art = merge_shares(deployed, [o.shares[f"{form}-eps4"] for o in others], None, sha)
-            row[f"{ref}_eps4"] = accuracy(weigh_as(art, total), site.test)[0]
+            row[f"{ref}_eps4"] = preset[f"{form}_eps4"]
             for eps in EPSILONS:
                 art = central_art(form, deployed, others, clips[form], float(eps), sha)
                 row[f"{ref}_central{eps}"] = accuracy(weigh_as(art, total), site.test)[0]

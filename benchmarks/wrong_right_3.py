@@ -80,7 +80,8 @@ def windows(art_path: Path, sc, seed: int, batch: int) -> dict:
     assert sig.margin is not None
     pred = sig.probs.argmax(1)
     lam = np.asarray(dev.head.precision, dtype=np.float64)
-    feats = forward_features(art.model, X)[1].astype(np.float64)
+    assert sig.features is not None  # the pooled features the device scored
+    feats = sig.features.astype(np.float64)
     scores = feats @ dev.head.weight.T.astype(np.float64) + dev.head.bias.astype(np.float64)
     d2 = sq_distances(scores, feats, (lam + lam.T) / 2.0)
     source = forward_features(art.model, sc.source_train.X)[1]
